@@ -1,0 +1,30 @@
+# Every target builds .venv first (launcher/setup.sh is a no-op in seconds when nothing changed).
+PY := .venv/bin/python
+SETUP_STAMP := .venv/.setup-stamp
+
+.PHONY: setup demo demo-clean test bench bench-data tensorboard clean
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): pyproject.toml launcher/setup.sh
+	bash launcher/setup.sh
+
+demo: setup
+	bash launcher/demo.sh
+
+demo-clean:
+	rm -rf runs/demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench-data: setup
+	$(PY) -m videobert_ds.bench.data
+
+bench: bench-data
+
+tensorboard: setup
+	.venv/bin/tensorboard --logdir runs/demo --host 127.0.0.1 --port $${PORT:-6006}
+
+clean:
+	rm -rf .venv runs

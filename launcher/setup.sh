@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Build .venv with everything VideoBERT-DS needs. Idempotent: a re-run with nothing changed
+# returns in seconds. As root (CI, workstations) it apt-installs OpenMPI; on a cluster it uses
+# the MPI already loaded (`module load openmpi`) and says what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_PIN=${TORCH_PIN:-torch==2.13.0}
+STAMP="$VENV/.setup-stamp"
+want=$(cat pyproject.toml launcher/setup.sh | sha256sum | cut -d' ' -f1)
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && command -v mpirun >/dev/null; then
+  echo "setup: $VENV is up to date"
+  exit 0
+fi
+
+# --- MPI (needed to build mpi4py; used by videobert-prepare and DeepSpeed's MPI discovery) ---
+if ! command -v mpicc >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing OpenMPI with apt"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
+  else
+    echo "setup: error: no MPI compiler wrapper (mpicc) on PATH; load one first (e.g. 'module load openmpi') or install OpenMPI" >&2
+    exit 1
+  fi
+fi
+
+# --- Python environment ---
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV with $($PYTHON --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# torch first: the pin selects the CPU build here and the CUDA build on GPU clusters, and then
+# satisfies pyproject's torch>= range so the editable install does not replace it.
+$PIP install "$TORCH_PIN"
+$PIP install -e ".[dev]"
+
+echo "$want" > "$STAMP"
+echo "setup: done ($($VENV/bin/python -c 'import torch, deepspeed, nvidia.dali as d; print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, dali {d.__version__}")' 2>/dev/null))"
