@@ -41,4 +41,4 @@ $PIP install "$TORCH_PIN"
 $PIP install -e ".[dev]"
 
 echo "$want" > "$STAMP"
-echo "setup: done ($($VENV/bin/python -c 'import torch, deepspeed, nvidia.dali as d; print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, dali {d.__version__}")' 2>/dev/null))"
+echo "setup: done ($($VENV/bin/python -c 'from importlib.metadata import version as v; print(", ".join(f"{p} {v(p)}" for p in ("torch", "deepspeed", "nvidia-dali-cuda120")))'))"
