@@ -1,0 +1,234 @@
+"""The training-side clip loader: shard dir + split -> batches of uint8 frames on the device.
+
+    loader = build_clip_loader("shards/", "train", batch_size=8, num_frames=16, rank=r, world_size=w)
+    for epoch in range(E):
+        for batch in loader:          # the rest of the current epoch, then the epoch advances
+            batch.frames              # uint8 (B, T, H, W, C) on the device
+            batch.num_frames          # int64 (B,): true frames per clip, min(json num_frames, T)
+            batch.meta                # the samples' json dicts, plus "__key__"
+    state = loader.state_dict()       # {"epoch": e, "batches_in_epoch": n}; load_state_dict resumes there
+
+Which samples each rank gets, and in which order, is sampling.py; decoding is DALI
+(dali_loader.py) or PyAV (pyav_loader.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from videobert_ds.data.dali_loader import DaliClipDecoder, dali_can_decode
+from videobert_ds.data.pyav_loader import PyAVClipDecoder
+from videobert_ds.data.sampling import RawSample, ShardInfo, batch_stream, steps_per_epoch
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS = ("webm", "mp4", "mkv", "avi", "mov")
+BACKENDS = ("auto", "dali", "pyav")
+PAD_MODES = ("constant", "edge")
+
+
+@dataclass
+class ClipBatch:
+    """One batch for the trainer."""
+
+    frames: torch.Tensor  # uint8 (B, T, H, W, C) on the loader's device
+    num_frames: torch.Tensor  # int64 (B,), on the same device
+    meta: list[dict[str, Any]]  # per sample: its json plus "__key__"
+
+
+def read_shard_manifest(shard_dir: str | Path) -> dict[str, Any]:
+    """manifest.json of a shard dir, with a one-line error when it is missing."""
+    path = Path(shard_dir) / "manifest.json"
+    if not Path(shard_dir).is_dir():
+        raise FileNotFoundError(f"shard directory {shard_dir} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {shard_dir} a directory made by videobert-prepare?")
+    return json.loads(path.read_text())
+
+
+def split_shards(shard_dir: str | Path, manifest: dict[str, Any], split: str) -> list[ShardInfo]:
+    """The split's shards in manifest order; ValueError for an unknown or empty split."""
+    shards: list[ShardInfo] = []
+    splits: set[str] = set()
+    for entry in manifest.get("shards", []):
+        splits.add(entry["split"])
+        if entry["split"] == split:
+            name = entry.get("file") or entry.get("name") or entry["path"]
+            shards.append(ShardInfo(Path(shard_dir) / name, int(entry["num_samples"])))
+    if split not in splits:
+        raise ValueError(f"split {split!r} is not in {shard_dir} (splits: {', '.join(sorted(splits)) or 'none'})")
+    if sum(s.num_samples for s in shards) == 0:
+        raise ValueError(f"split {split!r} of {shard_dir} has no samples")
+    return shards
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The given device, else the current CUDA device when there is one, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def choose_backend(backend: str, codec: str, device: torch.device) -> str:
+    """"dali" or "pyav" for this codec and device; auto prefers DALI where its decoder reads the codec."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    readable = dali_can_decode(codec, device)
+    if backend == "dali" and not readable:
+        raise ValueError(f"DALI's {device.type} video decoder cannot decode {codec} (on CPU only VP8/VP9/MJPEG); "
+                         "use backend='pyav' or a GPU")
+    if backend == "auto":
+        if readable:
+            return "dali"
+        log.warning("clip loader: DALI's %s video decoder cannot decode %s (on CPU only VP8/VP9/MJPEG); "
+                    "decoding with PyAV instead", device.type, codec)
+        return "pyav"
+    return backend
+
+
+class ClipLoader:
+    """Deterministic, resumable batches of decoded clips for one rank. Build with build_clip_loader."""
+
+    def __init__(
+        self,
+        shard_dir: str | Path,
+        split: str,
+        batch_size: int,
+        num_frames: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        backend: str = "auto",
+        device: str | torch.device | None = None,
+        num_threads: int = 2,
+        prefetch: int = 2,
+        shuffle_buffer: int = 64,
+        pad_mode: str = "constant",
+    ) -> None:
+        if batch_size < 1 or num_frames < 1:
+            raise ValueError(f"batch_size and num_frames must be >= 1, got {batch_size} and {num_frames}")
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        manifest = read_shard_manifest(shard_dir)
+        self.shards = split_shards(shard_dir, manifest, split)
+        self.split = split
+        self.codec: str = manifest.get("codec", "vp9")
+        self.batch_size = batch_size
+        self.num_frames = num_frames
+        self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
+        self.device = resolve_device(device)
+        self.backend = choose_backend(backend, self.codec, self.device)
+        self.num_threads, self.prefetch, self.shuffle_buffer, self.pad_mode = num_threads, prefetch, shuffle_buffer, pad_mode
+        self.steps_per_epoch = steps_per_epoch([s.num_samples for s in self.shards], world_size, batch_size)
+        if self.steps_per_epoch == 0:
+            total = sum(s.num_samples for s in self.shards)
+            raise ValueError(f"split {split!r} has {total} samples: too few for {world_size} rank(s) x batch size {batch_size}")
+        self._epoch = 0
+        self._batches = 0  # delivered to the trainer in this epoch
+        self._decoder: DaliClipDecoder | PyAVClipDecoder | None = None  # positioned at (_epoch, _batches)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def state_dict(self) -> dict[str, int]:
+        """The data position: batches delivered so far in the current epoch (decoded-ahead ones excluded)."""
+        self._roll_epoch()
+        return {"epoch": self._epoch, "batches_in_epoch": self._batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue, at the next iteration, exactly after the batches ``state`` counts."""
+        epoch, batches = int(state["epoch"]), int(state["batches_in_epoch"])
+        if epoch < 0 or not 0 <= batches <= self.steps_per_epoch:
+            raise ValueError(f"bad loader state {state} for {self.steps_per_epoch} steps per epoch")
+        self.close()
+        self._epoch, self._batches = epoch, batches
+        self._roll_epoch()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first batch at the next iteration."""
+        self.load_state_dict({"epoch": epoch, "batches_in_epoch": 0})
+
+    def __iter__(self) -> Iterator[ClipBatch]:
+        self._roll_epoch()
+        if self._decoder is None:
+            self._decoder = self._make_decoder()
+        decoder = self._decoder
+        while self._batches < self.steps_per_epoch:
+            frames, meta = next(decoder)
+            self._batches += 1  # counted before the yield: a batch handed over is delivered
+            counts = [min(int(m["num_frames"]), self.num_frames) for m in meta]
+            yield ClipBatch(frames, torch.tensor(counts, dtype=torch.int64, device=self.device), meta)
+        self._roll_epoch()
+
+    def close(self) -> None:
+        """Drop the decoder and its prefetched batches; the next iteration rebuilds it at the saved position."""
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+
+    def _roll_epoch(self) -> None:
+        if self._batches >= self.steps_per_epoch:
+            self._epoch, self._batches = self._epoch + 1, 0
+
+    def _encoded_batches(self) -> Iterator[tuple[list[bytes], list[dict[str, Any]]]]:
+        for samples in batch_stream(
+            self.shards, seed=self.seed, rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
+            shuffle=self.shuffle, buffer_size=self.shuffle_buffer, start_epoch=self._epoch, skip_batches=self._batches,
+        ):
+            yield [_video_bytes(s) for s in samples], [_sample_meta(s) for s in samples]
+
+    def _make_decoder(self) -> DaliClipDecoder | PyAVClipDecoder:
+        cls = DaliClipDecoder if self.backend == "dali" else PyAVClipDecoder
+        return cls(self._encoded_batches(), batch_size=self.batch_size, num_frames=self.num_frames,
+                   device=self.device, num_threads=self.num_threads, prefetch=self.prefetch, pad_mode=self.pad_mode)
+
+
+def _video_bytes(sample: RawSample) -> bytes:
+    for ext in VIDEO_EXTS:
+        if ext in sample:
+            return sample[ext]
+    raise RuntimeError(f"sample {sample['__key__']} in {sample.get('__url__')} has no video member ({', '.join(VIDEO_EXTS)})")
+
+
+def _sample_meta(sample: RawSample) -> dict[str, Any]:
+    meta = json.loads(sample["json"])
+    meta["__key__"] = sample["__key__"]
+    return meta
+
+
+def build_clip_loader(
+    shard_dir: str | Path,
+    split: str,
+    batch_size: int,
+    num_frames: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    shuffle: bool = True,
+    backend: str = "auto",
+    device: str | torch.device | None = None,
+    num_threads: int = 2,
+    prefetch: int = 2,
+    shuffle_buffer: int = 64,
+    pad_mode: str = "constant",
+) -> ClipLoader:
+    """A ClipLoader for one rank of ``split`` in ``shard_dir`` (see the module docstring)."""
+    return ClipLoader(shard_dir, split, batch_size, num_frames, rank=rank, world_size=world_size, seed=seed,
+                      shuffle=shuffle, backend=backend, device=device, num_threads=num_threads, prefetch=prefetch,
+                      shuffle_buffer=shuffle_buffer, pad_mode=pad_mode)
