@@ -1,0 +1,154 @@
+"""WebDataset shard writing: one split per shard, temp names while open, a DALI index per
+shard, and the publish step that renames shards to ``shard-NNNNNN`` and writes manifest.json.
+
+A shard is only ever visible under its final name once its tar and its index are complete;
+``manifest.json`` is written last, so its presence marks a complete shard directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+from wds2idx import IndexCreator  # ships with the DALI wheel
+
+__all__ = [
+    "MANIFEST",
+    "REPORT",
+    "ShardRecord",
+    "SplitShardWriter",
+    "is_complete",
+    "publish",
+    "remove_published",
+    "write_json_atomic",
+]
+
+MANIFEST = "manifest.json"
+REPORT = "report.json"
+_SHARD_RE = re.compile(r"^shard-\d{6}\.(tar|idx)$")
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """A finished temp shard: where it is, its split, sample count and its place in the order."""
+
+    tar: str
+    idx: str
+    split: str
+    count: int
+    order: tuple[int, int]  # (rank, sequence on that rank): a deterministic final order
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temp name in the same folder, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_index(tar: Path, idx: Path) -> None:
+    """DALI's wds2idx index, written to a temp name and renamed."""
+    tmp = idx.with_name(idx.name + ".part")
+    with IndexCreator(str(tar), str(tmp), verbose=False) as creator:
+        creator.create_index()
+    os.replace(tmp, idx)
+
+
+class SplitShardWriter:
+    """Writes samples into per-split temp shards of at most ``samples_per_shard`` samples.
+
+    Temp shards live in ``tmp_dir`` named ``r{rank}-{seq}.tar`` so concurrent ranks never
+    collide; ``close`` finishes the open ones and returns every finished shard.
+    """
+
+    def __init__(self, tmp_dir: Path, samples_per_shard: int, rank: int = 0) -> None:
+        if samples_per_shard < 1:
+            raise ValueError("samples_per_shard must be >= 1")
+        self.tmp_dir = Path(tmp_dir)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.samples_per_shard = samples_per_shard
+        self.rank = rank
+        self._seq = 0
+        self._open: dict[str, tuple[wds.TarWriter, Path, int, int]] = {}  # split -> writer, path, count, seq
+        self.finished: list[ShardRecord] = []
+
+    def write(self, split: str, key: str, files: dict[str, bytes]) -> None:
+        """Add one sample (``files`` maps extension -> bytes) to the split's open shard."""
+        if split not in self._open:
+            seq = self._seq
+            self._seq += 1
+            path = self.tmp_dir / f"r{self.rank:05d}-{seq:06d}.tar"
+            self._open[split] = (wds.TarWriter(str(path), mtime=0.0), path, 0, seq)
+        writer, path, count, seq = self._open[split]
+        writer.write({"__key__": key, **files})
+        count += 1
+        self._open[split] = (writer, path, count, seq)
+        if count >= self.samples_per_shard:
+            self._finish(split)
+
+    def _finish(self, split: str) -> None:
+        writer, path, count, seq = self._open.pop(split)
+        writer.close()
+        idx = path.with_suffix(".idx")
+        _write_index(path, idx)
+        self.finished.append(ShardRecord(str(path), str(idx), split, count, (self.rank, seq)))
+
+    def close(self) -> list[ShardRecord]:
+        for split in sorted(self._open):
+            self._finish(split)
+        return list(self.finished)
+
+    def abort(self) -> None:
+        """Close and delete everything this writer made (used when a run fails)."""
+        for writer, path, _, _ in self._open.values():
+            writer.close()
+            path.unlink(missing_ok=True)
+        self._open.clear()
+        for rec in self.finished:
+            Path(rec.tar).unlink(missing_ok=True)
+            Path(rec.idx).unlink(missing_ok=True)
+        self.finished.clear()
+
+
+def is_complete(out: Path) -> bool:
+    """A shard directory is complete once its manifest.json exists."""
+    return (Path(out) / MANIFEST).is_file()
+
+
+def remove_published(out: Path) -> None:
+    """Remove a previous run's published files (manifest first, so the dir reads incomplete)."""
+    out = Path(out)
+    (out / MANIFEST).unlink(missing_ok=True)
+    (out / REPORT).unlink(missing_ok=True)
+    for p in out.iterdir():
+        if _SHARD_RE.match(p.name):
+            p.unlink()
+
+
+def publish(out: Path, records: list[ShardRecord], meta: dict[str, Any]) -> dict[str, Any]:
+    """Rename temp shards to ``shard-NNNNNN`` (ordered by split, then rank and sequence) and
+    write manifest.json; returns the manifest. ``meta`` (codec, fps, size, ...) is merged in."""
+    out = Path(out)
+    ordered = sorted(records, key=lambda r: (r.split, r.order))
+    shards = []
+    splits: dict[str, int] = {}
+    for n, rec in enumerate(ordered):
+        name = f"shard-{n:06d}"
+        os.replace(rec.idx, out / f"{name}.idx")
+        os.replace(rec.tar, out / f"{name}.tar")
+        shards.append({"file": f"{name}.tar", "idx": f"{name}.idx", "split": rec.split, "num_samples": rec.count})
+        splits[rec.split] = splits.get(rec.split, 0) + rec.count
+    manifest = {
+        **meta,
+        "total": sum(splits.values()),
+        "splits": dict(sorted(splits.items())),
+        "shards": shards,
+    }
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
