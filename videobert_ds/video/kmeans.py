@@ -1,0 +1,389 @@
+"""Hierarchical k-means in torch, single-process or distributed over torch.distributed ranks.
+
+The tree has `depth` levels of `branching` children each. Level l holds `branching**(l+1)` centroids;
+row r of level l is the child `r % branching` of row `r // branching` of level l-1, so a leaf's row
+index at the last level is its path from the root written in base `branching` (the visual-word id).
+Flat k-means is the depth-1 tree.
+
+Fitting goes level by level: every node of a level is fit at once on the points its parent level
+assigned to it (k-means++ initialisation, then Lloyd iterations). All numerical work runs on the
+features' device.
+
+Distributed fitting (when torch.distributed is initialised): each rank passes only its own features.
+Every rank makes the same sequence of collective calls whatever it holds (zero points at a node, or
+none at all), because every control decision is taken from all-reduced or all-gathered values:
+  - initialisation: per level, an all_gather of per-node sample counts, then all_gathers of fixed-size
+    (padded) sample buffers in node chunks; every rank then runs the same seeded k-means++ on the
+    same gathered samples and so gets the same initial centroids.
+  - Lloyd iterations: ONE all_reduce per iteration per level of [per-centroid sums | counts | SSE]
+    (float64, so the summation order across ranks barely matters); the stopping test uses the reduced
+    inertia, so all ranks stop after the same iteration.
+
+Same result on 1 rank and on W ranks (for one seed): the k-means++ input of a node is the
+concatenation, in rank order, of each rank's samples of that node. When no rank holds more than
+`init_samples` points at any node (so no rank subsamples), that input is exactly the points of the
+node in the order of the 1-rank data = concatenation of the ranks' shards in rank order, and the
+fits agree up to float64 summation order (labels identical, centroids equal to ~1e-6). With
+subsampling the fits are equally valid but not identical.
+
+Small nodes: a node with fewer points than `branching` still gets `branching` children. k-means++
+picks each distinct point once and then repeats points, so some children are duplicates (their
+words are never chosen by nearest-centroid assignment, which breaks ties to the lowest index). A node
+with no points at all gets `branching` copies of its parent's centroid.
+
+Empty clusters during Lloyd are re-seeded by splitting the node's largest cluster (its centroid is
+moved a small step along a seeded random direction, the empty one the opposite way); this needs no
+extra communication and is identical on every rank.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+# Bound temporary (rows x columns) distance matrices to this many elements (64 MiB in float32).
+_MAX_TILE = 1 << 24
+# Relative size of the split step for re-seeding an empty cluster (as FAISS does, 1/1024).
+_SPLIT_EPS = 1.0 / 1024
+
+
+@dataclass
+class KMeansTree:
+    """Centroids of a hierarchical k-means tree: `levels[l]` is (branching**(l+1), D) float32."""
+
+    branching: int
+    levels: list[torch.Tensor]
+    _norms: list[torch.Tensor] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.branching < 2:
+            raise ValueError(f"branching must be >= 2, got {self.branching}")
+        if not self.levels:
+            raise ValueError("a k-means tree needs at least one level")
+        dim = self.levels[0].shape[1]
+        for level, cents in enumerate(self.levels):
+            want = (self.branching ** (level + 1), dim)
+            if tuple(cents.shape) != want:
+                raise ValueError(f"level {level} centroids have shape {tuple(cents.shape)}, expected {want}")
+        self._norms = [(c.float() ** 2).sum(1) for c in self.levels]
+
+    @property
+    def depth(self) -> int:
+        return len(self.levels)
+
+    @property
+    def dim(self) -> int:
+        return int(self.levels[0].shape[1])
+
+    @property
+    def num_leaves(self) -> int:
+        return self.branching**self.depth
+
+    @property
+    def leaves(self) -> torch.Tensor:
+        return self.levels[-1]
+
+    def to(self, device: torch.device | str) -> KMeansTree:
+        return KMeansTree(self.branching, [c.to(device) for c in self.levels])
+
+    def assign_exact(self, x: torch.Tensor) -> torch.Tensor:
+        """Id of the nearest leaf centroid (brute force over all leaves) for each row of x (N, D)."""
+        return nearest(x, self.leaves, self._norms[-1])
+
+    def assign_descent(self, x: torch.Tensor) -> torch.Tensor:
+        """Leaf id reached by descending the tree (nearest of the `branching` children at each level).
+
+        This is the partition the tree was fit with; it can differ from the exact nearest leaf.
+        """
+        x = _check_features(x, self.dim)
+        b = self.branching
+        node = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        for cents, norms in zip(self.levels, self._norms):
+            # Points grouped by their current node, then one small GEMM per node against its b children:
+            # this avoids materialising (N, b, D) gathered centroids, which is memory-bound and slower.
+            order = torch.argsort(node, stable=True)
+            nodes, counts = torch.unique_consecutive(node[order], return_counts=True)
+            nxt = torch.empty_like(node)
+            start = 0
+            for nd, c in zip(nodes.tolist(), counts.tolist()):
+                idx = order[start : start + c]
+                rows = slice(nd * b, nd * b + b)
+                nxt[idx] = nd * b + (norms[rows] - 2 * x[idx] @ cents[rows].T).argmin(1)
+                start += c
+            node = nxt
+        return node
+
+
+def nearest(x: torch.Tensor, cents: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    """Row index of the nearest centroid (squared L2) for each row of x, computed in bounded tiles."""
+    x = _check_features(x, cents.shape[1])
+    if norms is None:
+        norms = (cents.float() ** 2).sum(1)
+    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    rows = max(1, _MAX_TILE // max(1, cents.shape[0]))
+    for s in range(0, x.shape[0], rows):
+        # ||x||^2 is the same for every centroid, so it is left out of the argmin.
+        out[s : s + rows] = (norms - 2 * x[s : s + rows] @ cents.T).argmin(1)
+    return out
+
+
+def _check_features(x: torch.Tensor, dim: int) -> torch.Tensor:
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"features must be (N, {dim}), got {tuple(x.shape)}")
+    return x.float()
+
+
+class _Comm:
+    """The collectives k-means needs; single-process no-ops when torch.distributed is not initialised."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+        self.active = dist.is_available() and dist.is_initialized()
+        self.group = group
+        self.rank = dist.get_rank(group) if self.active else 0
+        self.world = dist.get_world_size(group) if self.active else 1
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            dist.all_reduce(t, group=self.group)
+        return t
+
+    def all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        if not self.active:
+            return [t]
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(out, t.contiguous(), group=self.group)
+        return out
+
+
+def fit_kmeans_tree(
+    x: torch.Tensor,
+    depth: int,
+    branching: int,
+    *,
+    seed: int = 0,
+    max_iter: int = 25,
+    tol: float = 1e-4,
+    init_samples: int | None = None,
+    gather_rows: int = 1 << 16,
+    progress: bool = True,
+    group: dist.ProcessGroup | None = None,
+) -> KMeansTree:
+    """Fit a hierarchical k-means tree on this rank's features x (N, D) (N may be 0 on some ranks).
+
+    depth, branching: tree shape (branching**depth leaves). seed: makes the fit deterministic.
+    max_iter: Lloyd iterations per level at most; tol: stop a level when the relative drop of the
+    (global) inertia is below it. init_samples: points per node each rank contributes to k-means++
+    (default 128 * branching); gather_rows: rows per rank per all_gather of those samples (bounds memory).
+    progress: tqdm over tree nodes on rank 0. group: the process group when distributed.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    if branching < 2:
+        raise ValueError(f"branching must be >= 2, got {branching}")
+    if x.ndim != 2:
+        raise ValueError(f"features must be a 2-D (N, D) tensor, got shape {tuple(x.shape)}")
+    if max_iter < 1 or tol < 0:
+        raise ValueError(f"need max_iter >= 1 and tol >= 0, got {max_iter} and {tol}")
+    init_samples = init_samples or 128 * branching
+    comm = _Comm(group)
+    total = int(comm.all_reduce(torch.tensor([x.shape[0]], dtype=torch.float64, device=x.device)).item())
+    if total == 0:
+        raise ValueError("no features to fit k-means on (every rank holds 0 rows)")
+
+    x = x.float()
+    node = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    levels: list[torch.Tensor] = []
+    parent = torch.zeros(1, x.shape[1], device=x.device)
+    num_nodes_total = sum(branching**lv for lv in range(depth))
+    bar = tqdm(total=num_nodes_total, desc="k-means tree nodes", disable=not progress or comm.rank != 0)
+    for level in range(depth):
+        # Group the points of each node contiguously (stable, so the data order within a node is kept).
+        order = torch.argsort(node, stable=True)
+        x, node = x[order], node[order]
+        num_nodes = branching**level
+        counts = torch.bincount(node, minlength=num_nodes)
+        cents = _init_level(x, counts, parent, branching, seed, level, init_samples, gather_rows, comm)
+        cents, assign = _lloyd_level(x, node, counts, cents, seed, level, max_iter, tol, comm, bar)
+        node = node * branching + assign
+        parent = cents.reshape(num_nodes * branching, -1)
+        levels.append(parent)
+        bar.update(num_nodes)
+    bar.close()
+    return KMeansTree(branching, levels)
+
+
+def _init_level(
+    x: torch.Tensor,
+    counts: torch.Tensor,
+    parent: torch.Tensor,
+    b: int,
+    seed: int,
+    level: int,
+    cap: int,
+    gather_rows: int,
+    comm: _Comm,
+) -> torch.Tensor:
+    """k-means++ centroids (num_nodes, b, D) for every node of a level, from samples gathered off all ranks."""
+    num_nodes, dim, dev = counts.numel(), x.shape[1], x.device
+    counts_l = counts.tolist()
+    # Each rank's seeded subsample: all points of a node when it holds <= cap, else cap random ones
+    # (kept in data order, so the no-subsampling case sees exactly the data order).
+    take = [min(c, cap) for c in counts_l]
+    if any(c > cap for c in counts_l):
+        gen = torch.Generator(device=dev).manual_seed(_mix(seed, level, comm.rank, 1))
+        keep = torch.ones(x.shape[0], dtype=torch.bool, device=dev)
+        start = 0
+        for c in counts_l:
+            if c > cap:
+                keep[start : start + c] = False
+                keep[start + torch.randperm(c, generator=gen, device=dev)[:cap]] = True
+            start += c
+        sample = x[keep]
+    else:
+        sample = x
+
+    # Every rank learns every rank's per-node sample counts, so all take the same chunking below.
+    all_take = torch.stack(comm.all_gather(torch.tensor(take, dtype=torch.long, device=dev))).cpu().tolist()
+    gen_pp = torch.Generator(device=dev).manual_seed(_mix(seed, level, 0, 2))
+    out = torch.empty(num_nodes, b, dim, device=dev)
+    lo, mine_start = 0, 0
+    while lo < num_nodes:
+        # The longest run of nodes whose samples fit in `gather_rows` rows on every rank (at least one node).
+        rows = [0] * comm.world
+        hi = lo
+        while hi < num_nodes:
+            grown = [rows[r] + all_take[r][hi] for r in range(comm.world)]
+            if hi > lo and max(grown) > gather_rows:
+                break
+            rows, hi = grown, hi + 1
+        buf = torch.zeros(max(1, max(rows)), dim, device=dev)  # never empty: gloo and NCCL dislike 0-size
+        mine = rows[comm.rank]
+        buf[:mine] = sample[mine_start : mine_start + mine]
+        mine_start += mine
+        gathered = comm.all_gather(buf)
+        offs = [0] * comm.world
+        for nd in range(lo, hi):
+            parts = []
+            for r in range(comm.world):
+                parts.append(gathered[r][offs[r] : offs[r] + all_take[r][nd]])
+                offs[r] += all_take[r][nd]
+            pts = torch.cat(parts)
+            out[nd] = _kmeans_pp(pts, b, gen_pp) if pts.shape[0] else parent[nd].expand(b, dim)
+        lo = hi
+    return out
+
+
+def _kmeans_pp(pts: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding on pts (S, D); once every point is chosen, further centroids repeat points."""
+    n = pts.shape[0]
+    chosen = [int(torch.randint(n, (1,), generator=gen, device=pts.device))]
+    d2 = ((pts - pts[chosen[0]]) ** 2).sum(1)
+    for _ in range(1, k):
+        total = d2.sum()
+        if total <= 0:
+            # All remaining points coincide with chosen centroids: repeat them (documented above).
+            chosen.append(chosen[len(chosen) % len(set(chosen))])
+            continue
+        i = int(torch.multinomial(d2 / total, 1, generator=gen))
+        chosen.append(i)
+        d2 = torch.minimum(d2, ((pts - pts[i]) ** 2).sum(1))
+    return pts[chosen].clone()
+
+
+def _lloyd_level(
+    x: torch.Tensor,
+    node: torch.Tensor,
+    counts: torch.Tensor,
+    cents: torch.Tensor,
+    seed: int,
+    level: int,
+    max_iter: int,
+    tol: float,
+    comm: _Comm,
+    bar: tqdm,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd iterations for every node of a level at once; returns centroids and each point's child index."""
+    num_nodes, b, dim = cents.shape
+    segs = _segments(counts)
+    gen = torch.Generator().manual_seed(_mix(seed, level, 0, 3))  # CPU: split directions, same on all ranks
+    prev = math.inf
+    for it in range(max_iter):
+        assign, mind = _assign_level(x, segs, cents)
+        flat = node * b + assign
+        # One collective per iteration: [sums (D) | count | SSE] for every centroid of the level.
+        buf = torch.zeros(num_nodes * b, dim + 2, dtype=torch.float64, device=x.device)
+        for s in range(0, x.shape[0], 1 << 15):
+            buf[:, :dim].index_add_(0, flat[s : s + (1 << 15)], x[s : s + (1 << 15)].double())
+        buf[:, dim].index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
+        buf[:, dim + 1].index_add_(0, flat, mind.double())
+        comm.all_reduce(buf)
+        buf = buf.reshape(num_nodes, b, dim + 2)
+        cnt, sse = buf[..., dim], buf[..., dim + 1]
+        inertia = float(sse.sum())
+        new = torch.where(cnt[..., None] > 0, (buf[..., :dim] / cnt.clamp(min=1)[..., None]).float(), cents)
+        _reseed_empty(new, cnt.clone(), sse, gen)
+        cents = new
+        bar.set_postfix(level=level, iter=it, inertia=f"{inertia:.4g}")
+        if prev - inertia <= tol * inertia:
+            break
+        prev = inertia
+    assign, _ = _assign_level(x, segs, cents)
+    return cents, assign
+
+
+def _segments(counts: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(node, start, end) of each non-empty node's contiguous run of points."""
+    ends = torch.cumsum(counts, 0).tolist()
+    c = counts.tolist()
+    return [(nd, ends[nd] - c[nd], ends[nd]) for nd in range(len(c)) if c[nd]]
+
+
+def _assign_level(
+    x: torch.Tensor, segs: list[tuple[int, int, int]], cents: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest child index and squared distance for each point, against its own node's children."""
+    assign = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    mind = torch.empty(x.shape[0], device=x.device)
+    norms = (cents**2).sum(2)
+    for nd, s, e in segs:
+        xs = x[s:e]
+        d = norms[nd] - 2 * xs @ cents[nd].T
+        val, idx = d.min(1)
+        assign[s:e] = idx
+        mind[s:e] = (val + (xs**2).sum(1)).clamp(min=0)
+    return assign, mind
+
+
+def _reseed_empty(cents: torch.Tensor, cnt: torch.Tensor, sse: torch.Tensor, gen: torch.Generator) -> None:
+    """Re-seed empty clusters of non-empty nodes in place by splitting the node's largest cluster."""
+    node_total = cnt.sum(1)
+    empty = torch.nonzero((cnt == 0) & (node_total > 0)[:, None]).tolist()
+    dim = cents.shape[2]
+    for nd, j in empty:
+        big = int(cnt[nd].argmax())
+        c_big = float(cnt[nd, big])
+        if c_big < 2:
+            cents[nd, j] = cents[nd, big]  # only lone points left: a duplicate centroid (never chosen)
+            continue
+        # Step scaled by the cluster's RMS spread per dimension, so it is meaningful at any feature scale.
+        spread = math.sqrt(max(float(sse[nd, big]), 0.0) / c_big / dim)
+        scale = _SPLIT_EPS * (spread + float(cents[nd, big].abs().mean()) + 1e-12)
+        step = torch.randn(dim, generator=gen).to(cents.device) * scale
+        cents[nd, j] = cents[nd, big] + step
+        cents[nd, big] = cents[nd, big] - step
+        cnt[nd, j] = c_big // 2
+        cnt[nd, big] = c_big - c_big // 2
+        sse[nd, big] = sse[nd, j] = sse[nd, big] / 2
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from several integers (splitmix-style), so (seed, level, rank, purpose) streams differ."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
