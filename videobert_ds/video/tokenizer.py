@@ -1,0 +1,105 @@
+"""Frames -> visual-word ids on the model's device: a frozen ClipEncoder followed by the vocabulary's tree.
+
+Assignment method ("auto" by default), from `python -m videobert_ds.bench.kmeans` (docs/benchmarks.md):
+the exact nearest leaf is one GEMM against every leaf and wins for small vocabularies (e.g. 4^2 words of
+64-d: ~30x faster than descent), while the hierarchical descent does `depth * branching` dot products
+per clip instead of `branching**depth` and wins for the paper's 12^4 = 20,736 words of 1024-d (~5x).
+So "auto" uses exact for vocabularies up to AUTO_EXACT_MAX_WORDS words and descent above. The two
+can give different ids for the same clip (descent follows the partition the tree was fit with); the
+choice is fixed for a given vocabulary, so training and inference always agree.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from videobert_ds.video.encoders import ClipEncoder
+from videobert_ds.video.kmeans import KMeansTree
+from videobert_ds.video.vocab import VisualVocabulary
+
+# Crossover measured on CPU (docs/benchmarks.md, "Visual vocabulary"): exact below, descent above.
+AUTO_EXACT_MAX_WORDS = 1024
+METHODS = ("auto", "exact", "descent")
+
+
+class VisualTokenizer(nn.Module):
+    """uint8 frames (B, T, H, W, C) -> (visual-word ids (B, n_clips) int64, valid mask (B, n_clips) bool).
+
+    Frozen: the encoder is kept in eval mode with gradients off, and calls run under torch.no_grad.
+    The centroids are buffers, so `.to(device)` moves them with the encoder; input frames are moved to
+    that device. A clip is valid when all its frames are real (index < num_frames); invalid clips get
+    id 0, so padding never changes a result.
+    """
+
+    def __init__(
+        self,
+        encoder: ClipEncoder,
+        vocab: VisualVocabulary,
+        *,
+        method: str = "auto",
+        clips_per_batch: int = 256,
+    ) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"assignment method must be one of {METHODS}, got {method!r}")
+        if clips_per_batch < 1:
+            raise ValueError(f"clips_per_batch must be >= 1, got {clips_per_batch}")
+        vocab.check_encoder(encoder)
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.frames_per_clip = int(encoder.frames_per_clip)
+        self.branching = vocab.branching
+        self.vocab_size = vocab.size
+        self.method = method if method != "auto" else ("exact" if vocab.size <= AUTO_EXACT_MAX_WORDS else "descent")
+        self.clips_per_batch = clips_per_batch
+        for i, cents in enumerate(vocab.tree.levels):
+            self.register_buffer(f"level_{i}", cents.detach().float().clone(), persistent=False)
+        self.depth = vocab.depth
+        self._tree: KMeansTree | None = None
+        self._tree_key: tuple | None = None
+
+    def train(self, mode: bool = True) -> VisualTokenizer:
+        # Frozen whatever the surrounding model does.
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.level_0.device
+
+    def _centroid_tree(self) -> KMeansTree:
+        # Rebuilt only when the buffers moved (e.g. after .to(device)), so norms are cached per device.
+        levels = [getattr(self, f"level_{i}") for i in range(self.depth)]
+        key = tuple((c.data_ptr(), c.device) for c in levels)
+        if self._tree_key != key:
+            self._tree, self._tree_key = KMeansTree(self.branching, levels), key
+        return self._tree
+
+    @torch.no_grad()
+    def forward(
+        self, frames: torch.Tensor, num_frames: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if frames.ndim != 5 or frames.dtype != torch.uint8:
+            raise ValueError(f"frames must be uint8 (B, T, H, W, C), got {frames.dtype} {tuple(frames.shape)}")
+        b, t = frames.shape[:2]
+        n = t // self.frames_per_clip
+        if n == 0:
+            raise ValueError(f"{t} frames is fewer than one clip of {self.frames_per_clip}")
+        dev = self.device
+        fpc = self.frames_per_clip
+        clips = frames[:, : n * fpc].reshape(b * n, fpc, *frames.shape[2:])
+        tree = self._centroid_tree()
+        assign = tree.assign_exact if self.method == "exact" else tree.assign_descent
+        ids = torch.empty(b * n, dtype=torch.long, device=dev)
+        for s in range(0, b * n, self.clips_per_batch):
+            feats = self.encoder.encode_clips(clips[s : s + self.clips_per_batch].to(dev, non_blocking=True))
+            ids[s : s + self.clips_per_batch] = assign(feats.float())
+        ids = ids.reshape(b, n)
+        ends = (torch.arange(n, device=dev) + 1) * fpc  # clip j needs frames [j*fpc, (j+1)*fpc)
+        if num_frames is None:
+            valid = torch.ones(b, n, dtype=torch.bool, device=dev)
+        else:
+            num_frames = torch.as_tensor(num_frames, device=dev)
+            if num_frames.shape != (b,):
+                raise ValueError(f"num_frames must have shape ({b},), got {tuple(num_frames.shape)}")
+            valid = ends[None, :] <= num_frames[:, None]
+        return ids.masked_fill(~valid, 0), valid

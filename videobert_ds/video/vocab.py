@@ -1,0 +1,134 @@
+"""The visual vocabulary: one safetensors file holding a k-means centroid tree and what it was fit on.
+
+File layout: tensors `level_0` ... `level_{depth-1}` (level l is (branching**(l+1), feature_dim) float32;
+the rows of the last level are the visual words, id = path from the root in base `branching`), and
+string metadata `format`, `depth`, `branching`, `feature_dim`, `frames_per_clip`, `seed`, and `encoder`
+(the ClipEncoder identity dict as JSON). A vocabulary refuses an encoder whose identity differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from videobert_ds.video.encoders import ClipEncoder
+from videobert_ds.video.kmeans import KMeansTree, fit_kmeans_tree
+
+FORMAT = "videobert-visual-vocab-v1"
+
+
+class _NotVocab(Exception):
+    pass
+
+
+class VisualVocabulary:
+    """A fitted hierarchical k-means tree plus the identity of the clip encoder it was fit on."""
+
+    def __init__(self, tree: KMeansTree, *, frames_per_clip: int, encoder: dict, seed: int) -> None:
+        if int(encoder.get("feature_dim", tree.dim)) != tree.dim:
+            raise ValueError(f"encoder feature_dim {encoder['feature_dim']} != centroid dim {tree.dim}")
+        self.tree = tree
+        self.frames_per_clip = int(frames_per_clip)
+        self.encoder = dict(encoder)
+        self.seed = int(seed)
+
+    @property
+    def depth(self) -> int:
+        return self.tree.depth
+
+    @property
+    def branching(self) -> int:
+        return self.tree.branching
+
+    @property
+    def feature_dim(self) -> int:
+        return self.tree.dim
+
+    @property
+    def size(self) -> int:
+        """Number of visual words (branching ** depth)."""
+        return self.tree.num_leaves
+
+    @classmethod
+    def fit(
+        cls,
+        features: torch.Tensor,
+        encoder: ClipEncoder,
+        *,
+        depth: int,
+        branching: int,
+        seed: int = 0,
+        **kmeans_kwargs,
+    ) -> VisualVocabulary:
+        """Fit on this rank's clip features (N, D) from `encoder`; distributed when torch.distributed is up."""
+        ident = encoder.identity()
+        if features.ndim != 2 or features.shape[1] != ident["feature_dim"]:
+            raise ValueError(f"features must be (N, {ident['feature_dim']}) from {ident['name']}, got {tuple(features.shape)}")
+        tree = fit_kmeans_tree(features, depth, branching, seed=seed, **kmeans_kwargs)
+        return cls(tree, frames_per_clip=ident["frames_per_clip"], encoder=ident, seed=seed)
+
+    def check_encoder(self, encoder: ClipEncoder) -> None:
+        """Raise a one-line ValueError naming every identity field where `encoder` differs from ours."""
+        got = encoder.identity()
+        diffs = [f"{k} {self.encoder.get(k)!r} != {got.get(k)!r}" for k in sorted(set(self.encoder) | set(got))
+                 if self.encoder.get(k) != got.get(k)]
+        if diffs:
+            raise ValueError("visual vocabulary was fit on a different clip encoder: " + "; ".join(diffs))
+
+    def to(self, device: torch.device | str) -> VisualVocabulary:
+        return VisualVocabulary(self.tree.to(device), frames_per_clip=self.frames_per_clip,
+                                encoder=self.encoder, seed=self.seed)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the one-file vocabulary (to a temporary name in the same folder, then renamed)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"level_{i}": c.detach().float().cpu().contiguous() for i, c in enumerate(self.tree.levels)}
+        meta = {
+            "format": FORMAT,
+            "depth": str(self.depth),
+            "branching": str(self.branching),
+            "feature_dim": str(self.feature_dim),
+            "frames_per_clip": str(self.frames_per_clip),
+            "seed": str(self.seed),
+            "encoder": json.dumps(self.encoder, sort_keys=True),
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> VisualVocabulary:
+        """Read a vocabulary file; a missing, foreign or inconsistent file is a one-line error."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"visual vocabulary file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise _NotVocab(meta.get("format"))
+                depth, branching = int(meta["depth"]), int(meta["branching"])
+                levels = [f.get_tensor(f"level_{i}") for i in range(depth)]
+                encoder = json.loads(meta["encoder"])
+                frames_per_clip, seed, dim = int(meta["frames_per_clip"]), int(meta["seed"]), int(meta["feature_dim"])
+        except _NotVocab as e:
+            raise ValueError(f"{path} is not a visual vocabulary (format {e.args[0]!r}, want {FORMAT!r})") from None
+        except Exception as e:  # safetensors header errors, missing keys or metadata, bad JSON
+            raise ValueError(f"cannot read visual vocabulary {path}: {type(e).__name__}: {e}") from None
+        tree = KMeansTree(branching, [c.to(device) for c in levels])
+        if tree.dim != dim:
+            raise ValueError(f"{path}: centroid dim {tree.dim} != recorded feature_dim {dim}")
+        return cls(tree, frames_per_clip=frames_per_clip, encoder=encoder, seed=seed)
