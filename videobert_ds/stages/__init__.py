@@ -1,0 +1,18 @@
+"""Stage registry: a config's `stage:` key names the module that trains it."""
+
+from __future__ import annotations
+
+import importlib
+
+from videobert_ds.config import ConfigError
+
+STAGES = {
+    "pretrain_video_encoder": "videobert_ds.stages.video_encoder:VideoEncoderStage",
+}
+
+
+def stage_class(name: str) -> type:
+    if name not in STAGES:
+        raise ConfigError(f"stage: unknown stage {name!r} (known: {', '.join(sorted(STAGES))})")
+    module, cls = STAGES[name].split(":")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,56 @@
+"""What a training stage provides to the engine; one module per stage implements it."""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from videobert_ds.config import StageConfig
+
+
+class Stage(abc.ABC):
+    """A stage = config type + model + how a loader batch becomes model inputs + export.
+
+    The training module returned by `build_module` maps `inputs` (from `make_inputs`) to a dict of
+    scalar tensors: "loss" (what is optimised) plus one entry per loss term for the curves.
+    """
+
+    name: str
+    config_cls: type[StageConfig]
+
+    def __init__(self, cfg: StageConfig) -> None:
+        self.cfg = cfg
+
+    def check(self) -> None:
+        """Stage-specific validation before any rank starts work (raise ConfigError)."""
+
+    @abc.abstractmethod
+    def build_module(self) -> nn.Module:
+        """The training module. Called with ZeRO-3 construction context active when configured."""
+
+    @abc.abstractmethod
+    def make_inputs(self, batch: Any, device: torch.device) -> dict[str, Any]:
+        """Loader batch -> inputs for the training module, on `device`."""
+
+    def flops_per_sample(self, module: nn.Module) -> float:
+        """Training FLOPs per sample (forward + backward) for MFU; 0 if unknown."""
+        return 0.0
+
+    def tokens_per_sample(self) -> float | None:
+        return None
+
+    def images(self, module: nn.Module, inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Image grids for TensorBoard from a validation forward (rank 0 only)."""
+        return {}
+
+    def on_train_start(self, module: nn.Module, device: torch.device) -> None:
+        """Hook after DeepSpeed initialisation (e.g. load frozen helpers onto the device)."""
+
+    @abc.abstractmethod
+    def export(self, module: nn.Module, out_dir: Path) -> None:
+        """Write the consolidated model dir from a full (unpartitioned) training module."""
