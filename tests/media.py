@@ -13,14 +13,17 @@ import av
 import numpy as np
 
 
+LEVELS = 24  # distinct brightnesses before the pattern repeats
+
+
 def level(i: int) -> int:
-    """Brightness of source frame i (steps of 6 survive lossy coding; wraps after 40 frames)."""
-    return 8 + 6 * (i % 40)
+    """Brightness of source frame i: steps of 10 survive two rounds of lossy coding."""
+    return 8 + 10 * (i % LEVELS)
 
 
 def frame_index(mean: float) -> int:
-    """Inverse of ``level`` for frame indices below 40."""
-    return int(round((mean - 8) / 6))
+    """Inverse of ``level``: source frame index modulo ``LEVELS``."""
+    return int(round((mean - 8) / 10))
 
 
 def make_video(
@@ -35,9 +38,12 @@ def make_video(
     rotation: int = 0,
     pix_fmt: str = "yuv420p",
     options: dict[str, str] | None = None,
+    noise: bool = False,
 ) -> Path:
-    """Write a short video; the container format follows the file extension."""
+    """Write a short video; the container format follows the file extension. ``noise`` adds
+    zero-mean texture (+-6) so packets are big (for cutting files part-way)."""
     rate = Fraction(fps)
+    rng = np.random.default_rng(0)
     n = int(round(seconds * rate))
     with av.open(str(path), mode="w") as out:
         vs = out.add_stream(encoder, rate=rate, options=options or {})
@@ -48,7 +54,10 @@ def make_video(
         if audio:
             aus = out.add_stream("aac" if path.suffix in (".mp4", ".mkv") else "libopus", rate=48000)
         for i in range(n):
-            img = np.full((height, width, 3), level(i), np.uint8)
+            img = np.full((height, width, 3), level(i), np.int16)
+            if noise:
+                img = img + rng.integers(-6, 7, size=img.shape)
+            img = img.clip(0, 255).astype(np.uint8)
             vf = av.VideoFrame.from_ndarray(img, format="rgb24")
             vf.pts = i
             vf.time_base = 1 / rate

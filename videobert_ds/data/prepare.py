@@ -13,6 +13,7 @@ reason in report.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -126,6 +127,16 @@ class Skip:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+def sample_key_prefix(video_id: str) -> str:
+    """The id as used in sample keys: [A-Za-z0-9_-] only (webdataset and DALI split names at the
+    first dot), at most 80 characters (tar ustar names); a lossy mapping gets a hash suffix
+    so distinct ids stay distinct."""
+    safe = _SAFE.sub("_", video_id)
+    if safe == video_id and len(safe) <= 80:
+        return safe
+    return f"{safe[:71]}_{hashlib.sha1(video_id.encode('utf-8')).hexdigest()[:8]}"
+
+
 def read_manifest(path: Path) -> tuple[list[Entry], list[Skip], int]:
     """Parse the JSONL input manifest; returns (entries, skipped lines, inputs seen).
 
@@ -156,7 +167,7 @@ def read_manifest(path: Path) -> tuple[list[Entry], list[Skip], int]:
         if not isinstance(split, str) or not _SPLIT_RE.match(split):
             skips.append(Skip(n, "split_invalid", f"split must match [A-Za-z0-9_-]+, got {split!r}", vid, rec["video"]))
             continue
-        key = _SAFE.sub("_", vid)
+        key = sample_key_prefix(vid)
         if key in keys:
             skips.append(Skip(n, "duplicate_id", f"id {vid!r} (key {key!r}) already used", vid, rec["video"]))
             continue
@@ -369,7 +380,7 @@ def process_video(entry: Entry, opts: PrepareOptions) -> VideoResult:
         missed = sum(1 for s in segments if s.index not in emitted)
         if missed:  # cues starting after the last frame
             reasons["cue_outside_video"] += missed
-    if stats.stopped_early:
+    if stats.truncated:
         reasons["video_truncated"] += 1
     elif stats.bad_packets:
         reasons["video_corrupt_packets"] += 1
@@ -394,6 +405,9 @@ def _launcher_rank() -> int:
 def mpi_comm() -> Any | None:
     """COMM_WORLD when launched by an MPI launcher with more than one rank, else None."""
     if not any(v in os.environ for v in _MPI_SIZE_VARS):
+        if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1:
+            # Tasks that cannot talk would each publish the whole corpus into the same dir.
+            raise PrepareError("srun started several tasks without MPI: use srun --mpi=pmix (or pmi2)")
         return None
     from mpi4py import MPI  # imported only under a launcher: plain runs never init MPI
 
@@ -480,7 +494,7 @@ def prepare_corpus(
     manifest, out = Path(manifest), Path(out)
     if not manifest.is_file():
         raise PrepareError(f"manifest not found: {manifest}")
-    if comm == "auto":
+    if isinstance(comm, str) and comm == "auto":
         comm = mpi_comm()
     rank, world = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     t0 = time.time()
@@ -557,8 +571,7 @@ def _finish(out: Path, tmp: Path, parts: list, line_skips: list[Skip], seen: int
         "reasons": dict(sorted(reasons.items())),
         "seconds": round(time.time() - t0, 3),
     }
-    if overwrite:
-        remove_published(out)
+    remove_published(out)  # an old corpus (--overwrite) or shards of a run killed while publishing
     write_json_atomic(out / REPORT, report)
     publish(out, records, meta)  # manifest.json last: it marks the directory complete
     shutil.rmtree(tmp, ignore_errors=True)
@@ -606,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=_positive(float), default=10.0, help="output frame rate")
     p.add_argument("--size", type=_positive(int), default=112, help="output frames are SIZE x SIZE")
     p.add_argument("--samples-per-shard", type=_positive(int), default=256)
-    p.add_argument("--window", type=_positive(float), default=4.0, help="seconds per video-only sample")
+    p.add_argument("--window", type=_positive(float), default=4.0, help="seconds per video-only sample (videos without transcript)")
     p.add_argument("--max-clip-seconds", type=_positive(float), default=8.0, help="longer cues are cut")
     p.add_argument("--min-clip-seconds", type=float, default=0.5, help="shorter cues are skipped")
     p.add_argument("--decode-threads", type=int, default=0, help="source decoder threads (0: auto)")

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import webdataset as wds
 from wds2idx import IndexCreator  # ships with the DALI wheel
 
 __all__ = [
@@ -74,12 +73,14 @@ class SplitShardWriter:
         self.samples_per_shard = samples_per_shard
         self.rank = rank
         self._seq = 0
-        self._open: dict[str, tuple[wds.TarWriter, Path, int, int]] = {}  # split -> writer, path, count, seq
+        self._open: dict[str, tuple[Any, Path, int, int]] = {}  # split -> writer, path, count, seq
         self.finished: list[ShardRecord] = []
 
     def write(self, split: str, key: str, files: dict[str, bytes]) -> None:
         """Add one sample (``files`` maps extension -> bytes) to the split's open shard."""
         if split not in self._open:
+            import webdataset as wds  # deferred: it imports torch, which CLI errors need not wait for
+
             seq = self._seq
             self._seq += 1
             path = self.tmp_dir / f"r{self.rank:05d}-{seq:06d}.tar"

@@ -80,7 +80,18 @@ class DecodeStats:
     stopped_early: bool = False
     error: str = ""
     end_time: float | None = None
+    declared_duration: float | None = None
     source: dict = field(default_factory=dict)
+
+    @property
+    def truncated(self) -> bool:
+        """Decoding failed for good, or ended well before the duration the header declares
+        (the slack allows for audio outlasting the video in the container's duration)."""
+        if self.stopped_early:
+            return True
+        if self.declared_duration is None or self.end_time is None:
+            return False
+        return self.end_time < self.declared_duration - (1.0 + 0.01 * self.declared_duration)
 
 
 class _Ref:
@@ -206,6 +217,10 @@ def stream_segments(
             "height": stream.codec_context.height,
             "fps": float(rate),
         }
+        if stream.duration:
+            stats.declared_duration = float(stream.duration * tb)
+        elif container.duration:
+            stats.declared_duration = container.duration / av.time_base
         origin = stream.start_time
         seg_iter = iter(segments)
         pending = next(seg_iter, None)
