@@ -66,9 +66,9 @@ def make_corpus(work: Path, *, num_videos: int, size: int, fps: int) -> Path:
     from videobert_ds.data.prepare import prepare_corpus
     from videobert_ds.data.synth import synthesize
 
-    manifest = synthesize(work / "corpus", num_videos=num_videos, seed=0)
+    manifest = synthesize(work / "corpus", num_videos=num_videos, seed=0, progress=False)
     shards = work / "shards"
-    prepare_corpus(manifest, shards, codec="vp9", fps=fps, size=size, samples_per_shard=32)
+    prepare_corpus(manifest, shards, codec="vp9", fps=fps, size=size, samples_per_shard=32, progress=False)
     return shards
 
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="decode threads per loader")
     p.add_argument("--prefetch", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2, help="untimed batches first")
-    p.add_argument("--batches", type=int, default=20, help="timed batches")
+    p.add_argument("--batches", type=int, default=40, help="timed batches")
     p.add_argument("--videos", type=int, default=12, help="synthetic videos (without --shards)")
     p.add_argument("--size", type=int, default=112, help="synthetic frame size (without --shards)")
     p.add_argument("--fps", type=int, default=8, help="synthetic fps (without --shards)")
