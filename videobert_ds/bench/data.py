@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="decode threads per loader")
     p.add_argument("--prefetch", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2, help="untimed batches first")
-    p.add_argument("--batches", type=int, default=40, help="timed batches")
+    p.add_argument("--batches", type=int, default=120, help="timed batches")
     p.add_argument("--videos", type=int, default=12, help="synthetic videos (without --shards)")
     p.add_argument("--size", type=int, default=112, help="synthetic frame size (without --shards)")
     p.add_argument("--fps", type=int, default=8, help="synthetic fps (without --shards)")

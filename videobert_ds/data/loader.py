@@ -116,6 +116,9 @@ class ClipLoader:
     ) -> None:
         if batch_size < 1 or num_frames < 1:
             raise ValueError(f"batch_size and num_frames must be >= 1, got {batch_size} and {num_frames}")
+        if num_threads < 1 or prefetch < 1 or shuffle_buffer < 0:
+            raise ValueError(f"need num_threads >= 1, prefetch >= 1, shuffle_buffer >= 0; got "
+                             f"{num_threads}, {prefetch}, {shuffle_buffer}")
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
         if not 0 <= rank < world_size:
