@@ -6,7 +6,7 @@ index at the last level is its path from the root written in base `branching` (t
 Flat k-means is the depth-1 tree.
 
 Fitting goes level by level: every node of a level is fit at once on the points its parent level
-assigned to it (k-means++ initialisation, then Lloyd iterations). All numerical work runs on the
+assigned to it (greedy k-means++ initialisation, then Lloyd iterations). All numerical work runs on the
 features' device.
 
 Distributed fitting (when torch.distributed is initialised): each rank passes only its own features.
@@ -28,12 +28,13 @@ subsampling the fits are equally valid but not identical.
 
 Small nodes: a node with fewer points than `branching` still gets `branching` children. k-means++
 picks each distinct point once and then repeats points, so some children are duplicates (their
-words are never chosen by nearest-centroid assignment, which breaks ties to the lowest index). A node
-with no points at all gets `branching` copies of its parent's centroid.
+words are never chosen by nearest-centroid assignment, which breaks ties to the lowest index); such
+empty children are left where they are. A node with no points at all gets `branching` copies of its
+parent's centroid.
 
-Empty clusters during Lloyd are re-seeded by splitting the node's largest cluster (its centroid is
-moved a small step along a seeded random direction, the empty one the opposite way); this needs no
-extra communication and is identical on every rank.
+Empty clusters during Lloyd in a node with at least `branching` points are re-seeded by splitting the
+node's largest cluster (its centroid is moved a small step along a seeded random direction, the empty
+one the opposite way); this needs no extra communication and is identical on every rank.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class KMeansTree:
 
     branching: int
     levels: list[torch.Tensor]
+    iterations: list[int] = field(default_factory=list)  # Lloyd iterations run per level (fit statistics)
     _norms: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -177,7 +179,7 @@ def fit_kmeans_tree(
     depth, branching: tree shape (branching**depth leaves). seed: makes the fit deterministic.
     max_iter: Lloyd iterations per level at most; tol: stop a level when the relative drop of the
     (global) inertia is below it. init_samples: points per node each rank contributes to k-means++
-    (default 128 * branching); gather_rows: rows per rank per all_gather of those samples (bounds memory).
+    (default 16 * branching); gather_rows: rows per rank per all_gather of those samples (bounds memory).
     progress: tqdm over tree nodes on rank 0. group: the process group when distributed.
     """
     if depth < 1:
@@ -188,7 +190,7 @@ def fit_kmeans_tree(
         raise ValueError(f"features must be a 2-D (N, D) tensor, got shape {tuple(x.shape)}")
     if max_iter < 1 or tol < 0:
         raise ValueError(f"need max_iter >= 1 and tol >= 0, got {max_iter} and {tol}")
-    init_samples = init_samples or 128 * branching
+    init_samples = init_samples or 16 * branching
     comm = _Comm(group)
     total = int(comm.all_reduce(torch.tensor([x.shape[0]], dtype=torch.float64, device=x.device)).item())
     if total == 0:
@@ -197,6 +199,7 @@ def fit_kmeans_tree(
     x = x.float()
     node = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     levels: list[torch.Tensor] = []
+    iterations: list[int] = []
     parent = torch.zeros(1, x.shape[1], device=x.device)
     num_nodes_total = sum(branching**lv for lv in range(depth))
     bar = tqdm(total=num_nodes_total, desc="k-means tree nodes", disable=not progress or comm.rank != 0)
@@ -207,13 +210,14 @@ def fit_kmeans_tree(
         num_nodes = branching**level
         counts = torch.bincount(node, minlength=num_nodes)
         cents = _init_level(x, counts, parent, branching, seed, level, init_samples, gather_rows, comm)
-        cents, assign = _lloyd_level(x, node, counts, cents, seed, level, max_iter, tol, comm, bar)
+        cents, assign, iters = _lloyd_level(x, node, counts, cents, seed, level, max_iter, tol, comm, bar)
+        iterations.append(iters)
         node = node * branching + assign
         parent = cents.reshape(num_nodes * branching, -1)
         levels.append(parent)
         bar.update(num_nodes)
     bar.close()
-    return KMeansTree(branching, levels)
+    return KMeansTree(branching, levels, iterations)
 
 
 def _init_level(
@@ -248,8 +252,12 @@ def _init_level(
 
     # Every rank learns every rank's per-node sample counts, so all take the same chunking below.
     all_take = torch.stack(comm.all_gather(torch.tensor(take, dtype=torch.long, device=dev))).cpu().tolist()
-    gen_pp = torch.Generator(device=dev).manual_seed(_mix(seed, level, 0, 2))
-    out = torch.empty(num_nodes, b, dim, device=dev)
+    # The k-means++ random numbers of every node, drawn up front: the picks then do not depend on how
+    # nodes are chunked or batched (which differs with the number of ranks).
+    trials = 2 + int(math.log(b))
+    uniforms = torch.rand(num_nodes, b, trials, generator=torch.Generator().manual_seed(_mix(seed, level, 2)),
+                          dtype=torch.float64).to(dev)
+    out = parent[:, None, :].expand(num_nodes, b, dim).clone()  # a node with no points: parent copies
     lo, mine_start = 0, 0
     while lo < num_nodes:
         # The longest run of nodes whose samples fit in `gather_rows` rows on every rank (at least one node).
@@ -264,34 +272,92 @@ def _init_level(
         mine = rows[comm.rank]
         buf[:mine] = sample[mine_start : mine_start + mine]
         mine_start += mine
-        gathered = comm.all_gather(buf)
-        offs = [0] * comm.world
+        pts = torch.cat(comm.all_gather(buf))
+        # Row of each node's samples in `pts`: rank r's block starts at r * len(buf), in node order.
+        idx, lengths, nodes = [], [], []
+        offs = [r * buf.shape[0] for r in range(comm.world)]
         for nd in range(lo, hi):
-            parts = []
+            rows_nd = []
             for r in range(comm.world):
-                parts.append(gathered[r][offs[r] : offs[r] + all_take[r][nd]])
+                rows_nd.append(torch.arange(offs[r], offs[r] + all_take[r][nd]))
                 offs[r] += all_take[r][nd]
-            pts = torch.cat(parts)
-            out[nd] = _kmeans_pp(pts, b, gen_pp) if pts.shape[0] else parent[nd].expand(b, dim)
+            rows_nd = torch.cat(rows_nd)
+            if len(rows_nd):
+                idx.append(rows_nd)
+                lengths.append(len(rows_nd))
+                nodes.append(nd)
+        for group in _groups(lengths, dim):
+            g_nodes = torch.tensor([nodes[i] for i in group], device=dev)
+            g_idx, valid = _pad([idx[i] for i in group], dev)
+            out[g_nodes] = _kmeans_pp(pts[g_idx], valid, uniforms[g_nodes])
         lo = hi
     return out
 
 
-def _kmeans_pp(pts: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding on pts (S, D); once every point is chosen, further centroids repeat points."""
-    n = pts.shape[0]
-    chosen = [int(torch.randint(n, (1,), generator=gen, device=pts.device))]
-    d2 = ((pts - pts[chosen[0]]) ** 2).sum(1)
-    for _ in range(1, k):
-        total = d2.sum()
-        if total <= 0:
-            # All remaining points coincide with chosen centroids: repeat them (documented above).
-            chosen.append(chosen[len(chosen) % len(set(chosen))])
-            continue
-        i = int(torch.multinomial(d2 / total, 1, generator=gen))
-        chosen.append(i)
-        d2 = torch.minimum(d2, ((pts - pts[i]) ** 2).sum(1))
-    return pts[chosen].clone()
+def _groups(lengths: list[int], dim: int) -> list[list[int]]:
+    """Batches of segments for padded batched GEMMs: similar lengths (same power of two, so padding at
+    most doubles the rows) and at most _MAX_TILE padded elements per batch (a longer segment is alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: (max(lengths[i], 1).bit_length(), i))
+    out: list[list[int]] = []
+    cur: list[int] = []
+    cur_bits, cur_max = -1, 0
+    for i in order:
+        bits = max(lengths[i], 1).bit_length()
+        longest = max(cur_max, lengths[i])
+        if cur and (bits != cur_bits or (len(cur) + 1) * longest * dim > _MAX_TILE):
+            out.append(cur)
+            cur, cur_max = [], 0
+            longest = lengths[i]
+        cur.append(i)
+        cur_bits, cur_max = bits, longest
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _pad(rows: list[torch.Tensor], dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index lists -> (G, L) padded index tensor (padding repeats each list's first index) and validity."""
+    longest = max(len(r) for r in rows)
+    idx = torch.stack([torch.cat([r, r[:1].expand(longest - len(r))]) for r in rows]).to(dev)
+    lens = torch.tensor([len(r) for r in rows], device=dev)
+    return idx, torch.arange(longest, device=dev)[None, :] < lens[:, None]
+
+
+def _kmeans_pp(pts: torch.Tensor, valid: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Batched greedy k-means++ seeding (as scikit-learn's): pts (G, L, D) padded sample sets, valid (G, L),
+    u (G, k, T) uniforms in [0, 1) with T candidates per step.
+
+    Each step draws T candidates by inverse CDF of D^2 (with the node's own uniforms) and keeps the one
+    that lowers the potential most; greedy trials make poor seedings (two seeds in one true cluster)
+    much rarer than plain k-means++. Once every point of a set coincides with a chosen centroid, further
+    picks repeat the first one (duplicate centroids, documented above).
+    """
+    g = pts.shape[0]
+    k, trials = u.shape[1], u.shape[2]
+    rows = torch.arange(g, device=pts.device)
+    sq = (pts**2).sum(2)
+    n = valid.sum(1)
+    first = (u[:, 0, 0] * n).long().clamp_(max=n - 1)
+    chosen = [first]
+
+    def dist_to(i: torch.Tensor) -> torch.Tensor:
+        # (G, L, T) squared distances to candidates i (G, T) via ||p||^2 - 2 p.c + ||c||^2 in one bmm.
+        c = pts[rows[:, None], i]
+        d = sq[:, :, None] - 2 * torch.bmm(pts, c.transpose(1, 2)) + sq[rows[:, None], i][:, None, :]
+        return d.clamp_(min=0).masked_fill_(~valid[:, :, None], 0)
+
+    d2 = dist_to(first[:, None])[:, :, 0]
+    for step in range(1, k):
+        cdf = d2.double().cumsum(1)
+        total = cdf[:, -1]
+        cand = torch.searchsorted(cdf, u[:, step] * total[:, None], right=True)
+        cand = torch.minimum(cand, (n - 1)[:, None])
+        new_d2 = torch.minimum(d2[:, :, None], dist_to(cand))  # (G, L, T)
+        best = new_d2.double().sum(1).argmin(1)
+        pick = torch.where(total > 0, cand[rows, best], first)
+        chosen.append(pick)
+        d2 = torch.where((total > 0)[:, None], new_d2[rows, :, best], d2)
+    return pts[rows[:, None], torch.stack(chosen, 1)]
 
 
 def _lloyd_level(
@@ -305,19 +371,18 @@ def _lloyd_level(
     tol: float,
     comm: _Comm,
     bar: tqdm,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd iterations for every node of a level at once; returns centroids and each point's child index."""
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Lloyd iterations for every node of a level at once: (centroids, each point's child index, iterations)."""
     num_nodes, b, dim = cents.shape
-    segs = _segments(counts)
-    gen = torch.Generator().manual_seed(_mix(seed, level, 0, 3))  # CPU: split directions, same on all ranks
+    layout = _Layout(x, counts, b)
+    xsq = (x**2).sum(1)
+    gen = torch.Generator().manual_seed(_mix(seed, level, 3))  # CPU: split directions, same on all ranks
     prev = math.inf
     for it in range(max_iter):
-        assign, mind = _assign_level(x, segs, cents)
-        flat = node * b + assign
         # One collective per iteration: [sums (D) | count | SSE] for every centroid of the level.
         buf = torch.zeros(num_nodes * b, dim + 2, dtype=torch.float64, device=x.device)
-        for s in range(0, x.shape[0], 1 << 15):
-            buf[:, :dim].index_add_(0, flat[s : s + (1 << 15)], x[s : s + (1 << 15)].double())
+        assign, mind = layout.step(x, xsq, cents, buf[:, :dim])
+        flat = node * b + assign
         buf[:, dim].index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
         buf[:, dim + 1].index_add_(0, flat, mind.double())
         comm.all_reduce(buf)
@@ -325,49 +390,86 @@ def _lloyd_level(
         cnt, sse = buf[..., dim], buf[..., dim + 1]
         inertia = float(sse.sum())
         new = torch.where(cnt[..., None] > 0, (buf[..., :dim] / cnt.clamp(min=1)[..., None]).float(), cents)
-        _reseed_empty(new, cnt.clone(), sse, gen)
+        _reseed_empty(new, cnt.clone(), sse.clone(), gen)
         cents = new
         bar.set_postfix(level=level, iter=it, inertia=f"{inertia:.4g}")
         if prev - inertia <= tol * inertia:
             break
         prev = inertia
-    assign, _ = _assign_level(x, segs, cents)
-    return cents, assign
+    assign, _ = layout.step(x, xsq, cents)
+    return cents, assign, it + 1
 
 
-def _segments(counts: torch.Tensor) -> list[tuple[int, int, int]]:
-    """(node, start, end) of each non-empty node's contiguous run of points."""
-    ends = torch.cumsum(counts, 0).tolist()
-    c = counts.tolist()
-    return [(nd, ends[nd] - c[nd], ends[nd]) for nd in range(len(c)) if c[nd]]
+class _Layout:
+    """Node-sorted points cut into pieces, batched into padded groups for one bmm per group.
 
+    Points of a node are contiguous (sorted by node). A per-node GEMM loop costs thousands of tiny
+    kernel calls at deep levels; padded batches of similar-length pieces cost a few large ones. The
+    padded copies of x are kept for the level's iterations while they fit in `cache_elems` (padding
+    at most doubles the rows), and gathered again each time beyond that.
+    """
 
-def _assign_level(
-    x: torch.Tensor, segs: list[tuple[int, int, int]], cents: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest child index and squared distance for each point, against its own node's children."""
-    assign = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    mind = torch.empty(x.shape[0], device=x.device)
-    norms = (cents**2).sum(2)
-    for nd, s, e in segs:
-        xs = x[s:e]
-        d = norms[nd] - 2 * xs @ cents[nd].T
-        val, idx = d.min(1)
-        assign[s:e] = idx
-        mind[s:e] = (val + (xs**2).sum(1)).clamp(min=0)
-    return assign, mind
+    def __init__(self, x: torch.Tensor, counts: torch.Tensor, b: int, cache_elems: int = 1 << 29) -> None:
+        dev, dim = x.device, x.shape[1]
+        piece = max(1, _MAX_TILE // (4 * dim))  # long runs (e.g. the root) are cut into pieces
+        starts, lengths, nodes = [], [], []
+        pos = 0
+        for nd, c in enumerate(counts.tolist()):
+            for s in range(0, c, piece):
+                starts.append(pos + s)
+                lengths.append(min(piece, c - s))
+                nodes.append(nd)
+            pos += c
+        self.b = b
+        self.slot = torch.arange(len(starts) + 1, device=dev) * b  # first sum row of each piece in a group
+        self.groups = []
+        cached = 0
+        for group in _groups(lengths, dim):
+            idx, valid = _pad([torch.arange(starts[i], starts[i] + lengths[i]) for i in group], dev)
+            g_nodes = torch.tensor([nodes[i] for i in group], device=dev)
+            xb = None
+            if cached + idx.numel() * dim <= cache_elems:
+                xb, cached = x[idx], cached + idx.numel() * dim
+            rows = (g_nodes[:, None] * b + torch.arange(b, device=dev)).flatten()
+            self.groups.append((g_nodes, idx, valid, idx[valid], xb, rows))
+
+    def step(
+        self, x: torch.Tensor, xsq: torch.Tensor, cents: torch.Tensor, sums: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest child index and squared distance of each point against its own node's children;
+        with `sums` ((nodes*b, D) float64), also adds each cluster's sum of points into it."""
+        assign = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+        mind = torch.empty(x.shape[0], device=x.device)
+        norms = (cents**2).sum(2)
+        for nodes, idx, valid, pos, xb, rows in self.groups:
+            xb = x[idx] if xb is None else xb
+            d = torch.baddbmm(norms[nodes][:, None, :], xb, cents[nodes].transpose(1, 2), alpha=-2)
+            val, a = d.min(2)
+            assign[pos] = a[valid]
+            mind[pos] = (val[valid] + xsq[pos]).clamp_(min=0)
+            if sums is not None:
+                # Cluster sums within the group in float32 (each piece has <= `piece` points), then
+                # added in float64; padded rows go to a dummy last row.
+                g = nodes.shape[0]
+                target = torch.where(valid, self.slot[:g, None] + a, g * self.b).flatten()
+                part = torch.zeros(g * self.b + 1, xb.shape[2], device=xb.device)
+                part.index_add_(0, target, xb.reshape(-1, xb.shape[2]))
+                sums.index_add_(0, rows, part[:-1].double())
+        return assign, mind
 
 
 def _reseed_empty(cents: torch.Tensor, cnt: torch.Tensor, sse: torch.Tensor, gen: torch.Generator) -> None:
-    """Re-seed empty clusters of non-empty nodes in place by splitting the node's largest cluster."""
-    node_total = cnt.sum(1)
-    empty = torch.nonzero((cnt == 0) & (node_total > 0)[:, None]).tolist()
-    dim = cents.shape[2]
+    """Re-seed empty clusters in place by splitting the node's largest cluster.
+
+    Only in nodes with at least as many points as clusters: in a smaller node some clusters must stay
+    empty, and its empty centroids keep their k-means++ places (duplicates of its points, never chosen).
+    """
+    b, dim = cents.shape[1], cents.shape[2]
+    empty = torch.nonzero((cnt == 0) & (cnt.sum(1) >= b)[:, None]).tolist()
     for nd, j in empty:
         big = int(cnt[nd].argmax())
         c_big = float(cnt[nd, big])
         if c_big < 2:
-            cents[nd, j] = cents[nd, big]  # only lone points left: a duplicate centroid (never chosen)
             continue
         # Step scaled by the cluster's RMS spread per dimension, so it is meaningful at any feature scale.
         spread = math.sqrt(max(float(sse[nd, big]), 0.0) / c_big / dim)
