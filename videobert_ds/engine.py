@@ -161,6 +161,8 @@ class Trainer:
         cfg, env, sched = self.cfg, self.env, self.cfg.schedule
         torch.manual_seed(cfg.run.seed + env.rank)
 
+        self.stage.setup(self.run_dir, env.rank, env.device)
+        dist.barrier()
         module, self._hf_ds_config = build_module(self.stage, self.ds_config)
         optimizer_lambda = lambda step: lr_multiplier(  # noqa: E731
             step, sched.warmup_steps, sched.max_steps, sched.decay, sched.min_lr_ratio
@@ -180,9 +182,7 @@ class Trainer:
         ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=sched.keep_checkpoints)
         step = self._resume(resume, ckpt, engine, train_loader)
 
-        monitor = Monitor(
-            self.run_dir, env.rank, env.device, self.stage.flops_per_sample(engine.module), env.world_size
-        )
+        monitor = Monitor(self.run_dir, env.rank, env.device, env.world_size)
         if env.rank == 0:
             log.info(
                 "training %s: %d steps from step %d, micro-batch %d x %d ranks x %d accumulation; "
@@ -205,6 +205,7 @@ class Trainer:
             wait_started = time.perf_counter()
             batch = next(batches)
             inputs = self.stage.make_inputs(batch, env.device)
+            tokens, flops = self.stage.step_stats(inputs)
             timer.data_ready(wait_started)
             if key_log is not None:
                 key_log.write(json.dumps({"step": step, "keys": [m["__key__"] for m in batch.meta]}) + "\n")
@@ -217,7 +218,7 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v.detach().float()
             n_sums += 1
             micro += 1
-            timer.step_done(self.micro_batch)
+            timer.step_done(self.micro_batch, tokens, flops)
             if micro % gas:
                 continue
             step += 1
@@ -228,7 +229,7 @@ class Trainer:
                 grad_norm = engine.get_global_grad_norm()
                 if grad_norm is not None:
                     scalars["train/grad_norm"] = float(grad_norm)
-                scalars.update(monitor.throughput(timer, self.stage.tokens_per_sample()))
+                scalars.update(monitor.throughput(timer))
                 monitor.scalars(step, scalars)
                 if env.rank == 0:
                     log.info("step %d/%d  loss %.4f  %.1f samples/s", step, sched.max_steps,
@@ -270,6 +271,12 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, engine, loader, monitor: Monitor, step: int) -> dict[str, float]:
+        # Same masks and samples at every validation (a fixed seed), without disturbing training's RNG.
+        with torch.random.fork_rng(devices=[self.env.device] if self.env.device.type == "cuda" else []):
+            torch.manual_seed(self.cfg.run.seed)
+            return self._validate(engine, loader, monitor, step)
+
+    def _validate(self, engine, loader, monitor: Monitor, step: int) -> dict[str, float]:
         engine.eval()
         loader.load_state_dict({"epoch": 0, "batches_in_epoch": 0})
         n = min(self.cfg.schedule.val_batches, loader.steps_per_epoch)

@@ -59,17 +59,21 @@ class StepTimer:
         self.data_s = 0.0
         self.total_s = 0.0
         self.samples = 0
+        self.tokens = 0
+        self.flops = 0.0
         self.steps = 0
         self._mark = time.perf_counter()
 
     def data_ready(self, wait_started: float) -> None:
         self.data_s += time.perf_counter() - wait_started
 
-    def step_done(self, samples: int) -> None:
+    def step_done(self, samples: int, tokens: int = 0, flops: float = 0.0) -> None:
         now = time.perf_counter()
         self.total_s += now - self._mark
         self._mark = now
         self.samples += samples
+        self.tokens += tokens
+        self.flops += flops
         self.steps += 1
 
     def restart_clock(self) -> None:
@@ -78,11 +82,10 @@ class StepTimer:
 
 
 class Monitor:
-    def __init__(self, run_dir: Path, rank: int, device: torch.device, flops_per_sample: float, world_size: int) -> None:
+    def __init__(self, run_dir: Path, rank: int, device: torch.device, world_size: int) -> None:
         self.rank = rank
         self.device = device
         self.world_size = world_size
-        self.flops_per_sample = flops_per_sample
         self.peak, self.device_name = device_peak_flops(device)
         self.writer = None
         self.metrics_file = None
@@ -100,8 +103,9 @@ class Monitor:
             self.writer.add_scalar(key, value, step)
         self.metrics_file.write(json.dumps({"step": step, **values}) + "\n")
 
-    def throughput(self, timer: StepTimer, tokens_per_sample: float | None = None) -> dict[str, float]:
-        """Global samples/s (every rank runs the same steps), data-wait share, memory, TFLOP/s and MFU."""
+    def throughput(self, timer: StepTimer) -> dict[str, float]:
+        """Global samples/s and tokens/s (rank 0's count x world size: every rank runs the same steps on
+        same-sized batches), data-wait share, memory, and per-device TFLOP/s and MFU."""
         if timer.total_s <= 0:
             return {}
         sps = timer.samples * self.world_size / timer.total_s
@@ -111,10 +115,10 @@ class Monitor:
             "perf/data_wait_frac": timer.data_s / timer.total_s,
             "perf/memory_gib": memory_gib(self.device),
         }
-        if tokens_per_sample:
-            out["perf/tokens_per_s"] = sps * tokens_per_sample
-        if self.flops_per_sample:
-            achieved = sps * self.flops_per_sample / self.world_size  # per device
+        if timer.tokens:
+            out["perf/tokens_per_s"] = timer.tokens * self.world_size / timer.total_s
+        if timer.flops:
+            achieved = timer.flops / timer.total_s  # this device's model FLOP/s
             out["perf/tflops_per_device"] = achieved / 1e12
             if self.peak:
                 out["perf/mfu"] = achieved / self.peak

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from videobert_ds.config import ConfigError, check_against_deepspeed, check_paths, load_deepspeed_config
-    from videobert_ds.config import load_stage_config, load_yaml, resolve_config_path
+    from videobert_ds.config import load_stage_config, load_yaml, resolve_config_path, save_config
     from videobert_ds.stages import stage_class
 
     # 1. Validate config, DeepSpeed config and paths on every rank before any rank starts work.
@@ -72,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     from videobert_ds.engine import Trainer, init_distributed
 
     env = init_distributed()
+    if not stage.trains:  # e.g. build_vocab: the same launch, its own work
+        run_dir = Path(cfg.run.dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if env.rank == 0:
+            save_config(cfg, run_dir / "config.yaml")
+        stage.run(run_dir, env.rank, env.world_size, env.device)
+        dist.destroy_process_group()
+        return 0
+
     trainer = Trainer(stage, cfg, ds_config, env)
     trainer.fit(resume=args.resume)
     stopped_early = trainer.stopped_early

@@ -8,6 +8,8 @@ from videobert_ds.config import ConfigError
 
 STAGES = {
     "pretrain_video_encoder": "videobert_ds.stages.video_encoder:VideoEncoderStage",
+    "build_vocab": "videobert_ds.stages.build_vocab:BuildVocabStage",
+    "pretrain_teacher": "videobert_ds.stages.teacher:TeacherStage",
 }
 
 

@@ -22,6 +22,7 @@ class Stage(abc.ABC):
 
     name: str
     config_cls: type[StageConfig]
+    trains: bool = True  # False: the stage does its own work in `run` (e.g. build_vocab) instead of the step loop
 
     def __init__(self, cfg: StageConfig) -> None:
         self.cfg = cfg
@@ -37,12 +38,15 @@ class Stage(abc.ABC):
     def make_inputs(self, batch: Any, device: torch.device) -> dict[str, Any]:
         """Loader batch -> inputs for the training module, on `device`."""
 
-    def flops_per_sample(self, module: nn.Module) -> float:
-        """Training FLOPs per sample (forward + backward) for MFU; 0 if unknown."""
-        return 0.0
+    def setup(self, run_dir: Path, rank: int, device: torch.device) -> None:
+        """Work before the model is built, on every rank (e.g. rank 0 trains a tokenizer); a barrier follows.
+        Frozen helper models belong here: it runs before the ZeRO-3 construction context exists, so they
+        load whole instead of partitioned."""
 
-    def tokens_per_sample(self) -> float | None:
-        return None
+    def step_stats(self, inputs: dict[str, Any]) -> tuple[int, float]:
+        """(tokens, training FLOPs) of one micro-batch, from host-side shapes only (no device sync);
+        FLOPs count forward + backward, for MFU. (0, 0.0) when not meaningful."""
+        return 0, 0.0
 
     def images(self, module: nn.Module, inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """Image grids for TensorBoard from a validation forward (rank 0 only)."""
@@ -50,6 +54,10 @@ class Stage(abc.ABC):
 
     def on_train_start(self, module: nn.Module, device: torch.device) -> None:
         """Hook after DeepSpeed initialisation (e.g. load frozen helpers onto the device)."""
+
+    def run(self, run_dir: Path, rank: int, world: int, device: torch.device) -> dict[str, Any]:
+        """The whole work of a non-training stage (trains = False), on every rank."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def export(self, module: nn.Module, out_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,16 +96,20 @@ class VideoEncoderStage(Stage):
         clips, valid = split_into_clips(batch.frames.to(device), batch.num_frames, self.cfg.model.frames_per_clip)
         return {"clips": normalize_frames(clips), "valid": valid}
 
-    def flops_per_sample(self, module: nn.Module) -> float:
-        """Measured, not estimated: count one clip's forward on the meta device; training = 3x forward
-        (backward costs about twice the forward); a sample holds num_frames // frames_per_clip clips."""
+    def step_stats(self, inputs: dict[str, Any]) -> tuple[int, float]:
+        return 0, self.flops_per_clip() * inputs["clips"].shape[0]
+
+    @functools.cache
+    def flops_per_clip(self) -> float:
+        """Measured, not estimated: one clip's forward counted by torch's FlopCounterMode on the meta
+        device; training = 3x forward (backward costs about twice the forward)."""
         m = self.cfg.model
         with torch.device("meta"):
             probe = ClipAutoencoder(m.hf_config())
             clip = torch.empty(1, 3, m.frames_per_clip, m.image_size, m.image_size)
         with FlopCounterMode(display=False) as counter:
             probe(clip)
-        return 3.0 * counter.get_total_flops() * (self.cfg.data.num_frames // m.frames_per_clip)
+        return 3.0 * counter.get_total_flops()
 
     def images(self, module: nn.Module, inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """Input clips (top) over their reconstructions (bottom), frames left to right."""

@@ -1,12 +1,13 @@
 """Frames -> visual-word ids on the model's device: a frozen ClipEncoder followed by the vocabulary's tree.
 
-Assignment method ("auto" by default), from `python -m videobert_ds.bench.kmeans` (docs/benchmarks.md):
-the exact nearest leaf is one GEMM against every leaf and wins for small vocabularies (e.g. 4^2 words of
-64-d: ~30x faster than descent), while the hierarchical descent does `depth * branching` dot products
-per clip instead of `branching**depth` and wins for the paper's 12^4 = 20,736 words of 1024-d (~5x).
-So "auto" uses exact for vocabularies up to AUTO_EXACT_MAX_WORDS words and descent above. The two
+Assignment method ("auto" by default), from `python -m videobert_ds.bench.kmeans` (docs/benchmarks.md,
+"Visual vocabulary"): the exact nearest leaf is one GEMM against every leaf and wins for small
+vocabularies (4^2 words of 64-d: ~5-20x faster than descent; 16^2 of 1024-d: ~1-2x), while the
+hierarchical descent does `depth * branching` dot products per clip instead of `branching**depth`
+and wins for larger ones (12^3 of 1024-d: ~2-4x; the paper's 12^4 = 20,736 words of 1024-d: ~10-20x).
+So "auto" uses exact for vocabularies of up to AUTO_EXACT_MAX_WORDS words and descent above. The two
 can give different ids for the same clip (descent follows the partition the tree was fit with); the
-choice is fixed for a given vocabulary, so training and inference always agree.
+choice depends only on the vocabulary, never on the device, so training and inference always agree.
 """
 
 from __future__ import annotations
@@ -76,8 +77,10 @@ class VisualTokenizer(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, frames: torch.Tensor, num_frames: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, frames: torch.Tensor, num_frames: torch.Tensor | None = None, return_features: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """-> (ids, valid), or (ids, valid, clip features (B, n_clips, D)) with return_features
+        (the teacher regresses masked clips' features)."""
         if frames.ndim != 5 or frames.dtype != torch.uint8:
             raise ValueError(f"frames must be uint8 (B, T, H, W, C), got {frames.dtype} {tuple(frames.shape)}")
         b, t = frames.shape[:2]
@@ -90,9 +93,12 @@ class VisualTokenizer(nn.Module):
         tree = self._centroid_tree()
         assign = tree.assign_exact if self.method == "exact" else tree.assign_descent
         ids = torch.empty(b * n, dtype=torch.long, device=dev)
+        all_feats = []
         for s in range(0, b * n, self.clips_per_batch):
             feats = self.encoder.encode_clips(clips[s : s + self.clips_per_batch].to(dev, non_blocking=True))
             ids[s : s + self.clips_per_batch] = assign(feats.float())
+            if return_features:
+                all_feats.append(feats.float())
         ids = ids.reshape(b, n)
         ends = (torch.arange(n, device=dev) + 1) * fpc  # clip j needs frames [j*fpc, (j+1)*fpc)
         if num_frames is None:
@@ -102,4 +108,7 @@ class VisualTokenizer(nn.Module):
             if num_frames.shape != (b,):
                 raise ValueError(f"num_frames must have shape ({b},), got {tuple(num_frames.shape)}")
             valid = ends[None, :] <= num_frames[:, None]
-        return ids.masked_fill(~valid, 0), valid
+        ids = ids.masked_fill(~valid, 0)
+        if return_features:
+            return ids, valid, torch.cat(all_feats).reshape(b, n, -1)
+        return ids, valid

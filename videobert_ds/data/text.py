@@ -1,0 +1,74 @@
+"""The text side: a Hugging Face tokenizer named in the config, or a WordPiece one trained offline on the
+training transcripts (tokenizers library) and saved with the run, so nothing is downloaded at run time.
+
+VideoBERT's special tokens: [PAD] [UNK] [CLS] [SEP] [MASK] and [>] (the text/video separator).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+log = logging.getLogger(__name__)
+
+VIDEO_SEP = "[>]"
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", VIDEO_SEP]
+
+
+def shard_texts(shard_dir: str | Path, split: str = "train") -> Iterator[str]:
+    """Transcript sentences of a split, read from the shards' json members only (no video decoding)."""
+    import webdataset as wds
+
+    manifest = json.loads((Path(shard_dir) / "manifest.json").read_text())
+    urls = [str(Path(shard_dir) / s["file"]) for s in manifest["shards"] if s["split"] == split]
+    if not urls:
+        raise ValueError(f"no {split!r} shards in {shard_dir} to train a tokenizer on")
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=None):
+        text = json.loads(sample["json"]).get("text", "")
+        if text:
+            yield text
+
+
+def train_wordpiece(texts: Iterator[str], vocab_size: int, out_dir: str | Path) -> PreTrainedTokenizerFast:
+    """Train an uncased BERT-style WordPiece tokenizer and save it as a Hugging Face tokenizer dir."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=1)
+    tok.train_from_iterator(texts, trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", additional_special_tokens=[VIDEO_SEP],
+    )
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fast.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return fast
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """A local tokenizer dir; it must know VideoBERT's special tokens (the [>] separator is added if missing)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"text tokenizer dir not found: {path}")
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if tok.mask_token is None or tok.cls_token is None or tok.sep_token is None or tok.pad_token is None:
+        raise ValueError(f"tokenizer at {path} lacks [CLS]/[SEP]/[MASK]/[PAD] tokens")
+    if VIDEO_SEP not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [VIDEO_SEP]})
+    return tok

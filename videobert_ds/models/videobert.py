@@ -1,0 +1,139 @@
+"""VideoBERT on Hugging Face BERT: text WordPieces, special tokens and visual words in one vocabulary.
+
+Token ids: [0, text_vocab_size) are the text tokenizer's (special tokens included), then
+[text_vocab_size, text_vocab_size + visual_vocab_size) are visual words. Token type 0 = text, 1 = video.
+The config is a plain `BertConfig` (model_type "bert") with VideoBERT's extra fields, and the encoder
+lives under `bert.`, so an exported dir also loads as `transformers.BertModel.from_pretrained(dir)`.
+Teacher and student are this one class at two sizes.
+
+Heads: one masked-token head over the joint vocabulary (tied to the input embeddings; used for text MLM,
+masked visual words and autoregressive captioning), an alignment logit on the pooled [CLS], and a
+clip-feature regression head for masked video positions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel, BertPreTrainedModel
+from transformers import initialization as hf_init
+from transformers.models.bert.modeling_bert import BertOnlyMLMHead
+
+
+def videobert_config(
+    *,
+    text_vocab_size: int,
+    visual_vocab_size: int,
+    visual_feature_dim: int,
+    special_token_ids: dict[str, int],
+    hidden_size: int = 1024,
+    num_hidden_layers: int = 24,
+    num_attention_heads: int = 16,
+    intermediate_size: int = 4096,
+    max_position_embeddings: int = 512,
+    hidden_dropout_prob: float = 0.1,
+    attention_probs_dropout_prob: float = 0.1,
+) -> BertConfig:
+    return BertConfig(
+        vocab_size=text_vocab_size + visual_vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        type_vocab_size=2,
+        hidden_dropout_prob=hidden_dropout_prob,
+        attention_probs_dropout_prob=attention_probs_dropout_prob,
+        pad_token_id=special_token_ids["pad"],
+        text_vocab_size=text_vocab_size,
+        visual_vocab_size=visual_vocab_size,
+        visual_feature_dim=visual_feature_dim,
+        special_token_ids=dict(special_token_ids),
+        architectures=["VideoBertForPreTraining"],
+    )
+
+
+class VideoBertForPreTraining(BertPreTrainedModel):
+    config_class = BertConfig
+    base_model_prefix = "bert"
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.cls = BertOnlyMLMHead(config)
+        self.alignment = nn.Linear(config.hidden_size, 1)
+        self.feature_head = nn.Sequential(
+            nn.Linear(config.hidden_size, config.hidden_size),
+            nn.GELU(),
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
+            nn.Linear(config.hidden_size, config.visual_feature_dim),
+        )
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
+    @property
+    def text_vocab_size(self) -> int:
+        return self.config.text_vocab_size
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (sequence hidden states (B, L, H), pooled [CLS] (B, H)).
+
+        `attention_mask` is (B, L) for bidirectional attention or a boolean (B, 1, L, L) for per-sample
+        patterns such as captioning's sequence-to-sequence mask (True = may attend).
+        """
+        out = self.bert(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+        return out.last_hidden_state, out.pooler_output
+
+    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the joint vocabulary for selected positions (N, H) -> (N, V)."""
+        return self.cls(hidden)
+
+    def alignment_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.alignment(pooled).squeeze(-1)
+
+    def clip_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.feature_head(hidden)
+
+    @torch.no_grad()
+    def init_visual_embeddings(self, centroids: torch.Tensor, seed: int = 0) -> None:
+        """Initialise the visual-word embeddings from the vocabulary's leaf centroids through a fixed random
+        projection (feature_dim -> hidden, Johnson-Lindenstrauss style: it keeps the centroids' geometry),
+        rescaled to the embedding init scale."""
+        gen = torch.Generator().manual_seed(seed)
+        proj = torch.randn(centroids.shape[1], self.config.hidden_size, generator=gen) / math.sqrt(self.config.hidden_size)
+        emb = (centroids.float().cpu() - centroids.float().cpu().mean(0)) @ proj
+        emb = emb / emb.std().clamp_min(1e-6) * self.config.initializer_range
+        table = self.bert.embeddings.word_embeddings.weight
+        start = self.config.text_vocab_size
+        # Under ZeRO-3 the table is partitioned: gather it, write, and let rank 0's copy be re-partitioned.
+        gathered = contextlib.nullcontext()
+        if hasattr(table, "ds_id"):
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters([table], modifier_rank=0)
+        with gathered:
+            table[start : start + emb.shape[0]].copy_(emb.to(table.device, table.dtype))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, nn.LayerNorm):
+            hf_init.ones_(module.weight)
+            hf_init.zeros_(module.bias)

@@ -1,0 +1,325 @@
+"""VideoBERT's pretraining batch (sequences, masking, augmentations) and its five losses.
+
+Sequences: joint `[CLS] text [>] video [SEP]`, text-only `[CLS] text [SEP]`, video-only
+`[CLS] [>] video [SEP]`, mixed by configured ratios. Every random decision (sample kind, masked
+positions, negatives, sub-sampling rate, neighbour concatenation) is made on the host from lengths the
+host already knows (token counts, the clips' frame counts in the sample json), using torch's global CPU
+RNG (restored on resume); the visual-word ids and clip features themselves stay on the device and are
+placed by index, so building a batch never waits for the GPU.
+
+Losses, each weighted by its λ:
+  mlm      masked text tokens (80% [MASK] / 10% random / 10% kept), logits over the text vocabulary
+  mvm      masked visual words, logits over the visual vocabulary
+  align    linguistic-visual alignment on [CLS]: the video swapped for another video's with prob. 0.5
+  caption  autoregressive captioning: a sequence-to-sequence mask where video sees only video and text
+           sees the video and earlier text; position i predicts text token i+1, the last predicts [>]
+  video    masked clip-feature regression: the frozen encoder's (standardised) feature at masked video
+           positions, the source design's video reconstruction loss inside the joint model
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+KIND_JOINT, KIND_TEXT, KIND_VIDEO = 0, 1, 2
+# Visual replacement codes for masked video positions.
+REPLACE_MASK, REPLACE_KEEP = -1, -2
+# Segment codes used to build attention masks on the device.
+SEG_TEXT, SEG_VIDEO, SEG_PAD = 0, 1, 2
+
+
+@dataclass
+class ObjectiveConfig:
+    lambda_mlm: float = 1.0
+    lambda_mvm: float = 1.0
+    lambda_align: float = 1.0
+    lambda_caption: float = 1.0
+    lambda_video: float = 1.0
+    mask_prob: float = 0.15
+    joint_ratio: float = 0.6
+    text_only_ratio: float = 0.2
+    video_only_ratio: float = 0.2
+    caption_ratio: float = 0.25  # share of joint samples trained in captioning mode
+    align_negative_prob: float = 0.5
+    concat_neighbours_prob: float = 0.2
+    max_subsample_rate: int = 5
+    max_text_tokens: int = 64
+    max_seq_len: int = 128
+
+
+@dataclass
+class Specials:
+    cls: int
+    sep: int
+    mask: int
+    pad: int
+    video_sep: int
+    text_vocab_size: int
+    visual_vocab_size: int
+    first_regular_text: int = 0  # random text replacements are drawn from [first_regular_text, text_vocab_size)
+
+
+@dataclass
+class ClipSample:
+    """What the batch builder needs of one loader sample, all on the host."""
+
+    text_ids: list[int]
+    num_clips: int  # valid visual words available (from the json frame count)
+    video_id: str
+    segment: int
+
+
+@dataclass
+class HostBatch:
+    """Index and label tensors built on the host (CPU); `to_device` resolves the visual parts."""
+
+    input_ids: torch.Tensor  # (B, L) token ids; video positions hold 0 until resolved
+    video_src: torch.Tensor  # (B, L) flat index into the (B0 * n_clips) visual ids, -1 elsewhere
+    token_type_ids: torch.Tensor
+    segments: torch.Tensor  # (B, L) SEG_TEXT / SEG_VIDEO / SEG_PAD
+    caption_mode: torch.Tensor  # (B,) bool
+    mlm_labels: torch.Tensor  # (B, L) text labels or IGNORE
+    visual_masked: torch.Tensor  # (B, L) bool
+    visual_replace: torch.Tensor  # (B, L) REPLACE_MASK / REPLACE_KEEP / a random visual word id
+    caption_labels: torch.Tensor  # (B, L) next text token or IGNORE
+    align_labels: torch.Tensor  # (B,) 1 aligned / 0 swapped / -1 not applicable
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _choice(probs: list[float]) -> int:
+    return int(torch.multinomial(torch.tensor(probs, dtype=torch.float), 1).item())
+
+
+def _rand() -> float:
+    return float(torch.rand(()).item())
+
+
+def _randint(low: int, high: int) -> int:
+    """Uniform in [low, high)."""
+    return int(torch.randint(low, high, ()).item())
+
+
+def _mask_positions(n: int, prob: float) -> list[int]:
+    """Positions to mask among n, at least one when n > 0."""
+    if n == 0:
+        return []
+    picked = (torch.rand(n) < prob).nonzero().flatten().tolist()
+    return picked or [_randint(0, n)]
+
+
+def build_batch(samples: list[ClipSample], n_clips: int, sp: Specials, cfg: ObjectiveConfig, train: bool = True) -> HostBatch:
+    """Sequences, masks and labels for one micro-batch (see the module docstring)."""
+    counts = {"skipped": 0, "concatenated": 0}
+
+    # Each entry: (text ids, [(source sample, clip index)], kind, caption?, aligned?)
+    entries: list[dict[str, Any]] = []
+    used = [False] * len(samples)
+    for i, s in enumerate(samples):
+        if used[i]:
+            continue
+        used[i] = True
+        text, clips = list(s.text_ids), [(i, c) for c in range(min(s.num_clips, n_clips))]
+        # Augmentation: concatenate with the next segment of the same video when it is in the batch.
+        if train and _rand() < cfg.concat_neighbours_prob:
+            for j in range(len(samples)):
+                t = samples[j]
+                if not used[j] and t.video_id == s.video_id and t.segment == s.segment + 1:
+                    used[j] = True
+                    text += t.text_ids
+                    clips += [(j, c) for c in range(min(t.num_clips, n_clips))]
+                    counts["concatenated"] += 1
+                    break
+        if not text and not clips:
+            counts["skipped"] += 1  # empty text and zero frames: nothing to learn from
+            continue
+        if not text:
+            kind = KIND_VIDEO
+        elif not clips:
+            kind = KIND_TEXT
+        else:
+            kind = [KIND_JOINT, KIND_TEXT, KIND_VIDEO][
+                _choice([cfg.joint_ratio, cfg.text_only_ratio, cfg.video_only_ratio])] if train else KIND_JOINT
+        # Augmentation: sub-sample the visual words at a random rate 1..max_subsample_rate.
+        if train and clips and cfg.max_subsample_rate > 1:
+            clips = clips[:: _randint(1, cfg.max_subsample_rate + 1)]
+        caption = kind == KIND_JOINT and _rand() < cfg.caption_ratio
+        entries.append({"text": text, "clips": clips, "kind": kind, "caption": caption, "video_id": s.video_id,
+                        "aligned": 1 if kind == KIND_JOINT and not caption else -1})
+
+    # Alignment negatives: swap the video for another video's clips.
+    for e in entries:
+        if e["aligned"] == 1 and _rand() < cfg.align_negative_prob:
+            others = [o for o in entries if o["video_id"] != e["video_id"] and o["clips"]]
+            if others:
+                e["clips"] = others[_randint(0, len(others))]["clips"]
+                e["aligned"] = 0
+
+    if not entries:  # nothing usable: one empty [CLS][SEP] keeps every rank's forward calls equal
+        entries.append({"text": [], "clips": [], "kind": KIND_TEXT, "caption": False, "video_id": "", "aligned": -1})
+
+    budget = cfg.max_seq_len
+    rows = []
+    for e in entries:
+        text = e["text"][: cfg.max_text_tokens]
+        has_video = e["kind"] in (KIND_JOINT, KIND_VIDEO)
+        has_text = e["kind"] in (KIND_JOINT, KIND_TEXT)
+        text = text if has_text else []
+        room = budget - 2 - len(text) - (1 if has_video else 0)
+        clips = e["clips"][: max(room, 0)] if has_video else []
+        rows.append((text, clips, has_video, e))
+    length = max(2 + len(t) + (1 if hv else 0) + len(c) for t, c, hv, _ in rows)
+
+    b = len(rows)
+    input_ids = torch.full((b, length), sp.pad, dtype=torch.long)
+    video_src = torch.full((b, length), -1, dtype=torch.long)
+    token_type = torch.zeros((b, length), dtype=torch.long)
+    segments = torch.full((b, length), SEG_PAD, dtype=torch.long)
+    mlm_labels = torch.full((b, length), IGNORE, dtype=torch.long)
+    visual_masked = torch.zeros((b, length), dtype=torch.bool)
+    visual_replace = torch.full((b, length), REPLACE_KEEP, dtype=torch.long)
+    caption_labels = torch.full((b, length), IGNORE, dtype=torch.long)
+    caption_mode = torch.zeros(b, dtype=torch.bool)
+    align_labels = torch.full((b,), -1.0)
+    n_tokens = 0
+    for r, (text, clips, has_video, e) in enumerate(rows):
+        seq = [sp.cls, *text]
+        seg = [SEG_TEXT] * len(seq)
+        if has_video:
+            seq.append(sp.video_sep)
+            seg.append(SEG_VIDEO)
+        v_start = len(seq)
+        seq += [0] * len(clips)
+        seg += [SEG_VIDEO] * len(clips)
+        seq.append(sp.sep)
+        seg.append(SEG_VIDEO if has_video else SEG_TEXT)
+        n = len(seq)
+        n_tokens += n
+        input_ids[r, :n] = torch.tensor(seq)
+        segments[r, :n] = torch.tensor(seg)
+        token_type[r, v_start - (1 if has_video else 0) : n] = 1 if has_video else 0
+        if clips:
+            video_src[r, v_start : v_start + len(clips)] = torch.tensor([i * n_clips + c for i, c in clips])
+        align_labels[r] = e["aligned"]
+        if e["caption"]:
+            caption_mode[r] = True
+            # Position k (the [CLS] or a text token) predicts the next text token; the last predicts [>].
+            targets = [*text, sp.video_sep]
+            caption_labels[r, : len(targets)] = torch.tensor(targets)
+            continue
+        if not train:
+            continue
+        for k in _mask_positions(len(text), cfg.mask_prob):
+            pos = 1 + k
+            mlm_labels[r, pos] = text[k]
+            u = _rand()
+            if u < 0.8:
+                input_ids[r, pos] = sp.mask
+            elif u < 0.9:
+                input_ids[r, pos] = _randint(sp.first_regular_text, sp.text_vocab_size)
+        for k in _mask_positions(len(clips), cfg.mask_prob):
+            pos = v_start + k
+            visual_masked[r, pos] = True
+            u = _rand()
+            visual_replace[r, pos] = REPLACE_MASK if u < 0.8 else (
+                _randint(0, sp.visual_vocab_size) if u < 0.9 else REPLACE_KEEP)
+    counts["num_tokens"] = n_tokens
+    counts["rows"] = b
+    return HostBatch(input_ids, video_src, token_type, segments, caption_mode, mlm_labels, visual_masked,
+                     visual_replace, caption_labels, align_labels, counts)
+
+
+def attention_mask(segments: torch.Tensor, caption_mode: torch.Tensor) -> torch.Tensor:
+    """(B, 1, L, L) bool, True = may attend. Bidirectional over real tokens, except in captioning mode:
+    video attends only to video (so no text can leak back through it) and text attends to the video and
+    to itself and earlier text."""
+    seg_q, seg_k = segments[:, :, None], segments[:, None, :]
+    real_k = seg_k != SEG_PAD
+    length = segments.shape[1]
+    pos = torch.arange(length, device=segments.device)
+    earlier = pos[None, None, :] <= pos[None, :, None]
+    seq2seq = torch.where(seg_q == SEG_VIDEO, seg_k == SEG_VIDEO, (seg_k == SEG_VIDEO) | ((seg_k == SEG_TEXT) & earlier))
+    mask = torch.where(caption_mode[:, None, None], seq2seq, torch.ones_like(seq2seq)) & real_k
+    # Padding queries attend to themselves only, so no row is empty (SDPA would return NaN).
+    eye = torch.eye(length, dtype=torch.bool, device=segments.device)[None]
+    mask = mask | (eye & (seg_q == SEG_PAD))
+    return mask[:, None]
+
+
+def to_device(host: HostBatch, visual_ids: torch.Tensor, visual_features: torch.Tensor | None, sp: Specials,
+              device: torch.device) -> dict[str, torch.Tensor]:
+    """Resolve video positions from the device-side visual words; returns the model's inputs and targets."""
+    t = {k: getattr(host, k).to(device, non_blocking=True) for k in (
+        "input_ids", "video_src", "token_type_ids", "segments", "caption_mode", "mlm_labels", "visual_masked",
+        "visual_replace", "caption_labels", "align_labels")}
+    flat_ids = visual_ids.reshape(-1)
+    is_video = t["video_src"] >= 0
+    src = t["video_src"].clamp_min(0)
+    words = flat_ids[src]  # (B, L) visual word per video position
+    input_ids = torch.where(is_video, words + sp.text_vocab_size, t["input_ids"])
+    replace = t["visual_replace"]
+    input_ids = torch.where(t["visual_masked"] & (replace == REPLACE_MASK), torch.full_like(input_ids, sp.mask), input_ids)
+    input_ids = torch.where(t["visual_masked"] & (replace >= 0), replace + sp.text_vocab_size, input_ids)
+    out = {
+        "input_ids": input_ids,
+        "token_type_ids": t["token_type_ids"],
+        "attention_mask": attention_mask(t["segments"], t["caption_mode"]),
+        "mlm_labels": t["mlm_labels"],
+        "mvm_labels": torch.where(t["visual_masked"], words, torch.full_like(words, IGNORE)),
+        "caption_labels": t["caption_labels"],
+        "align_labels": t["align_labels"],
+    }
+    if visual_features is not None:
+        feats = visual_features.reshape(-1, visual_features.shape[-1])[src]  # (B, L, D)
+        out["feature_targets"] = F.layer_norm(feats.float(), feats.shape[-1:])
+    return out
+
+
+def _masked_ce(logits_fn, hidden: torch.Tensor, labels: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy over vocabulary slice [lo, hi) at labelled positions; (sum loss / count, accuracy).
+    Empty selections give 0 with the head still in the graph (every rank's backward touches the same params)."""
+    sel = labels != IGNORE
+    h = hidden[sel]
+    logits = logits_fn(h)[:, lo:hi].float()
+    target = labels[sel] - lo
+    count = sel.sum().clamp_min(1)
+    loss = F.cross_entropy(logits, target, reduction="sum") / count
+    acc = (logits.argmax(-1) == target).float().sum() / count
+    return loss, acc.detach()
+
+
+def pretraining_losses(model: torch.nn.Module, inputs: dict[str, torch.Tensor], cfg: ObjectiveConfig) -> dict[str, torch.Tensor]:
+    hidden, pooled = model(inputs["input_ids"], inputs["token_type_ids"], inputs["attention_mask"])
+    text_vocab = model.config.text_vocab_size
+    vocab = model.config.vocab_size
+    out: dict[str, torch.Tensor] = {}
+    out["mlm"], out["acc_text"] = _masked_ce(model.token_logits, hidden, inputs["mlm_labels"], 0, text_vocab)
+    mvm_labels = inputs["mvm_labels"]
+    shifted = torch.where(mvm_labels != IGNORE, mvm_labels + text_vocab, mvm_labels)
+    out["mvm"], out["acc_visual"] = _masked_ce(model.token_logits, hidden, shifted, text_vocab, vocab)
+    out["caption"], out["acc_caption"] = _masked_ce(model.token_logits, hidden, inputs["caption_labels"], 0, text_vocab)
+
+    align = inputs["align_labels"]
+    has_align = align >= 0
+    logits = model.alignment_logits(pooled).float()
+    per = F.binary_cross_entropy_with_logits(logits, align.clamp_min(0), reduction="none")
+    n_align = has_align.sum().clamp_min(1)
+    out["align"] = (per * has_align).sum() / n_align
+    out["acc_align"] = (((logits > 0).float() == align) & has_align).float().sum().detach() / n_align
+
+    if "feature_targets" in inputs:
+        sel = inputs["mvm_labels"] != IGNORE
+        pred = model.clip_features(hidden[sel]).float()
+        out["video"] = F.mse_loss(pred, inputs["feature_targets"][sel], reduction="sum") / (
+            sel.sum().clamp_min(1) * pred.shape[-1])
+    else:
+        out["video"] = hidden.sum() * 0.0
+    out["loss"] = (cfg.lambda_mlm * out["mlm"] + cfg.lambda_mvm * out["mvm"] + cfg.lambda_align * out["align"]
+                   + cfg.lambda_caption * out["caption"] + cfg.lambda_video * out["video"])
+    for k in ("mlm", "mvm", "align", "caption", "video"):
+        out[k] = out[k].detach()
+    return out

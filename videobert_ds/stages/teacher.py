@@ -1,0 +1,220 @@
+"""Stage 3, `pretrain_teacher`: VideoBERT pretraining on text, visual words and both together.
+
+Visual words are computed on the fly on the training device: DALI-decoded frames -> the frozen clip
+encoder of stage 1 -> nearest word of the stage-2 vocabulary. The same stage class, at a small size,
+is the student's architecture (stage 4).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from videobert_ds.config import ConfigError, StageConfig
+from videobert_ds.data.text import load_tokenizer, shard_texts, train_wordpiece
+from videobert_ds.models.videobert import VideoBertForPreTraining, videobert_config
+from videobert_ds.objectives import ClipSample, ObjectiveConfig, Specials, build_batch, pretraining_losses, to_device
+from videobert_ds.stages.base import Stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TextConfig:
+    tokenizer: str = ""  # a local Hugging Face tokenizer dir; empty = train WordPiece on the transcripts
+    vocab_size: int = 8000  # for the trained WordPiece tokenizer
+
+
+@dataclass
+class VisualConfig:
+    encoder: str = "runs/video_encoder/final"  # exported stage-1 autoencoder dir
+    vocab: str = "runs/vocab/vocab.safetensors"  # stage-2 vocabulary file
+    init_from_centroids: bool = True  # visual-word embeddings from the centroids through a projection
+    clips_per_batch: int = 256
+
+
+@dataclass
+class BertSize:
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    intermediate_size: int = 4096
+    max_position_embeddings: int = 512
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    visual_vocab_size: int = 0  # 0 = the vocabulary's size; otherwise it must match it
+    init_text_from: str = ""  # a local BERT checkpoint dir to initialise the text side from
+
+
+@dataclass
+class TeacherStageConfig(StageConfig):
+    text: TextConfig = field(default_factory=TextConfig)
+    visual: VisualConfig = field(default_factory=VisualConfig)
+    model: BertSize = field(default_factory=BertSize)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+
+def vocab_metadata(path: str | Path) -> dict[str, Any]:
+    """The vocabulary's header (size, feature_dim, frames_per_clip, encoder) without loading centroids."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise ConfigError(f"visual.vocab: vocabulary file not found: {path}")
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = f.metadata() or {}
+    if "branching" not in meta:
+        raise ConfigError(f"visual.vocab: {path} is not a visual vocabulary file")
+    return {"size": int(meta["branching"]) ** int(meta["depth"]), "feature_dim": int(meta["feature_dim"]),
+            "frames_per_clip": int(meta["frames_per_clip"]), "encoder": json.loads(meta["encoder"])}
+
+
+def load_visual_tokenizer(encoder_dir: str | Path, vocab_path: str | Path, device: torch.device, clips_per_batch: int = 256):
+    """Frozen encoder + vocabulary on `device`; a mismatch between them is a one-line ValueError."""
+    from videobert_ds.video.autoencoder import AutoencoderClipEncoder
+    from videobert_ds.video.tokenizer import VisualTokenizer
+    from videobert_ds.video.vocab import VisualVocabulary
+
+    encoder = AutoencoderClipEncoder.from_pretrained(str(encoder_dir))
+    vocab = VisualVocabulary.load(vocab_path)
+    return VisualTokenizer(encoder, vocab, clips_per_batch=clips_per_batch).to(device), vocab
+
+
+class PretrainingObjective(nn.Module):
+    def __init__(self, model: VideoBertForPreTraining, cfg: ObjectiveConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = pretraining_losses(self.model, inputs, self.cfg)
+        out["skipped_samples"] = inputs["skipped_samples"]
+        return out
+
+
+class TeacherStage(Stage):
+    name = "pretrain_teacher"
+    config_cls = TeacherStageConfig
+    cfg: TeacherStageConfig
+
+    # -- validation before any rank works ------------------------------------------------------
+    def check(self) -> None:
+        v, m = self.cfg.visual, self.cfg.model
+        meta = vocab_metadata(v.vocab)
+        if not (Path(v.encoder) / "config.json").is_file():
+            raise ConfigError(f"visual.encoder: no exported clip encoder at {v.encoder}")
+        enc_cfg = json.loads((Path(v.encoder) / "config.json").read_text())
+        for key in ("feature_dim", "frames_per_clip"):
+            if enc_cfg.get(key) != meta["encoder"].get(key):
+                raise ConfigError(f"visual.vocab was fit on a different clip encoder: {key} "
+                                  f"{meta['encoder'].get(key)} != {enc_cfg.get(key)} of {v.encoder}")
+        if m.visual_vocab_size and m.visual_vocab_size != meta["size"]:
+            raise ConfigError(f"model.visual_vocab_size ({m.visual_vocab_size}) does not match the visual "
+                              f"vocabulary's {meta['size']} words ({v.vocab})")
+        if self.cfg.data.num_frames < meta["frames_per_clip"]:
+            raise ConfigError(f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({meta['frames_per_clip']})")
+        if self.cfg.text.tokenizer and not Path(self.cfg.text.tokenizer).is_dir():
+            raise ConfigError(f"text.tokenizer: no tokenizer dir at {self.cfg.text.tokenizer}")
+        if m.init_text_from and not Path(m.init_text_from).is_dir():
+            raise ConfigError(f"model.init_text_from: no BERT checkpoint dir at {m.init_text_from}")
+        o = self.cfg.objective
+        if o.max_seq_len > m.max_position_embeddings:
+            raise ConfigError(f"objective.max_seq_len ({o.max_seq_len}) exceeds model.max_position_embeddings")
+
+    # -- set-up --------------------------------------------------------------------------------
+    def tokenizer_dir(self) -> Path:
+        return Path(self.cfg.text.tokenizer) if self.cfg.text.tokenizer else Path(self.cfg.run.dir) / "tokenizer"
+
+    def setup(self, run_dir: Path, rank: int, device: torch.device) -> None:
+        if not self.cfg.text.tokenizer and rank == 0 and not self.tokenizer_dir().is_dir():
+            log.info("training a %d-word WordPiece tokenizer on the %s transcripts", self.cfg.text.vocab_size,
+                     self.cfg.data.train_split)
+            train_wordpiece(shard_texts(self.cfg.data.shards, self.cfg.data.train_split), self.cfg.text.vocab_size,
+                            self.tokenizer_dir())
+        self.visual_tokenizer, self.vocab = load_visual_tokenizer(
+            self.cfg.visual.encoder, self.cfg.visual.vocab, device, self.cfg.visual.clips_per_batch)
+
+    @functools.cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.tokenizer_dir())
+
+    @functools.cached_property
+    def specials(self) -> Specials:
+        tok = self.tokenizer
+        vocab = tok.get_vocab()
+        meta = vocab_metadata(self.cfg.visual.vocab)
+        return Specials(cls=tok.cls_token_id, sep=tok.sep_token_id, mask=tok.mask_token_id, pad=tok.pad_token_id,
+                        video_sep=vocab["[>]"], text_vocab_size=len(tok), visual_vocab_size=meta["size"],
+                        first_regular_text=max(tok.all_special_ids) + 1)
+
+    def model_config(self):
+        m, sp = self.cfg.model, self.specials
+        meta = vocab_metadata(self.cfg.visual.vocab)
+        return videobert_config(
+            text_vocab_size=sp.text_vocab_size, visual_vocab_size=sp.visual_vocab_size,
+            visual_feature_dim=meta["feature_dim"],
+            special_token_ids={"cls": sp.cls, "sep": sp.sep, "mask": sp.mask, "pad": sp.pad, "video_sep": sp.video_sep},
+            hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
+            intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
+            hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+        )
+
+    def build_module(self) -> nn.Module:
+        model = VideoBertForPreTraining._from_config(self.model_config())
+        if self.cfg.model.init_text_from:
+            from videobert_ds.models.init import copy_text_weights
+
+            copy_text_weights(self.cfg.model.init_text_from, model)
+        return PretrainingObjective(model, self.cfg.objective)
+
+    def on_train_start(self, module: nn.Module, device: torch.device) -> None:
+        if self.cfg.visual.init_from_centroids:  # a resumed run overwrites this with the checkpoint
+            module.model.init_visual_embeddings(self.vocab.tree.leaves, seed=self.cfg.run.seed)
+
+    # -- per step ------------------------------------------------------------------------------
+    def clip_samples(self, batch: Any) -> list[ClipSample]:
+        fpc = self.visual_tokenizer.frames_per_clip
+        texts = [m.get("text", "") for m in batch.meta]
+        ids = self.tokenizer(texts, add_special_tokens=False, truncation=True,
+                             max_length=self.cfg.objective.max_text_tokens)["input_ids"]
+        t = batch.frames.shape[1]
+        return [ClipSample(text_ids=i, num_clips=min(int(m["num_frames"]), t) // fpc,
+                           video_id=str(m.get("video_id", "")), segment=int(m.get("segment", 0)))
+                for i, m in zip(ids, batch.meta)]
+
+    def make_inputs(self, batch: Any, device: torch.device, train: bool = True) -> dict[str, Any]:
+        samples = self.clip_samples(batch)
+        ids, _, feats = self.visual_tokenizer(batch.frames, batch.num_frames, return_features=True)
+        host = build_batch(samples, ids.shape[1], self.specials, self.cfg.objective, train=train)
+        inputs = to_device(host, ids, feats, self.specials, device)
+        inputs["skipped_samples"] = torch.tensor(float(host.counts["skipped"]), device=device)
+        inputs["_num_tokens"] = host.counts["num_tokens"]
+        return inputs
+
+    def step_stats(self, inputs: dict[str, Any]) -> tuple[int, float]:
+        """Training FLOPs = tokens x (6 x non-embedding parameters + 12 x layers x hidden x sequence length):
+        the usual transformer count (weights: 2 FLOPs per multiply-add, x3 for forward + backward; plus
+        attention scores and values), padded length for attention; heads and embeddings left out."""
+        m = self.cfg.model
+        tokens = inputs["_num_tokens"]
+        seq_len = inputs["input_ids"].shape[1]
+        per_layer = 4 * m.hidden_size**2 + 2 * m.hidden_size * m.intermediate_size
+        flops = tokens * (6 * m.num_hidden_layers * per_layer + 12 * m.num_hidden_layers * m.hidden_size * seq_len)
+        return tokens, float(flops)
+
+    # -- export --------------------------------------------------------------------------------
+    def export(self, module: nn.Module, out_dir: Path) -> None:
+        """A self-contained model dir: weights + config, the text tokenizer, the visual vocabulary and the
+        clip encoder that turns frames into its visual words."""
+        module.model.save_pretrained(out_dir, safe_serialization=True)
+        self.tokenizer.save_pretrained(out_dir)
+        shutil.copy2(self.cfg.visual.vocab, out_dir / "visual_vocab.safetensors")
+        shutil.copytree(self.cfg.visual.encoder, out_dir / "clip_encoder", dirs_exist_ok=True)
