@@ -12,19 +12,21 @@ features' device.
 Distributed fitting (when torch.distributed is initialised): each rank passes only its own features.
 Every rank makes the same sequence of collective calls whatever it holds (zero points at a node, or
 none at all), because every control decision is taken from all-reduced or all-gathered values:
-  - initialisation: per level, an all_gather of per-node sample counts, then all_gathers of fixed-size
-    (padded) sample buffers in node chunks; every rank then runs the same seeded k-means++ on the
-    same gathered samples and so gets the same initial centroids.
+  - initialisation: per level, an all_gather of per-node sample counts, then all_gathers of padded
+    sample buffers (size fixed by the gathered counts, so equal on every rank) in node chunks; every
+    rank then runs the same seeded k-means++ on the same gathered samples and so gets the same
+    initial centroids.
   - Lloyd iterations: ONE all_reduce per iteration per level of [per-centroid sums | counts | SSE]
-    (float64, so the summation order across ranks barely matters); the stopping test uses the reduced
-    inertia, so all ranks stop after the same iteration.
+    in float64 (sums are float32 within pieces of <= 4096 points, then float64); the stopping test
+    uses the reduced inertia, so all ranks stop after the same iteration.
 
 Same result on 1 rank and on W ranks (for one seed): the k-means++ input of a node is the
 concatenation, in rank order, of each rank's samples of that node. When no rank holds more than
 `init_samples` points at any node (so no rank subsamples), that input is exactly the points of the
-node in the order of the 1-rank data = concatenation of the ranks' shards in rank order, and the
-fits agree up to float64 summation order (labels identical, centroids equal to ~1e-6). With
-subsampling the fits are equally valid but not identical.
+node in the order of the 1-rank data = concatenation of the ranks' shards in rank order (k-means++
+draws its random numbers per node up front, so batching differences do not matter either), and the
+fits agree up to float32 summation order (same labels unless points sit on a tie; centroids equal to
+~1e-6 relative). With subsampling the fits are equally valid but not identical.
 
 Small nodes: a node with fewer points than `branching` still gets `branching` children. k-means++
 picks each distinct point once and then repeats points, so some children are duplicates (their
@@ -103,21 +105,49 @@ class KMeansTree:
         """
         x = _check_features(x, self.dim)
         b = self.branching
-        node = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        for cents, norms in zip(self.levels, self._norms):
-            # Points grouped by their current node, then one small GEMM per node against its b children:
-            # this avoids materialising (N, b, D) gathered centroids, which is memory-bound and slower.
-            order = torch.argsort(node, stable=True)
-            nodes, counts = torch.unique_consecutive(node[order], return_counts=True)
-            nxt = torch.empty_like(node)
-            start = 0
-            for nd, c in zip(nodes.tolist(), counts.tolist()):
-                idx = order[start : start + c]
-                rows = slice(nd * b, nd * b + b)
-                nxt[idx] = nd * b + (norms[rows] - 2 * x[idx] @ cents[rows].T).argmin(1)
-                start += c
-            node = nxt
-        return node
+        out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+        step = max(1, _MAX_TILE // (4 * self.dim))  # rows per pass: bounds every gathered batch
+        for s in range(0, x.shape[0], step):
+            xs = x[s : s + step]
+            node = torch.zeros(xs.shape[0], dtype=torch.long, device=x.device)
+            for cents, norms in zip(self.levels, self._norms):
+                nxt = torch.empty_like(node)
+                for nodes, idx, valid in _node_batches(node, self.dim):
+                    rows = nodes[:, None] * b + torch.arange(b, device=x.device)  # (G, b) children
+                    d = torch.baddbmm(norms[rows][:, None, :], xs[idx], cents[rows].transpose(1, 2), alpha=-2)
+                    nxt[idx[valid]] = rows.gather(1, d.argmin(2))[valid]
+                node = nxt
+            out[s : s + step] = node
+        return out
+
+
+def _node_batches(node: torch.Tensor, dim: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Points grouped by node id into padded batches for one bmm each: (node ids (G,), point index (G, L),
+    valid (G, L)). Nodes are bucketed by the power of two of their point count (padding at most doubles
+    the rows) and a batch holds at most _MAX_TILE padded elements of `dim` (a larger node is alone).
+    All vectorised: a few kernels per bucket instead of a Python loop over (up to thousands of) nodes."""
+    dev, n = node.device, node.shape[0]
+    order = torch.argsort(node, stable=True)
+    uniq, counts = torch.unique_consecutive(node[order], return_counts=True)
+    seg = torch.repeat_interleave(torch.arange(uniq.shape[0], device=dev), counts)  # segment of each sorted point
+    pos = torch.arange(n, device=dev) - (torch.cumsum(counts, 0) - counts)[seg]  # position within its segment
+    bits = torch.floor(torch.log2(counts.double())).long()
+    out = []
+    for v in torch.unique(bits).tolist():
+        segs = torch.nonzero(bits == v).flatten()
+        longest = int(counts[segs].max())
+        per_batch = max(1, _MAX_TILE // (longest * dim))
+        for c in range(0, segs.shape[0], per_batch):
+            chunk = segs[c : c + per_batch]
+            slot = torch.full((uniq.shape[0],), -1, dtype=torch.long, device=dev)
+            slot[chunk] = torch.arange(chunk.shape[0], device=dev)
+            member = slot[seg] >= 0
+            idx = torch.zeros(chunk.shape[0], longest, dtype=torch.long, device=dev)
+            valid = torch.zeros(chunk.shape[0], longest, dtype=torch.bool, device=dev)
+            idx[slot[seg[member]], pos[member]] = order[member]
+            valid[slot[seg[member]], pos[member]] = True
+            out.append((uniq[chunk], idx, valid))
+    return out
 
 
 def nearest(x: torch.Tensor, cents: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
