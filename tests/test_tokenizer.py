@@ -138,8 +138,15 @@ def test_tokenizer_ids_are_deterministic_and_batch_independent(vocab, encoder):
     assert torch.equal(ids, again) and torch.equal(ids[1:2], alone)
     # Same pattern -> same word: the vocabulary separates the 4 colours (seeded, so stable).
     assert len(set(tok(_videos(8, seed=3, clips=4))[0].flatten().tolist())) >= 3
+    # The tokenizer's ids are the vocabulary's own assignment of the encoder's features.
+    with torch.no_grad():
+        feats = encoder(frames).reshape(-1, 1024)
+    assert torch.equal(ids.flatten(), vocab.assign(feats))
     descent = VisualTokenizer(encoder, vocab, method="descent", clips_per_batch=1)
-    assert descent(frames)[0].shape == (3, 2)
+    assert descent.method == "descent"
+    assert torch.equal(descent(frames)[0].flatten(), vocab.assign(feats, method="descent"))
+    with pytest.raises(ValueError, match="assignment method"):
+        VisualTokenizer(encoder, vocab, method="nearest")
 
 
 def test_tokenizer_valid_mask_and_padding(vocab, encoder):

@@ -17,11 +17,7 @@ from torch import nn
 
 from videobert_ds.video.encoders import ClipEncoder
 from videobert_ds.video.kmeans import KMeansTree
-from videobert_ds.video.vocab import VisualVocabulary
-
-# Crossover measured on CPU (docs/benchmarks.md, "Visual vocabulary"): exact below, descent above.
-AUTO_EXACT_MAX_WORDS = 1024
-METHODS = ("auto", "exact", "descent")
+from videobert_ds.video.vocab import AUTO_EXACT_MAX_WORDS, VisualVocabulary  # noqa: F401 (re-exported)
 
 
 class VisualTokenizer(nn.Module):
@@ -42,8 +38,6 @@ class VisualTokenizer(nn.Module):
         clips_per_batch: int = 256,
     ) -> None:
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"assignment method must be one of {METHODS}, got {method!r}")
         if clips_per_batch < 1:
             raise ValueError(f"clips_per_batch must be >= 1, got {clips_per_batch}")
         vocab.check_encoder(encoder)
@@ -51,7 +45,7 @@ class VisualTokenizer(nn.Module):
         self.frames_per_clip = int(encoder.frames_per_clip)
         self.branching = vocab.branching
         self.vocab_size = vocab.size
-        self.method = method if method != "auto" else ("exact" if vocab.size <= AUTO_EXACT_MAX_WORDS else "descent")
+        self.method = vocab.resolve_method(method)
         self.clips_per_batch = clips_per_batch
         for i, cents in enumerate(vocab.tree.levels):
             self.register_buffer(f"level_{i}", cents.detach().float().clone(), persistent=False)

@@ -21,6 +21,10 @@ from videobert_ds.video.encoders import ClipEncoder
 from videobert_ds.video.kmeans import KMeansTree, fit_kmeans_tree
 
 FORMAT = "videobert-visual-vocab-v1"
+# Word assignment: exact nearest leaf up to this many words, hierarchical descent above (the faster one
+# on each side of the crossover measured by `python -m videobert_ds.bench.kmeans`; see tokenizer.py).
+AUTO_EXACT_MAX_WORDS = 1024
+METHODS = ("auto", "exact", "descent")
 
 
 class _NotVocab(Exception):
@@ -72,6 +76,21 @@ class VisualVocabulary:
             raise ValueError(f"features must be (N, {ident['feature_dim']}) from {ident['name']}, got {tuple(features.shape)}")
         tree = fit_kmeans_tree(features, depth, branching, seed=seed, **kmeans_kwargs)
         return cls(tree, frames_per_clip=ident["frames_per_clip"], encoder=ident, seed=seed)
+
+    def resolve_method(self, method: str = "auto") -> str:
+        """"exact" or "descent": what `method` means for this vocabulary ("auto" depends only on its size)."""
+        if method not in METHODS:
+            raise ValueError(f"assignment method must be one of {METHODS}, got {method!r}")
+        if method != "auto":
+            return method
+        return "exact" if self.size <= AUTO_EXACT_MAX_WORDS else "descent"
+
+    def assign(self, features: torch.Tensor, method: str = "auto") -> torch.Tensor:
+        """Word id (int64) of each row of features (N, D), as the VisualTokenizer assigns them."""
+        tree = self.tree if self.tree.leaves.device == features.device else self.tree.to(features.device)
+        if self.resolve_method(method) == "exact":
+            return tree.assign_exact(features)
+        return tree.assign_descent(features)
 
     def check_encoder(self, encoder: ClipEncoder) -> None:
         """Raise a one-line ValueError naming every identity field where `encoder` differs from ours."""
