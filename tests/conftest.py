@@ -31,3 +31,55 @@ def prepared_shards(synth_corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards")
     prepare_corpus(synth_corpus, out, codec="vp9", fps=8, size=32, samples_per_shard=8)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny pipeline, stage by stage, each a real 2-rank run (built once per session, on demand)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pipeline_shards(tmp_path_factory) -> Path:
+    """A 24-video corpus prepared at the demo's settings: enough samples for the teacher's objectives."""
+    from videobert_ds.data.prepare import prepare_corpus
+    from videobert_ds.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("pipeline")
+    manifest = synthesize(root / "corpus", num_videos=24, seed=1)
+    prepare_corpus(manifest, root / "shards", codec="vp9", fps=8, size=32, samples_per_shard=16)
+    return root / "shards"
+
+
+def _run_stage(config: str, run_dir: Path, overrides: dict) -> Path:
+    from tests.distributed import run_training
+
+    proc = run_training(REPO / "ds_configs" / "zero3_cpu.json", config,
+                        [f"run.dir={run_dir}", *(f"{k}={v}" for k, v in overrides.items())])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(pipeline_shards) -> Path:
+    """Stage 1: the exported clip autoencoder dir."""
+    run = _run_stage("video_encoder_tiny", pipeline_shards.parent / "encoder",
+                     {"data.shards": pipeline_shards, "schedule.max_steps": 60, "schedule.warmup_steps": 6,
+                      "schedule.val_every": 60, "schedule.checkpoint_every": 60})
+    return run / "final"
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab(pipeline_shards, tiny_encoder) -> Path:
+    """Stage 2: the vocabulary run dir (vocab.safetensors, vocab_report.json)."""
+    return _run_stage("vocab_tiny", pipeline_shards.parent / "vocab",
+                      {"data.shards": pipeline_shards, "encoder.path": tiny_encoder})
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(pipeline_shards, tiny_encoder, tiny_vocab) -> Path:
+    """Stage 3: a tiny teacher run dir (checkpoints, tb, metrics.jsonl, final/)."""
+    return _run_stage("teacher_tiny", pipeline_shards.parent / "teacher",
+                      {"data.shards": pipeline_shards, "visual.encoder": tiny_encoder,
+                       "visual.vocab": tiny_vocab / "vocab.safetensors", "schedule.max_steps": 120,
+                       "schedule.warmup_steps": 12, "schedule.log_every": 10, "schedule.val_every": 60,
+                       "schedule.checkpoint_every": 60})

@@ -94,6 +94,13 @@ def micro_batch_size(ds_config: dict, world_size: int) -> int:
     return int(ds_config["train_batch_size"]) // (gas * world_size)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 # ---------------------------------------------------------------------------------------------
 # Signals
 # ---------------------------------------------------------------------------------------------
@@ -259,6 +266,16 @@ class Trainer:
         self.final_step = step
         return last_val
 
+    def build_only(self) -> None:
+        """Build the module as training would (partitioned at construction under ZeRO-3) and report what
+        each rank holds and its peak memory; nothing is trained."""
+        self.stage.setup(self.run_dir, self.env.rank, self.env.device)
+        dist.barrier()
+        rss_before = peak_rss_bytes()
+        module, self._hf_ds_config = build_module(self.stage, self.ds_config)
+        self._write_partition_report(module, extra={"peak_rss_growth_bytes": peak_rss_bytes() - rss_before})
+        dist.barrier()
+
     # -- validation ----------------------------------------------------------------------------
     def _val_loader(self):
         try:
@@ -327,7 +344,7 @@ class Trainer:
             log.info("resumed from %s at step %d (data position %s)", ckpt.dir / tag, state["step"], state["loader"])
         return int(state["step"])
 
-    def _write_partition_report(self, module: torch.nn.Module) -> None:
+    def _write_partition_report(self, module: torch.nn.Module, extra: dict | None = None) -> None:
         """How much of each parameter this rank holds (ZeRO-3 keeps ≈ 1/world of every one)."""
         total = local = 0
         fractions = []
@@ -344,6 +361,7 @@ class Trainer:
             "params_local": local,
             "min_fraction": min(fractions, default=1.0),
             "max_fraction": max(fractions, default=1.0),
+            **(extra or {}),
         }
         (self.run_dir / f"partition_rank{self.env.rank}.json").write_text(json.dumps(report) + "\n")
         if self.env.rank == 0:

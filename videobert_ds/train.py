@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", default="auto",
                         help="'auto' (newest complete checkpoint in the run dir, if any), 'none', or a checkpoint tag dir")
     parser.add_argument("--no-export", action="store_true", help="skip exporting RUN_DIR/final at the end")
+    parser.add_argument("--build-only", action="store_true",
+                        help="build the model under the DeepSpeed config, write RUN_DIR/partition_rank*.json "
+                             "(parameters held and peak memory per rank), and exit: a dry run before a big job")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. schedule.max_steps=100")
     return parser.parse_args(argv)
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_stage_config(stage_cls.config_cls, config_path, args.overrides)
         ds_config = load_deepspeed_config(args.deepspeed)
         check_against_deepspeed(cfg, ds_config, has_gpu=torch.cuda.is_available())
-        check_paths(cfg)
+        if not args.build_only:  # a dry run needs the model's inputs (tokenizer, vocabulary), not the data
+            check_paths(cfg)
         stage = stage_cls(cfg)
         stage.check()
     except ConfigError as err:
@@ -82,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     trainer = Trainer(stage, cfg, ds_config, env)
+    if args.build_only:
+        trainer.build_only()
+        dist.destroy_process_group()
+        return 0
     trainer.fit(resume=args.resume)
     stopped_early = trainer.stopped_early
     del trainer  # releases the ZeRO-3 construction context before the plain export below
