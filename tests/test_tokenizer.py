@@ -142,6 +142,8 @@ def test_tokenizer_ids_are_deterministic_and_batch_independent(vocab, encoder):
     with torch.no_grad():
         feats = encoder(frames).reshape(-1, 1024)
     assert torch.equal(ids.flatten(), vocab.assign(feats))
+    ids3, valid3, feats3 = tok(frames, return_features=True)
+    assert torch.equal(ids3, ids) and valid3.all() and torch.allclose(feats3, feats.reshape(3, 2, 1024))
     descent = VisualTokenizer(encoder, vocab, method="descent", clips_per_batch=1)
     assert descent.method == "descent"
     assert torch.equal(descent(frames)[0].flatten(), vocab.assign(feats, method="descent"))
