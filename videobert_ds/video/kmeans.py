@@ -92,7 +92,7 @@ class KMeansTree:
         return self.levels[-1]
 
     def to(self, device: torch.device | str) -> KMeansTree:
-        return KMeansTree(self.branching, [c.to(device) for c in self.levels])
+        return KMeansTree(self.branching, [c.to(device) for c in self.levels], list(self.iterations))
 
     def assign_exact(self, x: torch.Tensor) -> torch.Tensor:
         """Id of the nearest leaf centroid (brute force over all leaves) for each row of x (N, D)."""
