@@ -251,8 +251,10 @@ def attention_mask(segments: torch.Tensor, caption_mode: torch.Tensor) -> torch.
 
 
 def to_device(host: HostBatch, visual_ids: torch.Tensor, visual_features: torch.Tensor | None, sp: Specials,
-              device: torch.device) -> dict[str, torch.Tensor]:
-    """Resolve video positions from the device-side visual words; returns the model's inputs and targets."""
+              device: torch.device, feature_stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Resolve video positions from the device-side visual words; returns the model's inputs and targets.
+    Clip-feature targets are standardised per dimension by `feature_stats` (mean, std): raw encoder features
+    carry large constant offsets that would make the regression trivial."""
     t = {k: getattr(host, k).to(device, non_blocking=True) for k in (
         "input_ids", "video_src", "token_type_ids", "segments", "caption_mode", "mlm_labels", "visual_masked",
         "visual_replace", "caption_labels", "align_labels")}
@@ -274,8 +276,11 @@ def to_device(host: HostBatch, visual_ids: torch.Tensor, visual_features: torch.
         "align_labels": t["align_labels"],
     }
     if visual_features is not None:
-        feats = visual_features.reshape(-1, visual_features.shape[-1])[src]  # (B, L, D)
-        out["feature_targets"] = F.layer_norm(feats.float(), feats.shape[-1:])
+        feats = visual_features.reshape(-1, visual_features.shape[-1])[src].float()  # (B, L, D)
+        if feature_stats is not None:
+            mean, std = feature_stats
+            feats = (feats - mean) / std
+        out["feature_targets"] = feats
     return out
 
 
@@ -294,6 +299,12 @@ def _masked_ce(logits_fn, hidden: torch.Tensor, labels: torch.Tensor, lo: int, h
 
 def pretraining_losses(model: torch.nn.Module, inputs: dict[str, torch.Tensor], cfg: ObjectiveConfig) -> dict[str, torch.Tensor]:
     hidden, pooled = model(inputs["input_ids"], inputs["token_type_ids"], inputs["attention_mask"])
+    return losses_from_outputs(model, hidden, pooled, inputs, cfg)
+
+
+def losses_from_outputs(model: torch.nn.Module, hidden: torch.Tensor, pooled: torch.Tensor,
+                        inputs: dict[str, torch.Tensor], cfg: ObjectiveConfig) -> dict[str, torch.Tensor]:
+    """The losses from an encoder forward already run (distillation runs it itself, for every layer's states)."""
     text_vocab = model.config.text_vocab_size
     vocab = model.config.vocab_size
     out: dict[str, torch.Tensor] = {}

@@ -10,6 +10,8 @@ STAGES = {
     "pretrain_video_encoder": "videobert_ds.stages.video_encoder:VideoEncoderStage",
     "build_vocab": "videobert_ds.stages.build_vocab:BuildVocabStage",
     "pretrain_teacher": "videobert_ds.stages.teacher:TeacherStage",
+    "distill_student": "videobert_ds.stages.student:StudentStage",
+    "evaluate": "videobert_ds.stages.evaluate:EvalStage",
 }
 
 

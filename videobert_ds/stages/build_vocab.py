@@ -139,7 +139,7 @@ class BuildVocabStage(Stage):
         k = self.cfg.kmeans
         vocab = VisualVocabulary.fit(x, encoder, depth=k.depth, branching=k.branching, seed=self.cfg.run.seed,
                                      max_iter=k.max_iter, tol=k.tol)
-        words = vocab.tree.to(device).assign_exact(x) if vocab.size <= 4096 else vocab.tree.to(device).assign_descent(x)
+        words = vocab.to(device).assign(x)  # the same method the VisualTokenizer uses in training
 
         # Rank 0 gathers (word, labels) pairs for the report; a clip count per rank first (sizes differ).
         gathered: list[Any] = [None] * world

@@ -141,6 +141,9 @@ class TeacherStage(Stage):
                             self.tokenizer_dir())
         self.visual_tokenizer, self.vocab = load_visual_tokenizer(
             self.cfg.visual.encoder, self.cfg.visual.vocab, device, self.cfg.visual.clips_per_batch)
+        # Per-dimension spread of the clip features, estimated from the vocabulary's leaf centroids.
+        leaves = self.vocab.tree.leaves.float().to(device)
+        self.feature_stats = (leaves.mean(0), leaves.std(0).clamp_min(1e-6))
 
     @functools.cached_property
     def tokenizer(self):
@@ -194,7 +197,7 @@ class TeacherStage(Stage):
         samples = self.clip_samples(batch)
         ids, _, feats = self.visual_tokenizer(batch.frames, batch.num_frames, return_features=True)
         host = build_batch(samples, ids.shape[1], self.specials, self.cfg.objective, train=train)
-        inputs = to_device(host, ids, feats, self.specials, device)
+        inputs = to_device(host, ids, feats, self.specials, device, self.feature_stats)
         inputs["skipped_samples"] = torch.tensor(float(host.counts["skipped"]), device=device)
         inputs["_num_tokens"] = host.counts["num_tokens"]
         return inputs

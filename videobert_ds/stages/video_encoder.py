@@ -30,6 +30,7 @@ class AutoencoderModelConfig:
     image_size: int = 32
     channels: list[int] = field(default_factory=lambda: [16, 32, 64])
     feature_dim: int = 64
+    foreground_weight: float = 0.0  # >0: weight pixel errors by distance from the frame's median colour
 
     def hf_config(self) -> ClipAutoencoderConfig:
         return ClipAutoencoderConfig(
@@ -58,14 +59,15 @@ def split_into_clips(frames: torch.Tensor, num_frames: torch.Tensor, frames_per_
 class AutoencoderObjective(nn.Module):
     """L_video on normalised clips; padded clips carry no loss."""
 
-    def __init__(self, model: ClipAutoencoder) -> None:
+    def __init__(self, model: ClipAutoencoder, foreground_weight: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.foreground_weight = foreground_weight
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         clips = inputs["clips"]
         recon, _ = self.model(clips.to(self.model.dtype))
-        loss = reconstruction_loss(recon.float(), clips, inputs["valid"])
+        loss = reconstruction_loss(recon.float(), clips, inputs["valid"], self.foreground_weight)
         return {"loss": loss, "l_video": loss.detach(), "recon": recon.detach()}
 
 
@@ -90,7 +92,7 @@ class VideoEncoderStage(Stage):
 
     def build_module(self) -> nn.Module:
         # _from_config partitions at construction under ZeRO-3 (see engine.build_module).
-        return AutoencoderObjective(ClipAutoencoder._from_config(self.cfg.model.hf_config()))
+        return AutoencoderObjective(ClipAutoencoder._from_config(self.cfg.model.hf_config()), self.cfg.model.foreground_weight)
 
     def make_inputs(self, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
         clips, valid = split_into_clips(batch.frames.to(device), batch.num_frames, self.cfg.model.frames_per_clip)

@@ -126,9 +126,21 @@ class ClipAutoencoder(PreTrainedModel):
         return self.decode(features), features
 
 
-def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """L_video: mean squared error over the clips that hold only real (unpadded) frames."""
-    per_clip = F.mse_loss(recon, target, reduction="none").flatten(1).mean(1)
+def reconstruction_loss(
+    recon: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, foreground_weight: float = 0.0
+) -> torch.Tensor:
+    """L_video: mean squared error over the clips that hold only real (unpadded) frames.
+
+    With `foreground_weight` > 0 each pixel's error is weighted by 1 + w * (its distance from the frame's
+    median colour): in a clip, most pixels are background whose noise cannot be predicted anyway, and plain
+    MSE lets the bottleneck spend itself on the background instead of the objects and their motion.
+    """
+    err = F.mse_loss(recon, target, reduction="none")
+    if foreground_weight > 0:
+        background = target.flatten(3).median(dim=-1).values[..., None, None]  # (N, C, T, 1, 1)
+        salience = (target - background).abs().mean(dim=1, keepdim=True)  # (N, 1, T, H, W), in [0, 2]
+        err = err * (1.0 + foreground_weight * salience)
+    per_clip = err.flatten(1).mean(1)
     weight = valid.to(per_clip.dtype)
     return (per_clip * weight).sum() / weight.sum().clamp_min(1.0)
 

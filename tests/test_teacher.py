@@ -1,0 +1,176 @@
+"""VideoBERT teacher pretraining (stage 3): objectives, attention masks, export, ZeRO-3 build, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.distributed import read_metrics, run_training, write_ds_config
+from videobert_ds.models.videobert import VideoBertForPreTraining, videobert_config
+from videobert_ds.objectives import (
+    ClipSample,
+    ObjectiveConfig,
+    Specials,
+    attention_mask,
+    build_batch,
+    pretraining_losses,
+    to_device,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SP = Specials(cls=2, sep=3, mask=4, pad=0, video_sep=5, text_vocab_size=40, visual_vocab_size=16, first_regular_text=6)
+
+
+def tiny_model(seed: int = 0) -> VideoBertForPreTraining:
+    torch.manual_seed(seed)
+    cfg = videobert_config(text_vocab_size=40, visual_vocab_size=16, visual_feature_dim=8,
+                           special_token_ids={"cls": 2, "sep": 3, "mask": 4, "pad": 0, "video_sep": 5},
+                           hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                           max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return VideoBertForPreTraining(cfg).eval()
+
+
+def caption_batch(text: list[int]):
+    cfg = ObjectiveConfig(caption_ratio=1.0, joint_ratio=1.0, text_only_ratio=0.0, video_only_ratio=0.0,
+                          concat_neighbours_prob=0.0, max_subsample_rate=1)
+    host = build_batch([ClipSample(text, num_clips=3, video_id="v", segment=0)], 3, SP, cfg)
+    assert bool(host.caption_mode[0])
+    return host
+
+
+# ---------------------------------------------------------------------------------------------
+# Unit level: masks, batches, bad samples (in-process, no launcher)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_captioning_text_cannot_see_later_text():
+    model = tiny_model()
+    text = [10, 11, 12, 13, 14]
+    ids = torch.tensor([[1, 7, 9]])
+    base = to_device(caption_batch(text), ids, None, SP, torch.device("cpu"))
+    perturbed_text = text[:2] + [30, 31, 32]  # change tokens 3..5
+    pert = to_device(caption_batch(perturbed_text), ids, None, SP, torch.device("cpu"))
+    with torch.no_grad():
+        h1, _ = model(base["input_ids"], base["token_type_ids"], base["attention_mask"])
+        h2, _ = model(pert["input_ids"], pert["token_type_ids"], pert["attention_mask"])
+    # [CLS], t1, t2 (positions 0..2) see only earlier text + video: unchanged; t3 changes.
+    torch.testing.assert_close(h1[0, :3], h2[0, :3])
+    assert not torch.allclose(h1[0, 3], h2[0, 3])
+    # Video positions ([>], words, [SEP]) see only video: unchanged by any text change.
+    torch.testing.assert_close(h1[0, len(text) + 1 :], h2[0, len(text) + 1 :])
+    # The same change in bidirectional (MLM) mode does reach the earlier tokens: the mask is what hides it.
+    full = torch.ones_like(base["attention_mask"])
+    with torch.no_grad():
+        g1, _ = model(base["input_ids"], base["token_type_ids"], full)
+        g2, _ = model(pert["input_ids"], pert["token_type_ids"], full)
+    assert not torch.allclose(g1[0, 1], g2[0, 1])
+
+
+def test_attention_mask_shapes_and_padding():
+    segments = torch.tensor([[0, 0, 1, 1, 2]])
+    m = attention_mask(segments, torch.tensor([False]))[0, 0]
+    assert m[:, 4].sum() == 1 and m[4, 4]  # padding is attended only by itself
+    assert m[:4, :4].all()
+
+
+def test_empty_text_or_no_frames_is_skipped_and_counted():
+    cfg = ObjectiveConfig(concat_neighbours_prob=0.0)
+    samples = [ClipSample([], 0, "a", 0), ClipSample([10, 11], 0, "b", 0), ClipSample([], 3, "c", 0),
+               ClipSample([12, 13], 3, "d", 0)]
+    host = build_batch(samples, 3, SP, cfg)
+    assert host.counts["skipped"] == 1 and host.input_ids.shape[0] == 3
+    ids = torch.randint(0, 16, (4, 3))
+    inputs = to_device(host, ids, torch.randn(4, 3, 8), SP, torch.device("cpu"))
+    out = pretraining_losses(tiny_model(), inputs, cfg)
+    assert torch.isfinite(out["loss"])
+    # A batch with nothing usable still yields one forward (every rank keeps the same calls) and a finite loss.
+    host = build_batch([ClipSample([], 0, "a", 0)], 3, SP, cfg)
+    assert host.counts["skipped"] == 1 and host.input_ids.shape[0] == 1
+    out = pretraining_losses(tiny_model(), to_device(host, ids[:1], None, SP, torch.device("cpu")), cfg)
+    assert torch.isfinite(out["loss"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Real 2-rank runs
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.multiproc
+def test_every_objective_falls(tiny_teacher):
+    metrics = read_metrics(tiny_teacher)
+    steps = sorted(s for s in metrics if "train/loss" in metrics[s])
+    for term in ("mlm", "mvm", "align", "caption", "video", "loss"):
+        first = sum(metrics[s][f"train/{term}"] for s in steps[:2]) / 2
+        last = sum(metrics[s][f"train/{term}"] for s in steps[-2:]) / 2
+        print(f"{term}: {first:.4f} -> {last:.4f}")
+        assert last < first, term
+    for key in ("val/mlm", "val/mvm", "val/align", "val/caption", "val/video", "val/acc_text", "val/acc_visual",
+                "perf/tokens_per_s", "train/acc_text", "train/acc_visual"):
+        assert key in metrics[steps[-1]], key
+
+
+@pytest.mark.multiproc
+def test_export_reproduces_logits_and_loads_as_bert(tiny_teacher):
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoTokenizer, BertModel
+
+    final = tiny_teacher / "final"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "visual_vocab.safetensors", "clip_encoder"):
+        assert (final / name).exists(), name
+    exported = VideoBertForPreTraining.from_pretrained(final).eval()
+    reference = VideoBertForPreTraining(exported.config).eval()
+    tag = (tiny_teacher / "checkpoints" / "latest").read_text()
+    state = get_fp32_state_dict_from_zero_checkpoint(str(tiny_teacher / "checkpoints"), tag=tag)
+    reference.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=False)
+    reference.tie_weights()
+
+    tok = AutoTokenizer.from_pretrained(final)
+    ids = tok("a red circle moves to the left", return_tensors="pt")["input_ids"]
+    types, mask = torch.zeros_like(ids), torch.ones_like(ids)
+    with torch.no_grad():
+        h_exp, _ = exported(ids, types, mask)
+        h_ref, _ = reference(ids, types, mask)
+        torch.testing.assert_close(exported.token_logits(h_exp), reference.token_logits(h_ref))
+        bert = BertModel.from_pretrained(final).eval()
+        torch.testing.assert_close(bert(input_ids=ids, token_type_ids=types).last_hidden_state, h_exp)
+
+
+@pytest.mark.multiproc
+def test_default_config_is_the_teacher_and_builds_bert_large_partitioned(tiny_teacher, tiny_vocab, tiny_encoder, tmp_path):
+    from videobert_ds.train import parse_args
+
+    assert parse_args([]).config == "teacher"
+    ds = write_ds_config(tmp_path / "ds.json", micro_batch=2)
+    run_dir = tmp_path / "large"
+    proc = run_training(ds, "teacher", ["--build-only", f"run.dir={run_dir}", f"text.tokenizer={tiny_teacher / 'tokenizer'}",
+                                        f"visual.vocab={tiny_vocab / 'vocab.safetensors'}", f"visual.encoder={tiny_encoder}"],
+                        timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for rank in (0, 1):
+        report = json.loads((run_dir / f"partition_rank{rank}.json").read_text())
+        assert report["params_total"] > 300_000_000  # BERT-large-size encoder
+        assert abs(report["params_local"] / report["params_total"] - 0.5) < 0.01
+        whole_fp32 = 4 * report["params_total"]
+        print(f"rank {rank}: peak RSS growth {report['peak_rss_growth_bytes'] / 2**30:.2f} GiB "
+              f"vs {whole_fp32 / 2**30:.2f} GiB for the whole model")
+        assert report["peak_rss_growth_bytes"] < 0.75 * whole_fp32
+
+
+def test_vocabulary_mismatch_is_a_one_line_error(tiny_teacher, tiny_vocab, tiny_encoder, pipeline_shards, tmp_path, capsys):
+    from videobert_ds.train import main
+    from videobert_ds.video.autoencoder import ClipAutoencoder, ClipAutoencoderConfig
+
+    base = ["--deepspeed", str(REPO / "ds_configs" / "zero3_cpu.json"), "--config", "teacher_tiny",
+            f"data.shards={pipeline_shards}", f"visual.vocab={tiny_vocab / 'vocab.safetensors'}"]
+    assert main([*base, f"visual.encoder={tiny_encoder}", "model.visual_vocab_size=99"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not match the visual vocabulary's 64 words" in err
+
+    other = tmp_path / "other_encoder"
+    ClipAutoencoder(ClipAutoencoderConfig(feature_dim=32)).save_pretrained(other)
+    assert main([*base, f"visual.encoder={other}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "fit on a different clip encoder" in err

@@ -1,0 +1,173 @@
+"""`make demo`: the whole pipeline on the embedded synthetic corpus, small enough for a 2-core CPU.
+
+    synth -> prepare -> loader pass -> video encoder -> vocabulary -> teacher -> student -> evaluation -> report
+
+Each stage is skipped when its output already exists (so a re-run only does what is missing);
+`--force` (or `make demo-clean`) starts over. Per-stage wall time and throughput go to
+runs/demo/timings.json, which the report reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_cmd(config: str, overrides: dict, ranks: int) -> list[str]:
+    return [str(BIN / "deepspeed"), "--num_gpus", str(ranks), "--master_addr", "127.0.0.1", "--master_port",
+            str(free_port()), str(REPO / "videobert_ds" / "train.py"), "--deepspeed",
+            str(REPO / "ds_configs" / "zero3_cpu.json"), "--config", config, *(f"{k}={v}" for k, v in overrides.items())]
+
+
+class Demo:
+    def __init__(self, root: Path, ranks: int, num_videos: int) -> None:
+        self.root, self.ranks, self.num_videos = root, ranks, num_videos
+        self.timings_file = root / "timings.json"
+        self.timings = json.loads(self.timings_file.read_text()) if self.timings_file.is_file() else {}
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def stage(self, name: str, output: Path, run: Callable[[], dict | None]) -> None:
+        """Run one stage unless it completed before (recorded in timings.json and its output exists)."""
+        if name in self.timings and output.exists():
+            print(f"[demo] {name}: already done ({output}); skipping")
+            return
+        print(f"[demo] {name} ...", flush=True)
+        started = time.perf_counter()
+        extra = run() or {}
+        self.timings[name] = {"seconds": round(time.perf_counter() - started, 2), **extra}
+        tmp = self.timings_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.timings, indent=2) + "\n")
+        tmp.replace(self.timings_file)
+        print(f"[demo] {name}: {self.timings[name]['seconds']:.1f} s  {json.dumps(extra)}", flush=True)
+
+    def sh(self, cmd: list[str], log_name: str) -> None:
+        """Run a stage command, its output in runs/demo/logs/<stage>.log; fail loudly with the log's tail."""
+        log = self.path("logs", f"{log_name}.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+        with open(log, "w") as f:
+            proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
+        if proc.returncode != 0:
+            tail = "\n".join(log.read_text().splitlines()[-30:])
+            raise SystemExit(f"[demo] {log_name} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+
+    def last_metrics(self, run_dir: Path) -> dict:
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        merged: dict = {}
+        for row in rows:
+            merged.update(row)
+        return merged
+
+    # -- the stages ----------------------------------------------------------------------------
+    def run(self) -> None:
+        corpus, shards = self.path("corpus"), self.path("shards")
+
+        def synth() -> dict:
+            self.sh([str(BIN / "videobert-synth"), "--out", str(corpus), "--num-videos", str(self.num_videos),
+                     "--seed", "0"], "synth")
+            return {"videos": self.num_videos}
+        self.stage("synth", corpus / "manifest.jsonl", synth)
+
+        def prepare() -> dict:
+            self.sh([str(BIN / "videobert-prepare"), "--manifest", str(corpus / "manifest.jsonl"), "--out", str(shards),
+                     "--fps", "8", "--size", "32", "--samples-per-shard", "16", "--no-progress"], "prepare")
+            m = json.loads((shards / "manifest.json").read_text())
+            return {"samples": m["total"], "splits": m["splits"], "shards": len(m["shards"])}
+        self.stage("prepare", shards / "manifest.json", prepare)
+
+        def loader_pass() -> dict:
+            from videobert_ds.data.loader import build_clip_loader
+
+            loader = build_clip_loader(shards, "train", 16, 16, shuffle=True, num_threads=2)
+            started, clips = time.perf_counter(), 0
+            for batch in loader:
+                clips += batch.frames.shape[0]
+            seconds = time.perf_counter() - started
+            return {"backend": loader.backend, "clips": clips, "clips_per_s": round(clips / seconds, 1),
+                    "frames_per_s": round(clips * 16 / seconds, 1)}
+        self.stage("loader", shards / "manifest.json", loader_pass)
+
+        enc = self.path("video_encoder")
+
+        def video_encoder() -> dict:
+            self.sh(train_cmd("video_encoder_tiny", {"run.dir": enc, "data.shards": shards}, self.ranks), "video_encoder")
+            m = self.last_metrics(enc)
+            return {"final_l_video": m.get("train/l_video"), "val_l_video": m.get("val/l_video"),
+                    "samples_per_s": m.get("perf/samples_per_s")}
+        self.stage("video_encoder", enc / "final" / "config.json", video_encoder)
+
+        vocab = self.path("vocab")
+
+        def build_vocab() -> dict:
+            self.sh(train_cmd("vocab_tiny", {"run.dir": vocab, "data.shards": shards, "encoder.path": enc / "final"},
+                              self.ranks), "build_vocab")
+            r = json.loads((vocab / "vocab_report.json").read_text())
+            return {"vocab_size": r["vocab_size"], "clips": r["clips"], "nmi": r["nmi"],
+                    "clips_per_s": round(r["clips_per_s_encode"], 1)}
+        self.stage("build_vocab", vocab / "vocab.safetensors", build_vocab)
+
+        teacher = self.path("teacher")
+
+        def pretrain_teacher() -> dict:
+            self.sh(train_cmd("teacher_tiny", {"run.dir": teacher, "data.shards": shards,
+                                               "visual.encoder": enc / "final",
+                                               "visual.vocab": vocab / "vocab.safetensors"}, self.ranks), "teacher")
+            m = self.last_metrics(teacher)
+            return {"final_loss": m.get("train/loss"), "val_loss": m.get("val/loss"),
+                    "samples_per_s": m.get("perf/samples_per_s"), "tokens_per_s": m.get("perf/tokens_per_s")}
+        self.stage("pretrain_teacher", teacher / "final" / "config.json", pretrain_teacher)
+
+        self.summary()
+
+    def summary(self) -> None:
+        print("\n[demo] done. Stage times:")
+        for name, t in self.timings.items():
+            rest = {k: v for k, v in t.items() if k != "seconds"}
+            print(f"  {name:18s} {t['seconds']:7.1f} s  {json.dumps(rest)}")
+        enc = self.timings.get("video_encoder", {})
+        if enc:
+            print(f"[demo] final reconstruction loss (L_video): {enc.get('final_l_video')}")
+        vocab = self.timings.get("build_vocab", {})
+        if vocab:
+            print(f"[demo] visual vocabulary: {vocab.get('vocab_size')} words")
+            for attr, v in vocab.get("nmi", {}).items():
+                print(f"  NMI(words; {attr}) = {v['nmi']:.3f}  (shuffled labels: {v['nmi_shuffled']:.3f})")
+        print(f"[demo] TensorBoard: .venv/bin/tensorboard --logdir {self.root} --host 127.0.0.1  (or: make tensorboard)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="videobert-demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="runs/demo", help="demo output dir (default: %(default)s)")
+    parser.add_argument("--ranks", type=int, default=2, help="training ranks (default: %(default)s)")
+    parser.add_argument("--num-videos", type=int, default=48, help="synthetic corpus size (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="delete the demo dir and start over")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    if args.force:
+        shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    Demo(root.resolve(), args.ranks, args.num_videos).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

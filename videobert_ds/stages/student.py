@@ -1,0 +1,452 @@
+"""Stage 4, `distill_student`: a small VideoBERT learns from a frozen teacher under ZeRO-3.
+
+One training module holds both models: the teacher (loaded from its model dir, parameters frozen) and the
+student (the same class at a smaller size) are built under the ZeRO-3 construction context, so both are
+partitioned across ranks and a teacher that does not fit on one device still works; only the student and
+the hidden-state projection reach the optimizer. Each step, one masked batch (the teacher stage's batch
+pipeline: tokenizer, visual words, masking) runs through the teacher without grad and through the student;
+the loss is the ground-truth pretraining losses plus the distillation terms of `videobert_ds.distill`.
+
+The student reuses the teacher's text tokenizer, visual vocabulary and clip encoder (all in the teacher's
+model dir), so its exported dir is self-contained as well. `teacher.path` is that model dir, or a teacher
+run dir / checkpoint tag dir, which rank 0 first consolidates into RUN_DIR/teacher (host memory, not device).
+
+RUN_DIR/distill_report.json (and TensorBoard text `distill/report`) records both models' parameter counts
+and, at export, their inference throughput on the exporting host.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from videobert_ds.checkpoint import COMPLETE, CheckpointManager
+from videobert_ds.config import ConfigError, StageConfig, load_yaml
+from videobert_ds.distill import (
+    DistillConfig,
+    additive_mask,
+    distillation_losses,
+    init_layer_sources,
+    resolve_layer_map,
+)
+from videobert_ds.models.videobert import VideoBertForPreTraining, videobert_config
+from videobert_ds.objectives import ObjectiveConfig, Specials, losses_from_outputs
+from videobert_ds.stages.teacher import TeacherStage, load_visual_tokenizer, vocab_metadata
+
+log = logging.getLogger(__name__)
+
+REPORT = "distill_report.json"
+TEACHER_SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings")
+
+
+@dataclass
+class TeacherSourceConfig:
+    # An exported teacher model dir (config.json, model.safetensors, tokenizer, visual_vocab.safetensors,
+    # clip_encoder/), or a pretrain_teacher run dir (its newest complete checkpoint), or a checkpoint tag dir.
+    path: str = "runs/teacher/final"
+
+
+@dataclass
+class StudentVisualConfig:
+    clips_per_batch: int = 256  # clips per visual-tokenizer forward
+    init_from_centroids: bool = True  # a randomly initialised student's visual-word embeddings
+
+
+@dataclass
+class StudentSize:
+    hidden_size: int = 768
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    # auto: copy teacher layers (every other one for half depth) when the widths match, random otherwise.
+    init: Literal["auto", "teacher", "random"] = "auto"
+
+
+@dataclass
+class StudentStageConfig(StageConfig):
+    teacher: TeacherSourceConfig = field(default_factory=TeacherSourceConfig)
+    visual: StudentVisualConfig = field(default_factory=StudentVisualConfig)
+    model: StudentSize = field(default_factory=StudentSize)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # ground-truth losses and masking
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the teacher comes from
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TeacherSource:
+    kind: Literal["model_dir", "checkpoint"]
+    path: Path  # the model dir, or the teacher's run dir
+    tag: str | None = None  # the checkpoint tag (kind == "checkpoint")
+
+
+def resolve_teacher(path: str) -> TeacherSource:
+    """Classify `teacher.path`; ConfigError (one line) when it is none of the accepted forms."""
+    p = Path(path)
+    if (p / "config.json").is_file():
+        missing = [n for n in ("model.safetensors", "tokenizer_config.json", "visual_vocab.safetensors",
+                               "clip_encoder/config.json") if not (p / n).is_file()]
+        if missing:
+            raise ConfigError(f"teacher.path: {p} is not a self-contained VideoBERT model dir (missing {', '.join(missing)})")
+        return TeacherSource("model_dir", p)
+    if (p / COMPLETE).is_file() and (p.parent.parent / "config.yaml").is_file():
+        return _checkpoint_source(p.parent.parent, p.name)
+    if (p / "config.yaml").is_file():
+        tag = CheckpointManager(p / "checkpoints").resume_tag()
+        if tag is None:
+            raise ConfigError(f"teacher.path: run dir {p} has no complete checkpoint")
+        return _checkpoint_source(p, tag)
+    raise ConfigError(f"teacher.path: {p} is neither a teacher model dir (config.json) nor a teacher run or "
+                      "checkpoint dir")
+
+
+def _checkpoint_source(run_dir: Path, tag: str) -> TeacherSource:
+    stage = load_yaml(run_dir / "config.yaml").get("stage")
+    if stage != "pretrain_teacher":
+        raise ConfigError(f"teacher.path: {run_dir} is a {stage!r} run, not a pretrain_teacher run")
+    return TeacherSource("checkpoint", run_dir, tag)
+
+
+def teacher_sizes(source: TeacherSource) -> dict[str, Any]:
+    """The teacher's architecture sizes and its vocabulary file, read without building it."""
+    if source.kind == "model_dir":
+        cfg = json.loads((source.path / "config.json").read_text())
+        return {**{k: cfg[k] for k in TEACHER_SIZE_KEYS}, "vocab": source.path / "visual_vocab.safetensors"}
+    run_cfg = load_yaml(source.path / "config.yaml")
+    return {**{k: run_cfg["model"][k] for k in TEACHER_SIZE_KEYS}, "vocab": Path(run_cfg["visual"]["vocab"])}
+
+
+def consolidate_teacher(source: TeacherSource, out_dir: Path) -> None:
+    """Export a teacher checkpoint to a model dir once (a marker names the checkpoint it came from)."""
+    from videobert_ds.export import export_run
+
+    marker = out_dir / "source.json"
+    wanted = {"run": str(source.path.resolve()), "tag": source.tag}
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        return
+    log.info("consolidating teacher checkpoint %s/%s into %s", source.path, source.tag, out_dir)
+    export_run(source.path, out_dir, source.tag)
+    marker.write_text(json.dumps(wanted) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The training module
+# ---------------------------------------------------------------------------------------------
+
+
+class DistillationObjective(nn.Module):
+    """Teacher (frozen, always in eval mode) + student + the projection student width -> teacher width."""
+
+    def __init__(self, student: VideoBertForPreTraining, teacher: VideoBertForPreTraining, objective: ObjectiveConfig,
+                 distill: DistillConfig) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.projection = nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
+        self.objective = objective
+        self.distill = distill
+        self.layer_map = resolve_layer_map(distill.layer_map, student.config.num_hidden_layers,
+                                           teacher.config.num_hidden_layers)
+
+    def train(self, mode: bool = True) -> DistillationObjective:
+        super().train(mode)
+        self.teacher.eval()  # no dropout in the targets
+        return self
+
+    def _encode(self, model: VideoBertForPreTraining, inputs: dict[str, torch.Tensor], mask: torch.Tensor):
+        return model.bert(input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"], attention_mask=mask,
+                          output_hidden_states=True, output_attentions=self.distill.lambda_attention > 0)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mask = inputs["attention_mask"]
+        if self.distill.lambda_attention > 0:  # eager attention (for the probabilities) needs an additive mask
+            mask = additive_mask(mask, self.student.dtype)
+        with torch.no_grad():
+            t_out = self._encode(self.teacher, inputs, mask)
+        s_out = self._encode(self.student, inputs, mask)
+        out = losses_from_outputs(self.student, s_out.last_hidden_state, s_out.pooler_output, inputs, self.objective)
+        out["loss_gt"] = out.pop("loss")
+        kd = distillation_losses(self.student, self.teacher, s_out, t_out, inputs, self.distill, self.projection,
+                                 self.layer_map)
+        out["loss"] = out["loss_gt"] + kd["loss_kd"]
+        out.update({k: v.detach() for k, v in kd.items()})
+        out["loss_gt"] = out["loss_gt"].detach()
+        out["skipped_samples"] = inputs["skipped_samples"]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting and timing
+# ---------------------------------------------------------------------------------------------
+
+
+def count_params(model: nn.Module) -> int:
+    """Full parameter count (tied weights once), also when ZeRO-3 holds only a partition locally."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+
+def partition_share(model: nn.Module) -> dict[str, float]:
+    """Elements this rank holds of the model, and the smallest / largest share of any one parameter."""
+    total = local = 0
+    fractions = []
+    for p in model.parameters():
+        full = getattr(p, "ds_numel", p.numel())
+        held = p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+        total, local = total + full, local + held
+        fractions.append(held / max(full, 1))
+    return {"params_total": total, "params_local": local, "min_fraction": min(fractions, default=1.0),
+            "max_fraction": max(fractions, default=1.0)}
+
+
+@torch.inference_mode()
+def inference_clips_per_s(model: VideoBertForPreTraining, seq_len: int, batch: int, device: torch.device,
+                          min_seconds: float = 1.0) -> float:
+    """Encoder forward throughput in samples (one clip's sequence each) per second at `seq_len` tokens,
+    after one warm-up batch; the visual tokenizer, the same for teacher and student, is left out."""
+    model = model.to(device).eval()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=gen).to(device)
+    types = torch.zeros_like(ids)
+    types[:, seq_len // 3 :] = 1
+    mask = torch.ones_like(ids)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    model(ids, types, mask)
+    sync()
+    runs, started = 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - started < min_seconds:
+        model(ids, types, mask)
+        runs += 1
+    sync()
+    return runs * batch / (time.perf_counter() - started)
+
+
+def update_report(run_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
+    path = run_dir / REPORT
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    for key, value in values.items():
+        report[key] = {**report.get(key, {}), **value} if isinstance(value, dict) else value
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+    return report
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    rows = ["| model | layers x hidden | parameters | inference clips/s |", "|---|---|---|---|"]
+    for name in ("teacher", "student"):
+        r = report.get(name, {})
+        rate = r.get("inference_clips_per_s")
+        rows.append(f"| {name} | {r.get('layers')} x {r.get('hidden_size')} | {r.get('params', 0):,} | "
+                    f"{'-' if rate is None else f'{rate:.1f}'} |")
+    if "param_ratio" in report:
+        rows.append(f"\nstudent / teacher parameters: {report['param_ratio']:.3f}")
+    if "speedup" in report:
+        rows.append(f"student speed-up: {report['speedup']:.2f}x ({report.get('inference_device')}, batch "
+                    f"{report.get('inference_batch')}, {report.get('inference_seq_len')} tokens)")
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+
+
+class StudentStage(TeacherStage):
+    """The teacher stage's batch pipeline (make_inputs) with a frozen teacher and a small student."""
+
+    name = "distill_student"
+    config_cls = StudentStageConfig
+    cfg: StudentStageConfig
+    inference_batch = 32
+
+    # -- validation before any rank works ------------------------------------------------------
+    def check(self) -> None:
+        source = resolve_teacher(self.cfg.teacher.path)
+        t = teacher_sizes(source)
+        m, d = self.cfg.model, self.cfg.distill
+        if m.num_hidden_layers < 1 or m.hidden_size < 1 or m.hidden_size % max(m.num_attention_heads, 1):
+            raise ConfigError(f"model: hidden_size ({m.hidden_size}) must be a positive multiple of "
+                              f"num_attention_heads ({m.num_attention_heads}), with num_hidden_layers >= 1")
+        if m.init == "teacher" and not self.widths_match(t):
+            raise ConfigError(f"model.init=teacher needs the teacher's widths (hidden {t['hidden_size']}, intermediate "
+                              f"{t['intermediate_size']}, heads {t['num_attention_heads']}) and at most its "
+                              f"{t['num_hidden_layers']} layers; use init=random or auto")
+        try:
+            resolve_layer_map(d.layer_map, m.num_hidden_layers, t["num_hidden_layers"])
+        except ValueError as err:
+            raise ConfigError(f"distill.layer_map: {err}") from None
+        if d.temperature <= 0:
+            raise ConfigError(f"distill.temperature must be positive, got {d.temperature}")
+        negative = [k for k, v in d.kd_lambdas().items() if v < 0]
+        if negative:
+            raise ConfigError(f"distill: weights must be >= 0 ({', '.join('lambda_' + k for k in negative)})")
+        if d.lambda_attention > 0 and all(t_idx <= 0 for t_idx in resolve_layer_map(
+                d.layer_map, m.num_hidden_layers, t["num_hidden_layers"])[1:]):
+            raise ConfigError("distill.lambda_attention > 0 but layer_map maps no student layer to a teacher layer")
+        if self.cfg.objective.max_seq_len > t["max_position_embeddings"]:
+            raise ConfigError(f"objective.max_seq_len ({self.cfg.objective.max_seq_len}) exceeds the teacher's "
+                              f"max_position_embeddings ({t['max_position_embeddings']})")
+        frames_per_clip = vocab_metadata(t["vocab"])["frames_per_clip"]
+        if self.cfg.data.num_frames < frames_per_clip:
+            raise ConfigError(f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({frames_per_clip})")
+
+    def widths_match(self, t: dict[str, Any]) -> bool:
+        m = self.cfg.model
+        return (m.hidden_size, m.intermediate_size, m.num_attention_heads) == (
+            t["hidden_size"], t["intermediate_size"], t["num_attention_heads"]) and m.num_hidden_layers <= t["num_hidden_layers"]
+
+    # -- the teacher's files -------------------------------------------------------------------
+    @functools.cached_property
+    def source(self) -> TeacherSource:
+        return resolve_teacher(self.cfg.teacher.path)
+
+    def teacher_dir(self) -> Path:
+        return self.source.path if self.source.kind == "model_dir" else Path(self.cfg.run.dir) / "teacher"
+
+    def tokenizer_dir(self) -> Path:
+        return self.teacher_dir()
+
+    @functools.cached_property
+    def teacher_config(self) -> dict[str, Any]:
+        return json.loads((self.teacher_dir() / "config.json").read_text())
+
+    def setup(self, run_dir: Path, rank: int, device: torch.device) -> None:
+        self.rank = rank
+        if self.source.kind == "checkpoint":
+            if rank == 0:
+                consolidate_teacher(self.source, self.teacher_dir())
+            dist.barrier()  # every rank reads the consolidated dir below
+        t = self.teacher_dir()
+        self.visual_tokenizer, self.vocab = load_visual_tokenizer(
+            t / "clip_encoder", t / "visual_vocab.safetensors", device, self.cfg.visual.clips_per_batch)
+        if len(self.tokenizer) != self.teacher_config["text_vocab_size"]:
+            raise ValueError(f"{t}: tokenizer has {len(self.tokenizer)} tokens, the teacher "
+                             f"{self.teacher_config['text_vocab_size']}")
+
+    @functools.cached_property
+    def specials(self) -> Specials:
+        c, ids = self.teacher_config, self.teacher_config["special_token_ids"]
+        return Specials(cls=ids["cls"], sep=ids["sep"], mask=ids["mask"], pad=ids["pad"], video_sep=ids["video_sep"],
+                        text_vocab_size=c["text_vocab_size"], visual_vocab_size=c["visual_vocab_size"],
+                        first_regular_text=max(self.tokenizer.all_special_ids) + 1)
+
+    def model_config(self):
+        """The teacher's vocabulary, special tokens and positions at the student's size."""
+        c, m = self.teacher_config, self.cfg.model
+        return videobert_config(
+            text_vocab_size=c["text_vocab_size"], visual_vocab_size=c["visual_vocab_size"],
+            visual_feature_dim=c["visual_feature_dim"], special_token_ids=c["special_token_ids"],
+            hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
+            intermediate_size=m.intermediate_size, max_position_embeddings=c["max_position_embeddings"],
+            hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+        )
+
+    # -- the models ----------------------------------------------------------------------------
+    def build_module(self) -> nn.Module:
+        # SDPA does not return attention probabilities: the attention loss needs eager attention (both models).
+        attn = "eager" if self.cfg.distill.lambda_attention > 0 else None
+        extra = {"attn_implementation": attn} if attn else {}
+        teacher = VideoBertForPreTraining.from_pretrained(str(self.teacher_dir()), local_files_only=True, **extra)
+        student = VideoBertForPreTraining._from_config(self.model_config(), **extra)
+        return DistillationObjective(student, teacher, self.cfg.objective, self.cfg.distill)
+
+    def on_train_start(self, module: nn.Module, device: torch.device) -> None:
+        """Record sizes and partitioning, then initialise the student (a resumed run overwrites the init)."""
+        run_dir = Path(self.cfg.run.dir)
+        shares = {name: partition_share(getattr(module, name)) for name in ("teacher", "student", "projection")}
+        (run_dir / f"distill_partition_rank{self.rank}.json").write_text(json.dumps(shares) + "\n")
+        teacher, student = module.teacher, module.student
+        if self.rank == 0:
+            n_t, n_s = count_params(teacher), count_params(student)
+            update_report(run_dir, {
+                "teacher": {"path": str(self.cfg.teacher.path), "params": n_t, "layers": teacher.config.num_hidden_layers,
+                            "hidden_size": teacher.config.hidden_size},
+                "student": {"params": n_s, "layers": student.config.num_hidden_layers,
+                            "hidden_size": student.config.hidden_size},
+                "param_ratio": n_s / n_t, "layer_map": module.layer_map,
+            })
+            log.info("distilling a %d-parameter teacher into a %d-parameter student (%.1f%%); layer map %s",
+                     n_t, n_s, 100 * n_s / n_t, module.layer_map)
+        init = self.cfg.model.init
+        if init == "teacher" or (init == "auto" and self.widths_match(self.teacher_config)):
+            self.init_from_teacher(student, teacher)
+        elif self.cfg.visual.init_from_centroids:
+            student.init_visual_embeddings(self.vocab.tree.leaves, seed=self.cfg.run.seed)
+
+    def init_from_teacher(self, student: VideoBertForPreTraining, teacher: VideoBertForPreTraining) -> None:
+        """DistilBERT: embeddings, pooler and heads copied, student layer j from teacher layer j*N/M."""
+        from videobert_ds.models.init import copy_module
+
+        sources = init_layer_sources(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+        for j, k in enumerate(sources):
+            copy_module(student.bert.encoder.layer[j], teacher.bert.encoder.layer[k])
+        for name in ("bert.embeddings", "bert.pooler", "cls", "alignment", "feature_head"):
+            copy_module(student.get_submodule(name), teacher.get_submodule(name))
+        if self.rank == 0:
+            log.info("student initialised from teacher layers %s", sources)
+
+    def step_stats(self, inputs: dict[str, Any]) -> tuple[int, float]:
+        """Student training (6 FLOPs per weight per token, + attention) plus the teacher's forward (2 + its
+        attention), the teacher stage's counting rule."""
+        tokens = inputs["_num_tokens"]
+        seq_len = inputs["input_ids"].shape[1]
+
+        def per_token(layers: int, hidden: int, inter: int, weight_mult: int, attn_mult: int) -> int:
+            return weight_mult * layers * (4 * hidden**2 + 2 * hidden * inter) + attn_mult * layers * hidden * seq_len
+
+        m, t = self.cfg.model, self.teacher_config
+        flops = tokens * (per_token(m.num_hidden_layers, m.hidden_size, m.intermediate_size, 6, 12)
+                          + per_token(t["num_hidden_layers"], t["hidden_size"], t["intermediate_size"], 2, 4))
+        return tokens, float(flops)
+
+    # -- export --------------------------------------------------------------------------------
+    def export(self, module: nn.Module, out_dir: Path) -> None:
+        """The student's self-contained model dir (weights, the teacher's tokenizer, visual vocabulary and
+        clip encoder), then both models' inference throughput into the run's report."""
+        module.student.save_pretrained(out_dir, safe_serialization=True)
+        self.tokenizer.save_pretrained(out_dir)
+        shutil.copy2(self.teacher_dir() / "visual_vocab.safetensors", out_dir / "visual_vocab.safetensors")
+        shutil.copytree(self.teacher_dir() / "clip_encoder", out_dir / "clip_encoder", dirs_exist_ok=True)
+        self.record_throughput(module)
+
+    def record_throughput(self, module: nn.Module) -> None:
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        seq_len = self.cfg.objective.max_seq_len
+        rates = {name: inference_clips_per_s(getattr(module, name), seq_len, self.inference_batch, device)
+                 for name in ("teacher", "student")}
+        module.to("cpu")
+        run_dir = Path(self.cfg.run.dir)
+        report = update_report(run_dir, {
+            "teacher": {"inference_clips_per_s": rates["teacher"], "params": count_params(module.teacher),
+                        "layers": module.teacher.config.num_hidden_layers, "hidden_size": module.teacher.config.hidden_size},
+            "student": {"inference_clips_per_s": rates["student"], "params": count_params(module.student),
+                        "layers": module.student.config.num_hidden_layers, "hidden_size": module.student.config.hidden_size},
+            "param_ratio": count_params(module.student) / count_params(module.teacher),
+            "speedup": rates["student"] / rates["teacher"], "inference_device": str(device),
+            "inference_batch": self.inference_batch, "inference_seq_len": seq_len,
+        })
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(run_dir / "tb")) as writer:
+            writer.add_text("distill/report", report_markdown(report))
+        log.info("student %.1f clips/s vs teacher %.1f clips/s (%s)", rates["student"], rates["teacher"], device)
