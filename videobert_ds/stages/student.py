@@ -339,6 +339,9 @@ class StudentStage(TeacherStage):
         t = self.teacher_dir()
         self.visual_tokenizer, self.vocab = load_visual_tokenizer(
             t / "clip_encoder", t / "visual_vocab.safetensors", device, self.cfg.visual.clips_per_batch)
+        # Clip-feature targets standardised exactly as the teacher stage does (TeacherStage.setup).
+        leaves = self.vocab.tree.leaves.float().to(device)
+        self.feature_stats = (leaves.mean(0), leaves.std(0).clamp_min(1e-6))
         if len(self.tokenizer) != self.teacher_config["text_vocab_size"]:
             raise ValueError(f"{t}: tokenizer has {len(self.tokenizer)} tokens, the teacher "
                              f"{self.teacher_config['text_vocab_size']}")
@@ -366,8 +369,12 @@ class StudentStage(TeacherStage):
         # SDPA does not return attention probabilities: the attention loss needs eager attention (both models).
         attn = "eager" if self.cfg.distill.lambda_attention > 0 else None
         extra = {"attn_implementation": attn} if attn else {}
+        started = time.perf_counter()
         teacher = VideoBertForPreTraining.from_pretrained(str(self.teacher_dir()), local_files_only=True, **extra)
+        loaded = time.perf_counter()
         student = VideoBertForPreTraining._from_config(self.model_config(), **extra)
+        log.info("teacher loaded from %s in %.1f s, student built in %.1f s", self.teacher_dir(), loaded - started,
+                 time.perf_counter() - loaded)
         return DistillationObjective(student, teacher, self.cfg.objective, self.cfg.distill)
 
     def on_train_start(self, module: nn.Module, device: torch.device) -> None:

@@ -1,0 +1,191 @@
+"""Knowledge-distillation losses (teacher -> student) and the layer mappings they use.
+
+Anchors: DistilBERT (soft-target KL at a temperature T, scaled by T^2 so its gradients keep their size as
+T changes; student initialised from every other teacher layer) and TinyBERT (hidden-state MSE through a
+learned projection student width -> teacher width, attention-distribution loss, uniform layer mapping).
+
+Hidden-state indices follow Hugging Face's `output_hidden_states`: 0 is the embedding output, i is the
+output of transformer layer i. A layer map gives, for every student index 0..M, the teacher index it
+imitates (-1: that student index is not distilled).
+
+Every loss here is a mean over a selection that may be empty on some rank (no masked visual word in a
+micro-batch); an empty selection gives 0 with the same ops and parameters in the graph, so every rank's
+backward touches the same parameters and ZeRO-3 cannot hang.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DistillConfig:
+    temperature: float = 2.0
+    lambda_kd_mlm: float = 1.0  # soft targets on masked text tokens
+    lambda_kd_mvm: float = 1.0  # soft targets on masked visual words
+    lambda_kd_caption: float = 1.0  # soft targets on the captioning (next text token) positions
+    lambda_kd_align: float = 1.0  # soft targets on the alignment logit (as a 2-class distribution)
+    lambda_hidden: float = 1.0  # hidden-state MSE through the learned projection
+    lambda_attention: float = 0.0  # attention-distribution KL; > 0 runs both models with eager attention
+    # Teacher hidden-state index for each student index 0..M (0 = embeddings); -1 skips one; [] = uniform.
+    layer_map: list[int] = field(default_factory=list)
+
+    def kd_lambdas(self) -> dict[str, float]:
+        return {"kd_mlm": self.lambda_kd_mlm, "kd_mvm": self.lambda_kd_mvm, "kd_caption": self.lambda_kd_caption,
+                "kd_align": self.lambda_kd_align, "hidden": self.lambda_hidden, "attention": self.lambda_attention}
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer mappings
+# ---------------------------------------------------------------------------------------------
+
+
+def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """TinyBERT's g(m) = m * N / M: embeddings to embeddings, student layer m to teacher layer m*N/M
+    (the last to the last)."""
+    return [m * teacher_layers // student_layers for m in range(student_layers + 1)]
+
+
+def resolve_layer_map(layer_map: list[int], student_layers: int, teacher_layers: int) -> list[int]:
+    """The configured map, or the uniform one when empty; ValueError (one line) when it does not fit."""
+    if not layer_map:
+        return uniform_layer_map(student_layers, teacher_layers)
+    if len(layer_map) != student_layers + 1:
+        raise ValueError(f"layer_map needs {student_layers + 1} entries (student embeddings + {student_layers} "
+                         f"layers), got {len(layer_map)}")
+    bad = [t for t in layer_map if not -1 <= t <= teacher_layers]
+    if bad:
+        raise ValueError(f"layer_map entries must be -1 or teacher hidden-state indices 0..{teacher_layers}, got {bad}")
+    if all(t < 0 for t in layer_map):
+        raise ValueError("layer_map skips every student layer; set lambda_hidden=0 instead")
+    return list(layer_map)
+
+
+def init_layer_sources(student_layers: int, teacher_layers: int) -> list[int]:
+    """Teacher layer (0-based) each student layer is copied from: every other layer for a half-depth
+    student (DistilBERT), evenly spaced otherwise."""
+    if student_layers > teacher_layers:
+        raise ValueError(f"a {student_layers}-layer student cannot be initialised from a {teacher_layers}-layer teacher")
+    return [j * teacher_layers // student_layers for j in range(student_layers)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------
+
+
+def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the temperature-softened distributions over the last dim, x T^2,
+    averaged over rows (0 for no rows)."""
+    t = temperature
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    per_row = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
+    return per_row.sum() / max(per_row.shape[0], 1) * t * t
+
+
+def binary_soft_kl(student_logit: torch.Tensor, teacher_logit: torch.Tensor, temperature: float) -> torch.Tensor:
+    """soft_kl for one binary logit per row, as the 2-class distribution softmax([0, logit])."""
+    def two_class(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.zeros_like(x), x], dim=-1)
+
+    return soft_kl(two_class(student_logit), two_class(teacher_logit), temperature)
+
+
+def hidden_mse(student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[torch.Tensor, ...],
+               projection: torch.nn.Module, layer_map: list[int], valid: torch.Tensor) -> torch.Tensor:
+    """Mean over mapped layers of the MSE between projected student states and teacher states at the
+    valid (non-padding) positions; the projection is shared by all layers (TinyBERT's W_h)."""
+    losses = []
+    for s_idx, t_idx in enumerate(layer_map):
+        if t_idx < 0:
+            continue
+        pred = projection(student_hidden[s_idx][valid]).float()
+        target = teacher_hidden[t_idx][valid].float()
+        losses.append(F.mse_loss(pred, target, reduction="sum") / (max(target.shape[0], 1) * target.shape[-1]))
+    return torch.stack(losses).mean()
+
+
+def attention_kl(student_attn: tuple[torch.Tensor, ...], teacher_attn: tuple[torch.Tensor, ...],
+                 layer_map: list[int], valid: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """KL(teacher || student) between attention distributions (each query row is a distribution over
+    keys), averaged over heads and valid queries, then over mapped transformer layers (the embedding
+    entry of the map has no attention). Per head when both models have as many heads; otherwise the
+    head-averaged distributions are compared (still distributions, so the KL stays meaningful)."""
+    losses = []
+    for s_idx, t_idx in enumerate(layer_map):
+        if s_idx == 0 or t_idx <= 0:
+            continue
+        p_s, p_t = student_attn[s_idx - 1].float(), teacher_attn[t_idx - 1].float()  # (B, heads, L, L)
+        if p_s.shape[1] != p_t.shape[1]:
+            p_s, p_t = p_s.mean(1, keepdim=True), p_t.mean(1, keepdim=True)
+        # Masked keys have p = 0 in both: xlogy makes 0 * log 0 = 0, the clamp keeps log p_s finite there.
+        kl = (torch.xlogy(p_t, p_t) - p_t * torch.log(p_s.clamp_min(eps))).sum(-1)  # (B, heads, L)
+        sel = valid[:, None, :].expand_as(kl)
+        losses.append(kl[sel].sum() / max(int(sel.sum()), 1))
+    if not losses:
+        raise ValueError("attention KL needs at least one student transformer layer mapped to a teacher layer")
+    return torch.stack(losses).mean()
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean (B, 1, L, L) may-attend mask as the additive float mask eager attention expects: eager
+    attention adds the mask to the scores, so a boolean one would add 1/0 instead of masking (SDPA accepts
+    either, and gives the same result with this one)."""
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+# ---------------------------------------------------------------------------------------------
+# All distillation terms of one batch
+# ---------------------------------------------------------------------------------------------
+
+
+def distillation_losses(student: torch.nn.Module, teacher: torch.nn.Module, student_out, teacher_out,
+                        inputs: dict[str, torch.Tensor], cfg: DistillConfig, projection: torch.nn.Module,
+                        layer_map: list[int]) -> dict[str, torch.Tensor]:
+    """Every distillation term (undetached, unweighted) plus "loss_kd", their weighted sum.
+
+    `student_out` / `teacher_out` are the encoders' outputs with `hidden_states` (and `attentions` when
+    lambda_attention > 0); the teacher's were computed without grad and its heads run without grad here.
+    Both models share the vocabulary, so logits are compared over the same slice: the text vocabulary for
+    masked words and captioning, the visual words for masked visual words. Alignment is compared on the
+    rows that carry an alignment label (joint, non-captioning rows), where the teacher was trained on it.
+    """
+    from videobert_ds.objectives import IGNORE
+
+    text_vocab, vocab = student.config.text_vocab_size, student.config.vocab_size
+    s_h, t_h = student_out.last_hidden_state, teacher_out.last_hidden_state
+    selections = {
+        "kd_mlm": (inputs["mlm_labels"] != IGNORE, 0, text_vocab),
+        "kd_mvm": (inputs["mvm_labels"] != IGNORE, text_vocab, vocab),
+        "kd_caption": (inputs["caption_labels"] != IGNORE, 0, text_vocab),
+    }
+    # One head call per model for the three selections (the decoder is the largest matrix of a small model).
+    s_logits = student.token_logits(torch.cat([s_h[sel] for sel, _, _ in selections.values()]))
+    with torch.no_grad():
+        t_logits = teacher.token_logits(torch.cat([t_h[sel] for sel, _, _ in selections.values()]))
+    out: dict[str, torch.Tensor] = {}
+    start = 0
+    for name, (sel, lo, hi) in selections.items():
+        n = int(sel.sum())
+        out[name] = soft_kl(s_logits[start : start + n, lo:hi], t_logits[start : start + n, lo:hi], cfg.temperature)
+        start += n
+
+    rows = inputs["align_labels"] >= 0
+    s_align = student.alignment_logits(student_out.pooler_output)
+    with torch.no_grad():
+        t_align = teacher.alignment_logits(teacher_out.pooler_output)
+    out["kd_align"] = binary_soft_kl(s_align[rows], t_align[rows], cfg.temperature)
+
+    valid = inputs["input_ids"] != student.config.pad_token_id
+    out["hidden"] = hidden_mse(student_out.hidden_states, teacher_out.hidden_states, projection, layer_map, valid)
+    if cfg.lambda_attention > 0:
+        out["attention"] = attention_kl(student_out.attentions, teacher_out.attentions, layer_map, valid)
+    lambdas = cfg.kd_lambdas()
+    out["loss_kd"] = sum(lambdas[k] * v for k, v in out.items())
+    return out
