@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SETUP_STAMP := .venv/.setup-stamp
 
-.PHONY: setup demo demo-clean test bench bench-data tensorboard clean
+.PHONY: setup demo demo-clean test bench bench-data bench-kmeans bench-train tensorboard clean
 
 setup: $(SETUP_STAMP)
 
@@ -18,10 +18,18 @@ demo-clean:
 test: setup
 	$(PY) -m pytest -q tests
 
+# One table of every CPU-sized benchmark (loaders, visual-word assignment, ZeRO-3 vs ZeRO-0 step and memory).
+bench: demo
+	$(PY) -m videobert_ds.bench
+
 bench-data: setup
 	$(PY) -m videobert_ds.bench.data
 
-bench: bench-data
+bench-kmeans: setup
+	$(PY) -m videobert_ds.bench.kmeans
+
+bench-train: demo
+	$(PY) -m videobert_ds.bench.train
 
 tensorboard: setup
 	.venv/bin/tensorboard --logdir runs/demo --host 127.0.0.1 --port $${PORT:-6006}

@@ -16,16 +16,22 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && command -v mpirun >/dev
   exit 0
 fi
 
-# --- MPI (needed to build mpi4py; used by videobert-prepare and DeepSpeed's MPI discovery) ---
-if ! command -v mpicc >/dev/null 2>&1; then
+# --- System packages: MPI (mpi4py, videobert-prepare, DeepSpeed's MPI discovery) and a Java runtime
+# (the METEOR scorer of pycocoevalcap). Root with apt installs what is missing; elsewhere we say what is.
+missing=()
+command -v mpicc >/dev/null 2>&1 || missing+=(openmpi-bin libopenmpi-dev)
+command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing OpenMPI with apt"
+    echo "setup: installing with apt: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
-  else
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  elif ! command -v mpicc >/dev/null 2>&1; then
     echo "setup: error: no MPI compiler wrapper (mpicc) on PATH; load one first (e.g. 'module load openmpi') or install OpenMPI" >&2
     exit 1
+  else
+    echo "setup: warning: no java on PATH (e.g. 'module load java'); captioning METEOR will be unavailable" >&2
   fi
 fi
 

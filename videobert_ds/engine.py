@@ -94,6 +94,38 @@ def micro_batch_size(ds_config: dict, world_size: int) -> int:
     return int(ds_config["train_batch_size"]) // (gas * world_size)
 
 
+def held_state_bytes(engine: Any) -> dict[str, int]:
+    """Bytes of parameters and optimizer state this rank holds, measured from the live tensors (each
+    storage counted once): the model's parameters (its ZeRO-3 partitions when partitioned), the
+    optimizer's parameter copies that are not the model's own tensors (fp32 master partitions), and the
+    optimizer state (e.g. Adam's moments)."""
+
+    def nbytes(t: torch.Tensor) -> int:
+        return t.numel() * t.element_size()
+
+    seen: set[int] = set()
+    params = 0
+    for p in engine.module.parameters():
+        t = p.ds_tensor if hasattr(p, "ds_tensor") else p
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            params += nbytes(t)
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wrappers hold a torch optimizer
+    master = state = 0
+    for group in inner.param_groups:
+        for p in group["params"]:
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                master += nbytes(p)
+    for per_param in inner.state.values():
+        for v in per_param.values():
+            if torch.is_tensor(v) and v.numel() > 1 and v.data_ptr() not in seen:
+                seen.add(v.data_ptr())
+                state += nbytes(v)
+    return {"param_bytes": params, "master_param_bytes": master, "optimizer_state_bytes": state,
+            "state_bytes_total": params + master + state}
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
     import resource
@@ -211,9 +243,9 @@ class Trainer:
         while step < sched.max_steps:
             wait_started = time.perf_counter()
             batch = next(batches)
+            timer.data_ready(wait_started)  # waiting for the loader; make_inputs below is device work
             inputs = self.stage.make_inputs(batch, env.device)
             tokens, flops = self.stage.step_stats(inputs)
-            timer.data_ready(wait_started)
             if key_log is not None:
                 key_log.write(json.dumps({"step": step, "keys": [m["__key__"] for m in batch.meta]}) + "\n")
 
@@ -229,6 +261,8 @@ class Trainer:
             if micro % gas:
                 continue
             step += 1
+            if micro == gas:  # optimizer state exists after the first step: record what this rank holds
+                self._write_partition_report(engine.module, extra=held_state_bytes(engine))
 
             if step % sched.log_every == 0 or step == sched.max_steps:
                 scalars = self._reduce_means(sums, n_sums, prefix="train/")

@@ -1,0 +1,77 @@
+"""Training-step benchmark: the tiny teacher on 2 ranks under ZeRO-3 vs ZeRO stage 0 (plain data
+parallel) with the same micro-batch, side by side in one run.
+
+    python -m videobert_ds.bench.train [--demo-dir runs/demo] [--steps 60] [--ranks 2]
+
+Prints samples/s and tokens/s (the ratio is the cost of partitioning), the bytes of parameters and
+optimizer state each rank holds (measured from the live tensors; ZeRO-3 should hold ≈ 1/world of
+stage 0), and the share of step time spent waiting for data. Needs the demo's shards, clip encoder
+and vocabulary (`make demo`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from videobert_ds.demo import REPO, train_cmd
+
+
+def run(demo: Path, zero_stage: int, steps: int, ranks: int, work: Path) -> dict:
+    ds = json.loads((REPO / "ds_configs" / "zero3_cpu.json").read_text())
+    ds["zero_optimization"] = {"stage": zero_stage} if zero_stage != 3 else ds["zero_optimization"]
+    ds_path = work / f"zero{zero_stage}.json"
+    ds_path.write_text(json.dumps(ds))
+    run_dir = work / f"zero{zero_stage}"
+    cmd = train_cmd("teacher_tiny", {
+        "run.dir": run_dir, "data.shards": demo / "shards", "visual.encoder": demo / "video_encoder" / "final",
+        "visual.vocab": demo / "vocab" / "vocab.safetensors", "text.tokenizer": demo / "teacher" / "tokenizer",
+        "schedule.max_steps": steps, "schedule.warmup_steps": 1, "schedule.log_every": steps // 2,
+        "schedule.val_every": 10**9, "schedule.checkpoint_every": 10**9}, ranks)
+    cmd[cmd.index("--deepspeed") + 1] = str(ds_path)
+    cmd.insert(cmd.index("--config"), "--no-export")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"ZeRO-{zero_stage} run failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "perf/samples_per_s" in r][-1]  # the second half: warm-up excluded
+    held = json.loads((run_dir / "partition_rank0.json").read_text())
+    return {"samples_per_s": last["perf/samples_per_s"], "tokens_per_s": last.get("perf/tokens_per_s", 0.0),
+            "data_wait": last["perf/data_wait_frac"], **held}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m videobert_ds.bench.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--demo-dir", default="runs/demo", type=Path)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--ranks", type=int, default=2)
+    args = parser.parse_args(argv)
+    demo = args.demo_dir.resolve()
+    for need in ("shards/manifest.json", "video_encoder/final/config.json", "vocab/vocab.safetensors", "teacher/tokenizer"):
+        if not (demo / need).exists():
+            print(f"bench.train: error: {demo / need} missing; run `make demo` first", file=sys.stderr)
+            return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {stage: run(demo, stage, args.steps, args.ranks, Path(tmp)) for stage in (3, 0)}
+    z3, z0 = results[3], results[0]
+    mib = 2**20
+    print(f"\nTiny teacher, {args.ranks} ranks, {args.steps} steps (second half timed), same micro-batch")
+    print(f"| {'':28s} | {'ZeRO-3':>12s} | {'ZeRO-0':>12s} | {'ZeRO-3 / ZeRO-0':>15s} |")
+    print(f"|{'-' * 30}|{'-' * 14}|{'-' * 14}|{'-' * 17}|")
+    for key, label, scale in [("samples_per_s", "samples/s", 1), ("tokens_per_s", "tokens/s", 1),
+                              ("param_bytes", "parameters held (MiB)", mib),
+                              ("master_param_bytes", "master copies held (MiB)", mib),
+                              ("optimizer_state_bytes", "optimizer state held (MiB)", mib),
+                              ("state_bytes_total", "params + optimizer (MiB)", mib)]:
+        a, b = z3[key] / scale, z0[key] / scale
+        print(f"| {label:28s} | {a:12.3f} | {b:12.3f} | {a / b if b else float('nan'):15.3f} |")
+    print(f"| {'data wait (share of step)':28s} | {z3['data_wait']:12.3f} | {z0['data_wait']:12.3f} | {'':15s} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
