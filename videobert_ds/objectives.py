@@ -105,8 +105,9 @@ def _randint(low: int, high: int) -> int:
 
 
 def _mask_positions(n: int, prob: float) -> list[int]:
-    """Positions to mask among n, at least one when n > 0."""
-    if n == 0:
+    """Positions to mask among n: each with probability `prob`, and at least one when n > 0 and prob > 0
+    (short sequences would otherwise often carry no prediction at all)."""
+    if n == 0 or prob <= 0:
         return []
     picked = (torch.rand(n) < prob).nonzero().flatten().tolist()
     return picked or [_randint(0, n)]
@@ -233,6 +234,14 @@ def build_batch(samples: list[ClipSample], n_clips: int, sp: Specials, cfg: Obje
                      visual_replace, caption_labels, align_labels, counts)
 
 
+def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy without waiting for the device: from pageable memory a CUDA copy blocks the host until the
+    stream's earlier kernels finish, from pinned memory it is queued."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
 def attention_mask(segments: torch.Tensor, caption_mode: torch.Tensor) -> torch.Tensor:
     """(B, 1, L, L) bool, True = may attend. Bidirectional over real tokens, except in captioning mode:
     video attends only to video (so no text can leak back through it) and text attends to the video and
@@ -255,7 +264,7 @@ def to_device(host: HostBatch, visual_ids: torch.Tensor, visual_features: torch.
     """Resolve video positions from the device-side visual words; returns the model's inputs and targets.
     Clip-feature targets are standardised per dimension by `feature_stats` (mean, std): raw encoder features
     carry large constant offsets that would make the regression trivial."""
-    t = {k: getattr(host, k).to(device, non_blocking=True) for k in (
+    t = {k: host_to_device(getattr(host, k), device) for k in (
         "input_ids", "video_src", "token_type_ids", "segments", "caption_mode", "mlm_labels", "visual_masked",
         "visual_replace", "caption_labels", "align_labels")}
     flat_ids = visual_ids.reshape(-1)

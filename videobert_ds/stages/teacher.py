@@ -22,7 +22,15 @@ from torch import nn
 from videobert_ds.config import ConfigError, StageConfig
 from videobert_ds.data.text import load_tokenizer, shard_texts, train_wordpiece
 from videobert_ds.models.videobert import VideoBertForPreTraining, videobert_config
-from videobert_ds.objectives import ClipSample, ObjectiveConfig, Specials, build_batch, pretraining_losses, to_device
+from videobert_ds.objectives import (
+    ClipSample,
+    ObjectiveConfig,
+    Specials,
+    build_batch,
+    host_to_device,
+    pretraining_losses,
+    to_device,
+)
 from videobert_ds.stages.base import Stage
 
 log = logging.getLogger(__name__)
@@ -198,7 +206,7 @@ class TeacherStage(Stage):
         ids, _, feats = self.visual_tokenizer(batch.frames, batch.num_frames, return_features=True)
         host = build_batch(samples, ids.shape[1], self.specials, self.cfg.objective, train=train)
         inputs = to_device(host, ids, feats, self.specials, device, self.feature_stats)
-        inputs["skipped_samples"] = torch.tensor(float(host.counts["skipped"]), device=device)
+        inputs["skipped_samples"] = host_to_device(torch.tensor(float(host.counts["skipped"])), device)
         inputs["_num_tokens"] = host.counts["num_tokens"]
         return inputs
 
