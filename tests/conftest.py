@@ -50,10 +50,10 @@ def pipeline_shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
-def _run_stage(config: str, run_dir: Path, overrides: dict) -> Path:
+def _run_stage(config: str, run_dir: Path, overrides: dict, ds_config: str = "zero3_cpu.json") -> Path:
     from tests.distributed import run_training
 
-    proc = run_training(REPO / "ds_configs" / "zero3_cpu.json", config,
+    proc = run_training(REPO / "ds_configs" / ds_config, config,
                         [f"run.dir={run_dir}", *(f"{k}={v}" for k, v in overrides.items())])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir
@@ -82,4 +82,4 @@ def tiny_teacher(pipeline_shards, tiny_encoder, tiny_vocab) -> Path:
                       {"data.shards": pipeline_shards, "visual.encoder": tiny_encoder,
                        "visual.vocab": tiny_vocab / "vocab.safetensors", "schedule.max_steps": 120,
                        "schedule.warmup_steps": 12, "schedule.log_every": 10, "schedule.val_every": 60,
-                       "schedule.checkpoint_every": 60})
+                       "schedule.checkpoint_every": 60}, ds_config="zero3_cpu_bert.json")

@@ -30,10 +30,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_cmd(config: str, overrides: dict, ranks: int) -> list[str]:
+def train_cmd(config: str, overrides: dict, ranks: int, ds_config: str = "zero3_cpu.json") -> list[str]:
+    """The deepspeed launcher on loopback; BERT-style stages use the CPU config with a BERT learning rate."""
     return [str(BIN / "deepspeed"), "--num_gpus", str(ranks), "--master_addr", "127.0.0.1", "--master_port",
             str(free_port()), str(REPO / "videobert_ds" / "train.py"), "--deepspeed",
-            str(REPO / "ds_configs" / "zero3_cpu.json"), "--config", config, *(f"{k}={v}" for k, v in overrides.items())]
+            str(REPO / "ds_configs" / ds_config), "--config", config, *(f"{k}={v}" for k, v in overrides.items())]
 
 
 class Demo:
@@ -130,7 +131,8 @@ class Demo:
         def pretrain_teacher() -> dict:
             self.sh(train_cmd("teacher_tiny", {"run.dir": teacher, "data.shards": shards,
                                                "visual.encoder": enc / "final",
-                                               "visual.vocab": vocab / "vocab.safetensors"}, self.ranks), "teacher")
+                                               "visual.vocab": vocab / "vocab.safetensors"}, self.ranks,
+                              "zero3_cpu_bert.json"), "teacher")
             m = self.last_metrics(teacher)
             return {"final_loss": m.get("train/loss"), "val_loss": m.get("val/loss"),
                     "samples_per_s": m.get("perf/samples_per_s"), "tokens_per_s": m.get("perf/tokens_per_s")}

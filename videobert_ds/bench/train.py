@@ -22,7 +22,7 @@ from videobert_ds.demo import REPO, train_cmd
 
 
 def run(demo: Path, zero_stage: int, steps: int, ranks: int, work: Path) -> dict:
-    ds = json.loads((REPO / "ds_configs" / "zero3_cpu.json").read_text())
+    ds = json.loads((REPO / "ds_configs" / "zero3_cpu_bert.json").read_text())
     ds["zero_optimization"] = {"stage": zero_stage} if zero_stage != 3 else ds["zero_optimization"]
     ds_path = work / f"zero{zero_stage}.json"
     ds_path.write_text(json.dumps(ds))
