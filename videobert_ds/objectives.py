@@ -152,12 +152,14 @@ def build_batch(samples: list[ClipSample], n_clips: int, sp: Specials, cfg: Obje
         entries.append({"text": text, "clips": clips, "kind": kind, "caption": caption, "video_id": s.video_id,
                         "aligned": 1 if kind == KIND_JOINT and not caption else -1})
 
-    # Alignment negatives: swap the video for another video's clips.
+    # Alignment negatives: swap the video for another video's own clips (taken from the originals, so a
+    # swap never hands an entry back clips of its own video).
+    originals = [(o["video_id"], o["clips"]) for o in entries if o["clips"]]
     for e in entries:
         if e["aligned"] == 1 and _rand() < cfg.align_negative_prob:
-            others = [o for o in entries if o["video_id"] != e["video_id"] and o["clips"]]
+            others = [clips for video_id, clips in originals if video_id != e["video_id"]]
             if others:
-                e["clips"] = others[_randint(0, len(others))]["clips"]
+                e["clips"] = others[_randint(0, len(others))]
                 e["aligned"] = 0
 
     if not entries:  # nothing usable: one empty [CLS][SEP] keeps every rank's forward calls equal
