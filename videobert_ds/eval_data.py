@@ -1,0 +1,118 @@
+"""The evaluation split as model-ready items: every sample once (no dropped tail), split across ranks.
+
+Each rank decodes the samples with `index % world_size == rank` (DALI or PyAV, as the training loader
+chooses), turns frames into visual words with the model's own frozen clip encoder + vocabulary, and
+tokenizes the text; `gather_items` then gives every rank the whole split in key order, so the scoring
+work that follows can be divided evenly whatever the decode split was.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import chain, islice, repeat
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from videobert_ds.data.loader import VIDEO_EXTS, choose_backend, read_shard_manifest, split_shards
+from videobert_ds.data.sampling import RawSample, read_shards
+
+
+@dataclass
+class EvalItem:
+    """One evaluation sample: text and visual words (valid clips only), with its annotations."""
+
+    key: str
+    video_id: str
+    text: str
+    text_ids: list[int]
+    visual_ids: list[int]
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def split_meta(shard_dir: str | Path, split: str) -> list[dict[str, Any]]:
+    """The json of every sample of a split, in manifest order (video bytes are read but never decoded)."""
+    shards = split_shards(shard_dir, read_shard_manifest(shard_dir), split)
+    return [json.loads(s["json"]) for s in read_shards(shards)]
+
+
+def rank_samples(shard_dir: str | Path, split: str, rank: int, world_size: int) -> Iterator[RawSample]:
+    """This rank's samples of the split: those with index % world_size == rank (all of them, no tail dropped)."""
+    shards = split_shards(shard_dir, read_shard_manifest(shard_dir), split)
+    return islice(read_shards(shards), rank, None, world_size)
+
+
+def _video(sample: RawSample) -> bytes:
+    for ext in VIDEO_EXTS:
+        if ext in sample:
+            return sample[ext]
+    raise RuntimeError(f"sample {sample['__key__']} has no video member ({', '.join(VIDEO_EXTS)})")
+
+
+def _batches(samples: Iterator[RawSample], batch_size: int) -> list[tuple[list[bytes], list[dict[str, Any]]]]:
+    out = []
+    while chunk := list(islice(samples, batch_size)):
+        out.append(([_video(s) for s in chunk], [{**json.loads(s["json"]), "__key__": s["__key__"]} for s in chunk]))
+    return out
+
+
+def encode_items(
+    shard_dir: str | Path,
+    split: str,
+    *,
+    rank: int,
+    world_size: int,
+    text_tokenizer: Any,
+    visual_tokenizer: Any,
+    num_frames: int,
+    max_text_tokens: int,
+    batch_size: int,
+    device: torch.device,
+    backend: str = "auto",
+    num_threads: int = 2,
+) -> tuple[list[EvalItem], float]:
+    """This rank's items, and the seconds spent turning decoded frames into visual words."""
+    from videobert_ds.data.dali_loader import DaliClipDecoder
+    from videobert_ds.data.pyav_loader import PyAVClipDecoder
+
+    batches = _batches(rank_samples(shard_dir, split, rank, world_size), batch_size)
+    if not batches:
+        return [], 0.0
+    codec = read_shard_manifest(shard_dir).get("codec", "vp9")
+    cls = DaliClipDecoder if choose_backend(backend, codec, device) == "dali" else PyAVClipDecoder
+    # The decoders read ahead; repeating the last batch keeps them fed past the end (never consumed).
+    feed = chain(batches, repeat((batches[-1][0], None)))
+    decoder = cls(feed, batch_size=batch_size, num_frames=num_frames, device=device, num_threads=num_threads, prefetch=1)
+    items: list[EvalItem] = []
+    seconds = 0.0
+    try:
+        for _ in batches:
+            frames, meta = next(decoder)
+            counts = torch.tensor([min(int(m["num_frames"]), num_frames) for m in meta], device=frames.device)
+            start = time.perf_counter()
+            ids, valid = visual_tokenizer(frames, counts)
+            ids, valid = ids.cpu(), valid.cpu()
+            seconds += time.perf_counter() - start
+            texts = [m.get("text", "") for m in meta]
+            text_ids = text_tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_text_tokens)["input_ids"]
+            for m, t, tid, row, ok in zip(meta, texts, text_ids, ids, valid):
+                labels = m.get("labels") if isinstance(m.get("labels"), dict) else {}
+                items.append(EvalItem(key=m["__key__"], video_id=str(m.get("video_id", "")), text=t, text_ids=list(tid),
+                                      visual_ids=row[ok].tolist(), labels={k: str(v) for k, v in labels.items()}))
+    finally:
+        decoder.close()
+    return items, seconds
+
+
+def gather_items(items: list[EvalItem]) -> list[EvalItem]:
+    """Every rank's items on every rank, sorted by key (the order does not depend on the rank count)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list[list[EvalItem] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, items)
+        items = [it for part in parts for it in (part or [])]
+    return sorted(items, key=lambda it: it.key)

@@ -1,0 +1,270 @@
+"""The demo report: stage timings and both models' evaluations in one Markdown page and one JSON file.
+
+    python -m videobert_ds.report --demo-dir runs/demo
+
+reads   DEMO/timings.json       {STAGE: {"seconds": S, ...throughput fields}}   (the demo script's)
+        DEMO/eval_teacher.json  videobert-eval reports
+        DEMO/eval_student.json
+writes  DEMO/report.json        {"stages": {STAGE: {"seconds": S, ...}},
+                                 "models": {"teacher"|"student": {"params", "clips_per_s", "metrics": {...}}},
+                                 "captions": ..., "targets": [...], "missing": [...]}
+        DEMO/report.md          the same for people, with the targets checked
+A missing input is reported as missing; the rest of the report is still written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+MODELS = ("teacher", "student")
+# Targets on the synthetic test split (issue 7).
+ZEROSHOT_FACTOR = 2.0  # teacher zero-shot top-1 >= 2x chance, each attribute
+T2V_R1_FACTOR = 5.0  # teacher text->video R@1 >= 5x chance
+STUDENT_SHARE = 0.8  # student >= 80% of the teacher on every metric
+STUDENT_PARAMS = 0.25  # ... with at most a quarter of its parameters
+
+
+@dataclass
+class Target:
+    name: str
+    met: bool | None  # None: could not be checked
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.name, "met": self.met, "detail": self.detail}
+
+
+def _read(path: Path, missing: list[str]) -> dict[str, Any] | None:
+    if not path.is_file():
+        missing.append(path.name)
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON ({err})") from None
+
+
+def lower_is_better(name: str, entry: dict[str, Any] | None = None) -> bool:
+    return bool((entry or {}).get("lower_is_better")) or name.endswith("median_rank")
+
+
+def _model_entry(report: dict[str, Any], path: str) -> dict[str, Any]:
+    for key in ("params", "clips_per_s", "metrics"):
+        if key not in report:
+            raise ValueError(f"{path}: not a videobert-eval report (no {key!r})")
+    return {"params": report["params"], "clips_per_s": report["clips_per_s"], "metrics": report["metrics"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+# ---------------------------------------------------------------------------------------------
+
+
+def check_targets(models: dict[str, dict[str, Any]]) -> list[Target]:
+    out: list[Target] = []
+    teacher, student = models.get("teacher"), models.get("student")
+    if teacher is None:
+        return [Target("teacher targets", None, "no teacher evaluation (eval_teacher.json missing)")]
+    tm = teacher["metrics"]
+    for name in sorted(k for k in tm if k.startswith("zeroshot/") and k.endswith("/top1")):
+        v, c = tm[name]["value"], tm[name]["chance"]
+        out.append(Target(f"teacher {name} >= {ZEROSHOT_FACTOR:g}x chance", v >= ZEROSHOT_FACTOR * c,
+                          f"{v:.3f} vs chance {c:.3f} ({v / c:.2f}x)" if c else f"{v:.3f}, chance 0"))
+    if "retrieval/t2v/R@1" in tm:
+        v, c = tm["retrieval/t2v/R@1"]["value"], tm["retrieval/t2v/R@1"]["chance"]
+        out.append(Target(f"teacher retrieval/t2v/R@1 >= {T2V_R1_FACTOR:g}x chance", v >= T2V_R1_FACTOR * c,
+                          f"{v:.3f} vs chance {c:.3f} ({v / c:.2f}x)"))
+    else:
+        out.append(Target(f"teacher retrieval/t2v/R@1 >= {T2V_R1_FACTOR:g}x chance", None, "not in the teacher report"))
+    if student is None:
+        out.append(Target(f"student >= {STUDENT_SHARE:.0%} of teacher per metric, <= {STUDENT_PARAMS:g}x params", None,
+                          "no student evaluation (eval_student.json missing)"))
+        return out
+    ratio = student["params"] / teacher["params"]
+    out.append(Target(f"student params <= {STUDENT_PARAMS:g}x teacher", ratio <= STUDENT_PARAMS,
+                      f"{student['params']:,} vs {teacher['params']:,} ({ratio:.3f}x)"))
+    for name, t_entry in tm.items():
+        s_entry = student["metrics"].get(name)
+        if s_entry is None:
+            out.append(Target(f"student {name} >= {STUDENT_SHARE:.0%} of teacher", False, "missing in the student report"))
+            continue
+        tv, sv = t_entry["value"], s_entry["value"]
+        if lower_is_better(name, t_entry):  # e.g. median rank: the student may be at most 1/0.8 as high
+            met = sv <= tv / STUDENT_SHARE
+            share = tv / sv if sv else float("inf")
+        else:
+            met = sv >= STUDENT_SHARE * tv
+            share = sv / tv if tv else float("inf")
+        lower = " (lower is better: at most teacher / 0.8)" if lower_is_better(name, t_entry) else ""
+        out.append(Target(f"student {name} >= {STUDENT_SHARE:.0%} of teacher", met,
+                          f"{sv:.3f} vs {tv:.3f} ({share:.0%}){lower}"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Assembly
+# ---------------------------------------------------------------------------------------------
+
+
+def assemble(demo_dir: Path) -> dict[str, Any]:
+    missing: list[str] = []
+    timings = _read(demo_dir / "timings.json", missing) or {}
+    stages = {}
+    for stage, entry in timings.items():
+        if not isinstance(entry, dict) or "seconds" not in entry:
+            raise ValueError(f"{demo_dir / 'timings.json'}: stage {stage!r} has no 'seconds'")
+        stages[stage] = entry
+    models: dict[str, dict[str, Any]] = {}
+    captions: dict[str, list[dict[str, Any]]] = {}
+    for name in MODELS:
+        path = demo_dir / f"eval_{name}.json"
+        report = _read(path, missing)
+        if report is not None:
+            models[name] = _model_entry(report, str(path))
+            captions[name] = report.get("captions", [])
+    return {
+        "stages": stages,
+        "models": models,
+        "captions": captions,
+        "targets": [t.as_dict() for t in check_targets(models)],
+        "missing": missing,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{x:,.{digits}f}"
+
+
+def _field(value: Any) -> str:
+    """A throughput field for a table cell: numbers rounded, nested mappings compact."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_field(v)}" for k, v in value.items()) + "}"
+    return _num(value, 1 if isinstance(value, float) and abs(value) >= 10 else 3)
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(report: dict[str, Any], demo_dir: Path) -> str:
+    lines = [f"# VideoBERT-DS demo report", "",
+             f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from `{demo_dir}`.", ""]
+    if report["missing"]:
+        lines += [f"**Missing inputs:** {', '.join(f'`{m}`' for m in report['missing'])} "
+                  "(the parts that need them are left out).", ""]
+
+    lines += ["## Stages", ""]
+    if report["stages"]:
+        lines += ["| stage | wall time (s) | throughput |", "|---|---:|---|"]
+        for stage, entry in report["stages"].items():
+            extra = ", ".join(f"{k} {_field(v)}" for k, v in entry.items() if k != "seconds")
+            lines.append(f"| {stage} | {_num(float(entry['seconds']), 1)} | {_cell(extra) or '-'} |")
+        total = sum(float(e["seconds"]) for e in report["stages"].values())
+        lines += [f"| **total** | {_num(total, 1)} | |", ""]
+    else:
+        lines += ["No stage timings (timings.json missing).", ""]
+
+    models = report["models"]
+    names = [m for m in MODELS if m in models]
+    lines += ["## Models", ""]
+    if not names:
+        lines += ["No model evaluations.", ""]
+    else:
+        if "student" not in models:
+            lines += ["The student evaluation (`eval_student.json`) is missing: teacher only.", ""]
+        head = " | ".join(names)
+        lines += [f"| | {head} |", "|---|" + "---:|" * len(names)]
+        lines.append("| parameters | " + " | ".join(_num(int(models[m]["params"])) for m in names) + " |")
+        lines.append("| inference clips/s | " + " | ".join(_num(float(models[m]["clips_per_s"]), 1) for m in names) + " |")
+        lines += ["", "Every metric beside its chance level or trivial baseline (zero-shot: the better of random "
+                  "labels and the most frequent training labels; retrieval: random ranking of the pool; captions: "
+                  "a constant caption, the most frequent training caption). Caption scores are pycocoevalcap's "
+                  "(BLEU/METEOR/ROUGE-L in 0-1, CIDEr-D). Median rank: lower is better.", ""]
+        metric_names = list(dict.fromkeys(k for m in names for k in models[m]["metrics"]))
+        cols = [f"{m}" for m in names] + [f"chance ({m})" for m in names]
+        lines += ["| metric | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+        for metric in metric_names:
+            entries = [models[m]["metrics"].get(metric) for m in names]
+            digits = 1 if metric.endswith("median_rank") else 3
+            vals = [_num(e["value"], digits) if e else "-" for e in entries]
+            chances = [_num(e["chance"], digits) if e else "-" for e in entries]
+            lines.append(f"| {metric} | " + " | ".join(vals + chances) + " |")
+        lines.append("")
+
+    lines += ["## Generated captions", ""]
+    caps = report["captions"]
+    if any(caps.values()):
+        by_key: dict[str, dict[str, Any]] = {}
+        for m in names:
+            for c in caps.get(m, []):
+                by_key.setdefault(c["key"], {"reference": c.get("reference", "")})[m] = c
+        cols = [f"{m} ({d})" for m in names for d in ("beam", "greedy")]
+        lines += ["| clip | reference | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+        for key, row in by_key.items():
+            cells = [_cell(row.get(m, {}).get(d, "-")) for m in names for d in ("beam", "greedy")]
+            lines.append(f"| {key} | {_cell(row['reference'])} | " + " | ".join(cells) + " |")
+        constant = next((c.get("constant") for m in names for c in caps.get(m, []) if c.get("constant")), None)
+        if constant:
+            lines += ["", f"Constant-caption baseline: \"{constant}\"."]
+        lines.append("")
+    else:
+        lines += ["No generated captions.", ""]
+
+    lines += ["## Targets", ""]
+    marks = {True: "met", False: "**NOT MET**", None: "not checked"}
+    for t in report["targets"]:
+        lines.append(f"- {marks[t['met']]}: {t['target']} — {t['detail']}")
+    unmet = [t for t in report["targets"] if t["met"] is False]
+    lines += ["", f"{len(unmet)} target(s) not met." if unmet else "All checked targets are met.", ""]
+
+    lines += ["## TensorBoard", "", "```", f"tensorboard --logdir {demo_dir} --host 127.0.0.1", "```",
+              "", "or `make tensorboard`, then open http://127.0.0.1:6006/.", ""]
+    return "\n".join(lines)
+
+
+def write(demo_dir: Path) -> dict[str, Any]:
+    report = assemble(demo_dir)
+    for name, text in (("report.json", json.dumps(report, indent=2) + "\n"), ("report.md", markdown(report, demo_dir))):
+        tmp = demo_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(demo_dir / name)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m videobert_ds.report", description="Assemble the demo report.")
+    p.add_argument("--demo-dir", default="runs/demo", help="the demo's run dir (default: %(default)s)")
+    args = p.parse_args(argv)
+    demo_dir = Path(args.demo_dir)
+    if not demo_dir.is_dir():
+        print(f"report: error: no demo dir at {demo_dir}", file=sys.stderr)
+        return 2
+    try:
+        report = write(demo_dir)
+    except ValueError as err:
+        print(f"report: error: {err}", file=sys.stderr)
+        return 1
+    unmet = sum(t["met"] is False for t in report["targets"])
+    print(f"wrote {demo_dir / 'report.md'} and {demo_dir / 'report.json'}"
+          + (f"; missing: {', '.join(report['missing'])}" if report["missing"] else "")
+          + (f"; {unmet} target(s) not met" if unmet else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

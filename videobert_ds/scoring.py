@@ -1,0 +1,182 @@
+"""VideoBERT sequences for evaluation and the one forward that scores them.
+
+Layout, as in pretraining (objectives.py): `[CLS] text [>] video [SEP]`, token type 0 for `[CLS] text`
+and 1 from `[>]` on, visual word w as token id text_vocab_size + w. Bidirectional attention for
+template filling and alignment; captioning's sequence-to-sequence mask for generation, where the text
+position k (the `[CLS]` for k = 0) predicts text token k + 1 and the last one predicts `[>]`.
+
+`EvalHeads` is one module with one forward for all three tasks (log-probs of text tokens at chosen
+positions + the alignment logit), so the same code runs on a plain model or a DeepSpeed ZeRO-3 engine.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from videobert_ds.objectives import SEG_PAD, SEG_TEXT, SEG_VIDEO, attention_mask
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """The ids evaluation needs, from a model dir's config.json."""
+
+    cls: int
+    sep: int
+    mask: int
+    pad: int
+    video_sep: int
+    text_vocab_size: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> Vocab:
+        ids = config.special_token_ids
+        return cls(ids["cls"], ids["sep"], ids["mask"], ids["pad"], ids["video_sep"], int(config.text_vocab_size))
+
+
+class EvalHeads(nn.Module):
+    """(input_ids, token_type_ids, attention_mask, positions (B, P)) ->
+    (log-probs over the text vocabulary at those positions (B, P, V_text), alignment logits (B,))."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor,
+                positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, pooled = self.model(input_ids, token_type_ids, attention_mask)
+        picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+        logits = self.model.token_logits(picked)[..., : self.model.config.text_vocab_size]
+        return logits.float().log_softmax(-1), self.model.alignment_logits(pooled).float()
+
+
+def joint_batch(texts: Sequence[Sequence[int]], videos: Sequence[Sequence[int]], vocab: Vocab, *, caption_mode: bool,
+                max_len: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """`[CLS] text [>] video [SEP]` rows, right-padded; video clips beyond max_len are cut (as in training)."""
+    rows, segs, types = [], [], []
+    for text, video in zip(texts, videos):
+        room = max_len - 3 - len(text)
+        if room < 0:
+            raise ValueError(f"a text of {len(text)} tokens does not fit a sequence of {max_len}")
+        video = list(video)[:room]
+        seq = [vocab.cls, *text, vocab.video_sep, *(vocab.text_vocab_size + w for w in video), vocab.sep]
+        n_text = 1 + len(text)
+        rows.append(seq)
+        segs.append([SEG_TEXT] * n_text + [SEG_VIDEO] * (len(seq) - n_text))
+        types.append([0] * n_text + [1] * (len(seq) - n_text))
+    length = max(len(r) for r in rows)
+    b = len(rows)
+    input_ids = torch.full((b, length), vocab.pad, dtype=torch.long)
+    segments = torch.full((b, length), SEG_PAD, dtype=torch.long)
+    token_type = torch.zeros((b, length), dtype=torch.long)
+    for i, (r, s, t) in enumerate(zip(rows, segs, types)):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        segments[i, : len(r)] = torch.tensor(s)
+        token_type[i, : len(r)] = torch.tensor(t)
+    mode = torch.full((b,), caption_mode, dtype=torch.bool)
+    return {"input_ids": input_ids.to(device), "token_type_ids": token_type.to(device),
+            "attention_mask": attention_mask(segments, mode).to(device)}
+
+
+def score(heads: nn.Module, batch: dict[str, torch.Tensor], positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        return heads(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], positions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-shot classification by template filling
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FilledTemplate:
+    """A template with the target slot as `n` [MASK]s; `positions` are their indices in the text block."""
+
+    text_ids: list[int]
+    positions: list[int]
+
+
+def fill_template(template: str, target: str, n_pieces: int, tokenizer: Any, vocab: Vocab) -> FilledTemplate:
+    """`template` with `{target}` as n_pieces [MASK]s and every other `{slot}` as one [MASK]
+    (VideoBERT masks both the verb and the noun of its template)."""
+    ids: list[int] = []
+    positions: list[int] = []
+    for literal, slot, _, _ in string.Formatter().parse(template):
+        if literal.strip():
+            ids += tokenizer(literal, add_special_tokens=False)["input_ids"]
+        if slot is None:
+            continue
+        if slot == target:
+            positions += list(range(len(ids), len(ids) + n_pieces))
+            ids += [vocab.mask] * n_pieces
+        else:
+            ids.append(vocab.mask)
+    if not positions:
+        raise ValueError(f"template {template!r} has no {{{target}}} slot")
+    return FilledTemplate(ids, positions)
+
+
+def label_pieces(labels: Sequence[str], tokenizer: Any) -> list[list[int]]:
+    """Each label word's WordPieces (a word may be several)."""
+    pieces = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
+    for label, p in zip(labels, pieces):
+        if not p:
+            raise ValueError(f"label {label!r} tokenizes to nothing")
+    return pieces
+
+
+def template_scores(heads: nn.Module, fills: Sequence[FilledTemplate], videos: Sequence[Sequence[int]],
+                    candidates: Sequence[Sequence[Sequence[int]]], vocab: Vocab, *, max_len: int,
+                    device: torch.device) -> list[list[float]]:
+    """For each row: every candidate's mean log-probability over its pieces at the masked slot (all pieces
+    masked at once, the video visible). `candidates[r]` lists the piece ids of the labels scored on row r,
+    each exactly as long as `fills[r].positions`."""
+    batch = joint_batch([f.text_ids for f in fills], videos, vocab, caption_mode=False, max_len=max_len, device=device)
+    width = max(len(f.positions) for f in fills)
+    # +1: the text block starts after [CLS]; padded slots point at [CLS] and are never read.
+    positions = torch.tensor([[1 + p for p in f.positions] + [0] * (width - len(f.positions)) for f in fills],
+                             device=device)
+    logp, _ = score(heads, batch, positions)
+    out = []
+    for r, (f, cands) in enumerate(zip(fills, candidates)):
+        n = len(f.positions)
+        row = []
+        for pieces in cands:
+            idx = torch.tensor(pieces, device=device)
+            row.append(float(logp[r, torch.arange(n, device=device), idx].mean()))
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrieval and captioning
+# ---------------------------------------------------------------------------------------------
+
+
+def alignment_scores(heads: nn.Module, texts: Sequence[Sequence[int]], videos: Sequence[Sequence[int]], vocab: Vocab,
+                     *, max_len: int, device: torch.device) -> list[float]:
+    """The alignment logit of each (text, video) pair."""
+    batch = joint_batch(texts, videos, vocab, caption_mode=False, max_len=max_len, device=device)
+    positions = torch.zeros((len(texts), 1), dtype=torch.long, device=device)
+    _, align = score(heads, batch, positions)
+    return align.tolist()
+
+
+def caption_step_fn(heads: nn.Module, videos: Sequence[Sequence[int]], vocab: Vocab, *, max_len: int,
+                    device: torch.device):
+    """A generate.StepFn: the next-token log-probs of `[CLS] prefix [>] video [SEP]` in captioning mode."""
+
+    def step(prefix: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        texts = prefix.tolist()
+        rows = [videos[int(s)] for s in sources.tolist()]
+        batch = joint_batch(texts, rows, vocab, caption_mode=True, max_len=max_len, device=device)
+        positions = torch.full((len(texts), 1), prefix.shape[1], dtype=torch.long, device=device)
+        logp, _ = score(heads, batch, positions)
+        return logp[:, 0]
+
+    return step
