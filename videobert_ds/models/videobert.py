@@ -36,6 +36,7 @@ def videobert_config(
     max_position_embeddings: int = 512,
     hidden_dropout_prob: float = 0.1,
     attention_probs_dropout_prob: float = 0.1,
+    video_position_offset: int | None = None,
 ) -> BertConfig:
     return BertConfig(
         vocab_size=text_vocab_size + visual_vocab_size,
@@ -52,6 +53,7 @@ def videobert_config(
         visual_vocab_size=visual_vocab_size,
         visual_feature_dim=visual_feature_dim,
         special_token_ids=dict(special_token_ids),
+        video_position_offset=video_position_offset,
         architectures=["VideoBertForPreTraining"],
     )
 
@@ -99,8 +101,21 @@ class VideoBertForPreTraining(BertPreTrainedModel):
         `attention_mask` is (B, L) for bidirectional attention or a boolean (B, 1, L, L) for per-sample
         patterns such as captioning's sequence-to-sequence mask (True = may attend).
         """
-        out = self.bert(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+        out = self.bert(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
+                        position_ids=self.position_ids(token_type_ids))
         return out.last_hidden_state, out.pooler_output
+
+    def position_ids(self, token_type_ids: torch.Tensor) -> torch.Tensor | None:
+        """Text counts positions from 0, video from `video_position_offset`: where the video starts then
+        does not depend on the caption's length, so a caption generated token by token sees the video at
+        the same positions it was trained with. None (the default) = BERT's plain 0..L-1."""
+        offset = getattr(self.config, "video_position_offset", None)
+        if offset is None:
+            return None
+        is_video = token_type_ids == 1
+        text_pos = (~is_video).long().cumsum(1) - 1
+        video_pos = is_video.long().cumsum(1) - 1 + offset
+        return torch.where(is_video, video_pos, text_pos)
 
     def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the joint vocabulary for selected positions (N, H) -> (N, V)."""

@@ -134,8 +134,10 @@ class TeacherStage(Stage):
         if m.init_text_from and not Path(m.init_text_from).is_dir():
             raise ConfigError(f"model.init_text_from: no BERT checkpoint dir at {m.init_text_from}")
         o = self.cfg.objective
-        if o.max_seq_len > m.max_position_embeddings:
-            raise ConfigError(f"objective.max_seq_len ({o.max_seq_len}) exceeds model.max_position_embeddings")
+        if o.max_text_tokens + 2 + o.max_seq_len > m.max_position_embeddings:
+            raise ConfigError(f"model.max_position_embeddings ({m.max_position_embeddings}) must cover the video "
+                              f"positions: at least objective.max_text_tokens + 2 + objective.max_seq_len "
+                              f"= {o.max_text_tokens + 2 + o.max_seq_len}")
 
     # -- set-up --------------------------------------------------------------------------------
     def tokenizer_dir(self) -> Path:
@@ -176,6 +178,7 @@ class TeacherStage(Stage):
             hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
             intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
             hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+            video_position_offset=self.cfg.objective.max_text_tokens + 2,
         )
 
     def build_module(self) -> nn.Module:
