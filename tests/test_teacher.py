@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed import read_metrics, run_training, write_ds_config
+from tests.distributed import launch_env, read_metrics, run_training, write_ds_config
 from videobert_ds.models.videobert import VideoBertForPreTraining, videobert_config
 from videobert_ds.objectives import (
     ClipSample,
@@ -154,7 +154,10 @@ def test_default_config_is_the_teacher_and_builds_bert_large_partitioned(tiny_te
     run_dir = tmp_path / "large"
     proc = run_training(ds, "teacher", ["--build-only", f"run.dir={run_dir}", f"text.tokenizer={tiny_teacher / 'tokenizer'}",
                                         f"visual.vocab={tiny_vocab / 'vocab.safetensors'}", f"visual.encoder={tiny_encoder}"],
-                        timeout=900)
+                        timeout=900,
+                        # A fixed mmap threshold: freed large tensors go back to the OS at once, so peak RSS
+                        # measures what was alive together, not glibc's heap fragmentation.
+                        env=launch_env(MALLOC_MMAP_THRESHOLD_="131072"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for rank in (0, 1):
         report = json.loads((run_dir / f"partition_rank{rank}.json").read_text())

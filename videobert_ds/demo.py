@@ -138,6 +138,28 @@ class Demo:
                     "samples_per_s": m.get("perf/samples_per_s"), "tokens_per_s": m.get("perf/tokens_per_s")}
         self.stage("pretrain_teacher", teacher / "final" / "config.json", pretrain_teacher)
 
+        student = self.path("student")
+
+        def distill_student() -> dict:
+            self.sh(train_cmd("student_tiny", {"run.dir": student, "data.shards": shards,
+                                               "teacher.path": teacher / "final"}, self.ranks,
+                              "zero3_cpu_bert.json"), "student")
+            m = self.last_metrics(student)
+            return {"final_loss": m.get("train/loss"), "val_loss": m.get("val/loss"),
+                    "samples_per_s": m.get("perf/samples_per_s"), "tokens_per_s": m.get("perf/tokens_per_s")}
+        self.stage("distill_student", student / "final" / "config.json", distill_student)
+
+        for name, model in (("teacher", teacher), ("student", student)):
+            out = self.path(f"eval_{name}.json")
+
+            def evaluate(model: Path = model, out: Path = out, name: str = name) -> dict:
+                self.sh([str(BIN / "videobert-eval"), "--config", "eval_tiny", "--model", str(model / "final"),
+                         "--shards", str(shards), "--split", "test", "--out", str(out)], f"eval_{name}")
+                r = json.loads(out.read_text())
+                return {"clips": r.get("num_clips"), "clips_per_s": r.get("clips_per_s")}
+            self.stage(f"evaluate_{name}", out, evaluate)
+
+        self.sh([sys.executable, "-m", "videobert_ds.report", "--demo-dir", str(self.root)], "report")
         self.summary()
 
     def summary(self) -> None:
@@ -153,6 +175,7 @@ class Demo:
             print(f"[demo] visual vocabulary: {vocab.get('vocab_size')} words")
             for attr, v in vocab.get("nmi", {}).items():
                 print(f"  NMI(words; {attr}) = {v['nmi']:.3f}  (shuffled labels: {v['nmi_shuffled']:.3f})")
+        print(f"[demo] report: {self.root / 'report.md'} and report.json")
         print(f"[demo] TensorBoard: .venv/bin/tensorboard --logdir {self.root} --host 127.0.0.1  (or: make tensorboard)")
 
 
