@@ -72,6 +72,20 @@ def init_layer_sources(student_layers: int, teacher_layers: int) -> list[int]:
     return [j * teacher_layers // student_layers for j in range(student_layers)]
 
 
+def init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> list[int]:
+    """DistilBERT's initialisation for a student as wide as its teacher: embeddings, pooler and heads
+    copied, student layer j from teacher layer j*N/M. Works on ZeRO-3-partitioned models (copy_param
+    gathers both sides). Returns the teacher layers used."""
+    from videobert_ds.models.init import copy_module
+
+    sources = init_layer_sources(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    for j, k in enumerate(sources):
+        copy_module(student.bert.encoder.layer[j], teacher.bert.encoder.layer[k])
+    for name in ("bert.embeddings", "bert.pooler", "cls", "alignment", "feature_head"):
+        copy_module(student.get_submodule(name), teacher.get_submodule(name))
+    return sources
+
+
 # ---------------------------------------------------------------------------------------------
 # Losses
 # ---------------------------------------------------------------------------------------------

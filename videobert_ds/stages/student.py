@@ -36,7 +36,7 @@ from videobert_ds.distill import (
     DistillConfig,
     additive_mask,
     distillation_losses,
-    init_layer_sources,
+    init_from_teacher,
     resolve_layer_map,
 )
 from videobert_ds.models.videobert import VideoBertForPreTraining, videobert_config
@@ -278,6 +278,7 @@ class StudentStage(TeacherStage):
     config_cls = StudentStageConfig
     cfg: StudentStageConfig
     inference_batch = 32
+    training_build = False  # set by setup(): only a training build initialises the student
 
     # -- validation before any rank works ------------------------------------------------------
     def check(self) -> None:
@@ -332,6 +333,7 @@ class StudentStage(TeacherStage):
 
     def setup(self, run_dir: Path, rank: int, device: torch.device) -> None:
         self.rank = rank
+        self.training_build = True  # export builds the module without setup: its weights come from a checkpoint
         if self.source.kind == "checkpoint":
             if rank == 0:
                 consolidate_teacher(self.source, self.teacher_dir())
@@ -371,19 +373,30 @@ class StudentStage(TeacherStage):
         extra = {"attn_implementation": attn} if attn else {}
         started = time.perf_counter()
         teacher = VideoBertForPreTraining.from_pretrained(str(self.teacher_dir()), local_files_only=True, **extra)
-        loaded = time.perf_counter()
         student = VideoBertForPreTraining._from_config(self.model_config(), **extra)
-        log.info("teacher loaded from %s in %.1f s, student built in %.1f s", self.teacher_dir(), loaded - started,
-                 time.perf_counter() - loaded)
+        if self.training_build:
+            self.init_student(student, teacher)
+        log.info("teacher loaded and student built in %.1f s", time.perf_counter() - started)
         return DistillationObjective(student, teacher, self.cfg.objective, self.cfg.distill)
 
+    def init_student(self, student: VideoBertForPreTraining, teacher: VideoBertForPreTraining) -> None:
+        """Before deepspeed.initialize: ZeRO-3's optimizer keeps its own fp32 copy of every partition, so a
+        parameter written after initialisation would be reset by the first step. A resumed run's checkpoint
+        overwrites this initialisation."""
+        init = self.cfg.model.init
+        if init == "teacher" or (init == "auto" and self.widths_match(self.teacher_config)):
+            sources = init_from_teacher(student, teacher)
+            log.info("student initialised from teacher layers %s", sources)
+        elif self.cfg.visual.init_from_centroids:
+            student.init_visual_embeddings(self.vocab.tree.leaves, seed=self.cfg.run.seed)
+
     def on_train_start(self, module: nn.Module, device: torch.device) -> None:
-        """Record sizes and partitioning, then initialise the student (a resumed run overwrites the init)."""
+        """Record both models' sizes and how much of each this rank holds."""
         run_dir = Path(self.cfg.run.dir)
         shares = {name: partition_share(getattr(module, name)) for name in ("teacher", "student", "projection")}
         (run_dir / f"distill_partition_rank{self.rank}.json").write_text(json.dumps(shares) + "\n")
-        teacher, student = module.teacher, module.student
         if self.rank == 0:
+            teacher, student = module.teacher, module.student
             n_t, n_s = count_params(teacher), count_params(student)
             update_report(run_dir, {
                 "teacher": {"path": str(self.cfg.teacher.path), "params": n_t, "layers": teacher.config.num_hidden_layers,
@@ -394,23 +407,6 @@ class StudentStage(TeacherStage):
             })
             log.info("distilling a %d-parameter teacher into a %d-parameter student (%.1f%%); layer map %s",
                      n_t, n_s, 100 * n_s / n_t, module.layer_map)
-        init = self.cfg.model.init
-        if init == "teacher" or (init == "auto" and self.widths_match(self.teacher_config)):
-            self.init_from_teacher(student, teacher)
-        elif self.cfg.visual.init_from_centroids:
-            student.init_visual_embeddings(self.vocab.tree.leaves, seed=self.cfg.run.seed)
-
-    def init_from_teacher(self, student: VideoBertForPreTraining, teacher: VideoBertForPreTraining) -> None:
-        """DistilBERT: embeddings, pooler and heads copied, student layer j from teacher layer j*N/M."""
-        from videobert_ds.models.init import copy_module
-
-        sources = init_layer_sources(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-        for j, k in enumerate(sources):
-            copy_module(student.bert.encoder.layer[j], teacher.bert.encoder.layer[k])
-        for name in ("bert.embeddings", "bert.pooler", "cls", "alignment", "feature_head"):
-            copy_module(student.get_submodule(name), teacher.get_submodule(name))
-        if self.rank == 0:
-            log.info("student initialised from teacher layers %s", sources)
 
     def step_stats(self, inputs: dict[str, Any]) -> tuple[int, float]:
         """Student training (6 FLOPs per weight per token, + attention) plus the teacher's forward (2 + its
