@@ -181,6 +181,7 @@ def test_vocabulary_mismatch_is_a_one_line_error(tiny_teacher, tiny_vocab, tiny_
 
     other = tmp_path / "other_encoder"
     ClipAutoencoder(ClipAutoencoderConfig(feature_dim=32)).save_pretrained(other)
+    capsys.readouterr()  # drop save_pretrained's progress bar
     assert main([*base, f"visual.encoder={other}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "fit on a different clip encoder" in err
