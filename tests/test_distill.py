@@ -192,6 +192,20 @@ def test_config_errors_are_one_line(tiny_teacher, pipeline_shards, tmp_path, cap
     assert len(err.splitlines()) == 1 and message in err, err
 
 
+@pytest.mark.multiproc
+def test_teacher_path_forms(tiny_teacher, tiny_vocab):
+    from videobert_ds.config import ConfigError
+    from videobert_ds.stages.student import resolve_teacher
+
+    assert resolve_teacher(str(tiny_teacher / "final")).kind == "model_dir"
+    run = resolve_teacher(str(tiny_teacher))  # a run dir: its newest complete checkpoint
+    assert (run.kind, run.path, run.tag) == ("checkpoint", tiny_teacher, "step00000120")
+    tag = resolve_teacher(str(tiny_teacher / "checkpoints" / "step00000060"))
+    assert (tag.kind, tag.path, tag.tag) == ("checkpoint", tiny_teacher, "step00000060")
+    with pytest.raises(ConfigError, match="'build_vocab' run, not a pretrain_teacher run"):
+        resolve_teacher(str(tiny_vocab))
+
+
 # ---------------------------------------------------------------------------------------------
 # Real 2-rank ZeRO-3 runs
 # ---------------------------------------------------------------------------------------------
