@@ -182,16 +182,16 @@ class TeacherStage(Stage):
         )
 
     def build_module(self) -> nn.Module:
+        """Initialisations happen here, before deepspeed.initialize: afterwards ZeRO-3's optimizer holds its
+        own fp32 partitions and would overwrite anything written into the parameters at the first step."""
         model = VideoBertForPreTraining._from_config(self.model_config())
         if self.cfg.model.init_text_from:
             from videobert_ds.models.init import copy_text_weights
 
             copy_text_weights(self.cfg.model.init_text_from, model)
+        if self.cfg.visual.init_from_centroids and hasattr(self, "vocab"):  # a resumed run loads its checkpoint
+            model.init_visual_embeddings(self.vocab.tree.leaves, seed=self.cfg.run.seed)
         return PretrainingObjective(model, self.cfg.objective)
-
-    def on_train_start(self, module: nn.Module, device: torch.device) -> None:
-        if self.cfg.visual.init_from_centroids:  # a resumed run overwrites this with the checkpoint
-            module.model.init_visual_embeddings(self.vocab.tree.leaves, seed=self.cfg.run.seed)
 
     # -- per step ------------------------------------------------------------------------------
     def clip_samples(self, batch: Any) -> list[ClipSample]:
