@@ -63,8 +63,8 @@ def _run_stage(config: str, run_dir: Path, overrides: dict, ds_config: str = "ze
 def tiny_encoder(pipeline_shards) -> Path:
     """Stage 1: the exported clip autoencoder dir."""
     run = _run_stage("video_encoder_tiny", pipeline_shards.parent / "encoder",
-                     {"data.shards": pipeline_shards, "schedule.max_steps": 60, "schedule.warmup_steps": 6,
-                      "schedule.val_every": 60, "schedule.checkpoint_every": 60})
+                     {"data.shards": pipeline_shards, "schedule.max_steps": 150, "schedule.warmup_steps": 15,
+                      "schedule.val_every": 150, "schedule.checkpoint_every": 150})
     return run / "final"
 
 

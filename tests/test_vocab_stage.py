@@ -23,6 +23,7 @@ def test_build_vocab_stage_writes_vocabulary_and_words_carry_attributes(tiny_voc
     for attr in ("colour", "shape", "motion"):
         v = report["nmi"][attr]
         print(f"NMI(words; {attr}) = {v['nmi']:.3f}   shuffled labels: {v['nmi_shuffled']:.3f}")
-    # Colour is what a small autoencoder captures first: clearly above the shuffled-label chance level.
-    assert report["nmi"]["colour"]["nmi"] > 2 * report["nmi"]["colour"]["nmi_shuffled"]
+    # Colour is what a small autoencoder captures first: clearly above the shuffled-label level (which is
+    # itself well above 0 here: 64 words over a few hundred clips).
+    assert report["nmi"]["colour"]["nmi"] > report["nmi"]["colour"]["nmi_shuffled"] + 0.1
     assert sum(v["nmi"] for v in report["nmi"].values()) > sum(v["nmi_shuffled"] for v in report["nmi"].values())
