@@ -15,8 +15,9 @@ demo: setup
 demo-clean:
 	rm -rf runs/demo
 
+# .venv/bin first on PATH: one ninja for every process, so DeepSpeed's JIT ops are built once.
 test: setup
-	$(PY) -m pytest -q tests
+	PATH="$(CURDIR)/.venv/bin:$$PATH" $(PY) -m pytest -q tests
 
 # One table of every CPU-sized benchmark (loaders, visual-word assignment, ZeRO-3 vs ZeRO-0 step and memory).
 bench: demo
