@@ -29,6 +29,11 @@ LATEST = "latest"
 FAULT_ENV = "VIDEOBERT_FAULT_KILL_IN_CHECKPOINT_STEP"
 
 
+def is_universal_checkpoint(tag_dir: Path) -> bool:
+    """ds_to_universal's output: per-parameter fp32 and optimizer files under `zero/`."""
+    return (tag_dir / "zero" / "optimizer_state.pt").is_file()
+
+
 def tag_for_step(step: int) -> str:
     return f"step{step:08d}"
 
@@ -104,6 +109,11 @@ class CheckpointManager:
 
     # -- loading -------------------------------------------------------------------------------
     def load(self, engine: Any, tag: str, load_optimizer: bool = True) -> dict[str, Any]:
+        # DeepSpeed reads universal checkpoints (ds_to_universal's output, any world size) only with
+        # checkpoint.load_universal set, and then reads *every* checkpoint as universal. Decide per
+        # load from what is on disk, so a run started from a universal checkpoint can later resume
+        # from the ordinary checkpoints it writes itself (a requeued job).
+        engine._config.load_universal_checkpoint = is_universal_checkpoint(self.dir / tag)
         _, client_state = engine.load_checkpoint(
             str(self.dir),
             tag=tag,
