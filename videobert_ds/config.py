@@ -56,6 +56,9 @@ class ScheduleConfig:
     decay: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = 0.1
     log_every: int = 10
+    # Steps between checks for SIGUSR1/SIGTERM (one all-reduce of a flag, so every rank stops at the same
+    # step); also checked at every log step. Small, so a short SLURM KillWait loses little work.
+    signal_check_every: int = 10
     val_every: int = 500
     val_batches: int = 8
     checkpoint_every: int = 500
@@ -243,7 +246,7 @@ def check_against_deepspeed(cfg: StageConfig, ds_config: dict, has_gpu: bool) ->
     s = cfg.schedule
     if s.warmup_steps > s.max_steps:
         raise ConfigError(f"schedule.warmup_steps ({s.warmup_steps}) exceeds schedule.max_steps ({s.max_steps})")
-    for name in ("log_every", "val_every", "checkpoint_every", "max_steps"):
+    for name in ("log_every", "signal_check_every", "val_every", "checkpoint_every", "max_steps"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"schedule.{name} must be positive")
 

@@ -43,8 +43,22 @@ class DistEnv:
     device: torch.device
 
 
+def skip_cpu_shm_allreduce() -> None:
+    """On the CPU accelerator DeepSpeed JIT-compiles a shared-memory all-reduce op at process-group set-up
+    (a minute of g++, and a py-cpuinfo probe that can spin forever in some VMs) and maps a 64 MiB
+    /dev/shm buffer per rank that it never unlinks: every run leaks RAM until the host runs dry. Training
+    does not use it (ZeRO's collectives go through gloo; it serves inference all-reduce only), so mark the
+    op incompatible in DeepSpeed's op table, which DeepSpeed caches and consults before building it."""
+    if get_accelerator().device_name() != "cpu":
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def init_distributed() -> DistEnv:
     """Join the process group (env:// from the launcher or SLURM mapping, or MPI discovery)."""
+    skip_cpu_shm_allreduce()
     deepspeed.init_distributed(auto_mpi_discovery=True)
     local_rank = int(__import__("os").environ.get("LOCAL_RANK", 0))
     accel = get_accelerator()
@@ -277,8 +291,8 @@ class Trainer:
                              scalars["train/loss"], scalars.get("perf/samples_per_s", 0.0))
                 sums, n_sums = {}, 0
                 timer.reset()
-                if self.stop.agreed(env.device):
-                    stopped_by_signal = True
+            if step % sched.log_every == 0 or step % sched.signal_check_every == 0:
+                stopped_by_signal = self.stop.agreed(env.device)
 
             if val_loader is not None and (step % sched.val_every == 0 or step == sched.max_steps):
                 last_val = self.validate(engine, val_loader, monitor, step)
@@ -343,7 +357,7 @@ class Trainer:
                 first = (inputs, out)
         scalars = self._reduce_means(sums, n, prefix="val/")
         monitor.scalars(step, scalars)
-        if first is not None and self.env.rank == 0:
+        if first is not None:  # on every rank: images may need forwards (ZeRO-3); the monitor writes rank 0's
             monitor.images(step, self.stage.images(engine.module, *first))
         if self.env.rank == 0:
             log.info("validation at step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
