@@ -49,7 +49,10 @@ class Stage(abc.ABC):
         return 0, 0.0
 
     def images(self, module: nn.Module, inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Image grids for TensorBoard from a validation forward (rank 0 only)."""
+        """Image grids for TensorBoard from the first validation batch's inputs and outputs.
+
+        Called on every rank (only rank 0's result is written), so an implementation may run forward
+        passes: under ZeRO-3 every rank must make the same calls."""
         return {}
 
     def on_train_start(self, module: nn.Module, device: torch.device) -> None:

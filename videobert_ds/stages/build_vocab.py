@@ -1,9 +1,11 @@
 """Stage 2, `build_vocab`: every rank encodes the clips of its own shards with the frozen clip encoder,
 then a distributed hierarchical k-means turns the features into the visual vocabulary.
 
-Writes RUN_DIR/vocab.safetensors (the vocabulary contract) and RUN_DIR/vocab_report.json: clip and word
-counts, and where the samples carry labels (the synthetic corpus: colour, shape, motion), the normalised
-mutual information between word ids and each label beside the same figure with the labels shuffled.
+Writes RUN_DIR/vocab.safetensors (the vocabulary contract), RUN_DIR/vocab_keyframes.safetensors (per
+word, a thumbnail of the middle frame of the training clip nearest its centroid: what text -> video
+generation shows) and RUN_DIR/vocab_report.json: clip and word counts, and where the samples carry labels
+(the synthetic corpus: colour, shape, motion), the normalised mutual information between word ids and each
+label beside the same figure with the labels shuffled.
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ class BuildVocabStageConfig(StageConfig):
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
     encode_batch_size: int = 32
+    # Height of each word's key-frame thumbnail (width keeps the aspect ratio); 0 = no key frames file.
+    # Every encoded clip's thumbnail is held in host memory until the tree is fit: clips x size^2 x 3 bytes
+    # per rank (12 KiB a clip at 64).
+    keyframe_size: int = 64
+
+
+@dataclass
+class EncodedClips:
+    """One rank's encoded clips, row i of each field describing the same clip."""
+
+    features: torch.Tensor  # (N, D) float32 on the device
+    labels: list[dict]  # the sample's labels (may be empty)
+    clips: list[tuple[str, int]]  # (sample key, clip index within the sample)
+    thumbs: torch.Tensor  # (N, h, w, 3) uint8 on the CPU: middle frames; (N, 0, 0, 3) without key frames
 
 
 def load_clip_encoder(cfg: EncoderConfig):
@@ -89,6 +105,8 @@ class BuildVocabStage(Stage):
         k = self.cfg.kmeans
         if k.depth < 1 or k.branching < 2:
             raise ConfigError(f"kmeans: need depth >= 1 and branching >= 2, got {k.depth} and {k.branching}")
+        if self.cfg.keyframe_size < 0:
+            raise ConfigError(f"keyframe_size: must be >= 0 (0 = no key frames), got {self.cfg.keyframe_size}")
         if self.cfg.encoder.type == "autoencoder":
             load_clip_encoder(self.cfg.encoder)
         elif not Path(self.cfg.encoder.path).is_file():
@@ -104,42 +122,55 @@ class BuildVocabStage(Stage):
         raise NotImplementedError("build_vocab exports a vocabulary file, not a model")
 
     @torch.no_grad()
-    def encode_split(self, encoder, rank: int, world: int, device: torch.device) -> tuple[torch.Tensor, list[dict]]:
-        """This rank's valid clip features (N, D) and, per clip, its sample's labels."""
+    def encode_split(self, encoder, rank: int, world: int, device: torch.device) -> EncodedClips:
+        """This rank's valid clips: features, labels, identities and middle-frame thumbnails."""
         from videobert_ds.data.loader import build_clip_loader
+        from videobert_ds.video.keyframes import thumbnails
 
         d = self.cfg.data
         loader = build_clip_loader(d.shards, d.train_split, self.cfg.encode_batch_size, d.num_frames, rank=rank,
                                    world_size=world, seed=self.cfg.run.seed, shuffle=False, backend=d.backend,
                                    device=device, num_threads=d.num_threads, prefetch=d.prefetch)
         fpc = encoder.frames_per_clip
-        feats, labels = [], []
+        size = self.cfg.keyframe_size
+        feats, labels, clips, thumbs = [], [], [], []
         cap = self.cfg.kmeans.max_clips_per_rank
         for batch in tqdm(loader, desc="encoding clips", disable=rank != 0, total=loader.steps_per_epoch):
             f = encoder(batch.frames)  # (B, n, D)
             n = f.shape[1]
             valid = (torch.arange(n, device=f.device)[None] + 1) * fpc <= batch.num_frames[:, None].to(f.device)
             feats.append(f[valid].float())
+            if size:  # clip c spans frames [c * fpc, (c + 1) * fpc): keep its middle one
+                middle = torch.arange(n, device=batch.frames.device) * fpc + fpc // 2
+                frames = batch.frames[:, middle][valid.to(batch.frames.device)]  # (valid clips, H, W, C)
+                thumbs.append(thumbnails(frames, size).cpu())
             for meta, row in zip(batch.meta, valid.cpu()):
                 labels += [meta.get("labels", {})] * int(row.sum())
+                clips += [(str(meta["__key__"]), c) for c in row.nonzero().flatten().tolist()]
             if cap and sum(x.shape[0] for x in feats) >= cap:
                 break
         x = torch.cat(feats) if feats else torch.zeros(0, encoder.feature_dim, device=device)
+        t = torch.cat(thumbs) if thumbs else torch.zeros((x.shape[0], 0, 0, 3), dtype=torch.uint8)
         if cap:
-            x, labels = x[:cap], labels[:cap]
-        return x, labels
+            x, labels, clips, t = x[:cap], labels[:cap], clips[:cap], t[:cap]
+        return EncodedClips(x, labels, clips, t)
 
     def run(self, run_dir: Path, rank: int, world: int, device: torch.device) -> dict[str, Any]:
+        from videobert_ds.video.keyframes import keyframes_path, select_keyframes
         from videobert_ds.video.vocab import VisualVocabulary
 
         started = time.perf_counter()
         encoder = load_clip_encoder(self.cfg.encoder).to(device)
-        x, labels = self.encode_split(encoder, rank, world, device)
+        enc = self.encode_split(encoder, rank, world, device)
+        x, labels = enc.features, enc.labels
         encoded_s = time.perf_counter() - started
         k = self.cfg.kmeans
         vocab = VisualVocabulary.fit(x, encoder, depth=k.depth, branching=k.branching, seed=self.cfg.run.seed,
                                      max_iter=k.max_iter, tol=k.tol)
         words = vocab.to(device).assign(x)  # the same method the VisualTokenizer uses in training
+        keyframes = None
+        if self.cfg.keyframe_size:  # a collective: every rank takes part
+            keyframes = select_keyframes(x, enc.thumbs, enc.clips, vocab.tree.leaves.to(device))
 
         # Rank 0 gathers (word, labels) pairs for the report; a clip count per rank first (sizes differ).
         gathered: list[Any] = [None] * world
@@ -159,6 +190,10 @@ class BuildVocabStage(Stage):
                 "nmi": nmi_report(all_words, labelled, self.cfg.run.seed) if names else {},
             }
             vocab.save(run_dir / "vocab.safetensors")
+            if keyframes is not None:
+                path = keyframes.save(keyframes_path(run_dir / "vocab.safetensors"))
+                report["keyframes"] = {"file": path.name, "frame_size": list(keyframes.frames.shape[1:3]),
+                                       "mean_distance": float(keyframes.distances.mean())}
             tmp = run_dir / ".vocab_report.json.tmp"
             tmp.write_text(json.dumps(report, indent=2) + "\n")
             tmp.replace(run_dir / "vocab_report.json")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -42,6 +43,7 @@ from videobert_ds.distill import (
 from videobert_ds.models.videobert import VideoBertForPreTraining, videobert_config
 from videobert_ds.objectives import ObjectiveConfig, Specials, losses_from_outputs
 from videobert_ds.stages.teacher import TeacherStage, load_visual_tokenizer, vocab_metadata
+from videobert_ds.video.keyframes import keyframes_path
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +430,10 @@ class StudentStage(TeacherStage):
                           + per_token(t["num_hidden_layers"], t["hidden_size"], t["intermediate_size"], 2, 4))
         return tokens, float(flops)
 
+    def images(self, module: nn.Module, inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """None: the text -> video grids are the teacher stage's (its config holds the prompts)."""
+        return {}
+
     # -- export --------------------------------------------------------------------------------
     def export(self, module: nn.Module, out_dir: Path) -> None:
         """The student's self-contained model dir (weights, the teacher's tokenizer, visual vocabulary and
@@ -435,6 +441,9 @@ class StudentStage(TeacherStage):
         module.student.save_pretrained(out_dir, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)
         shutil.copy2(self.teacher_dir() / "visual_vocab.safetensors", out_dir / "visual_vocab.safetensors")
+        keyframes = keyframes_path(self.teacher_dir() / "visual_vocab.safetensors")
+        if keyframes.is_file():  # text -> video generation works from the student's dir as well
+            shutil.copy2(keyframes, keyframes_path(out_dir / "visual_vocab.safetensors"))
         shutil.copytree(self.teacher_dir() / "clip_encoder", out_dir / "clip_encoder", dirs_exist_ok=True)
         self.record_throughput(module)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -64,11 +65,22 @@ class BertSize:
 
 
 @dataclass
+class GenerateConfig:
+    """Text -> video grids written to TensorBoard at every validation (needs the vocabulary's key frames)."""
+
+    prompts: list[str] = field(default_factory=list)  # empty = up to 4 texts of the first validation batch
+    num_words: int = 8
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = the whole visual vocabulary
+
+
+@dataclass
 class TeacherStageConfig(StageConfig):
     text: TextConfig = field(default_factory=TextConfig)
     visual: VisualConfig = field(default_factory=VisualConfig)
     model: BertSize = field(default_factory=BertSize)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
 def vocab_metadata(path: str | Path) -> dict[str, Any]:
@@ -138,6 +150,12 @@ class TeacherStage(Stage):
             raise ConfigError(f"model.max_position_embeddings ({m.max_position_embeddings}) must cover the video "
                               f"positions: at least objective.max_text_tokens + 2 + objective.max_seq_len "
                               f"= {o.max_text_tokens + 2 + o.max_seq_len}")
+        g = self.cfg.generate
+        if not 1 <= g.num_words <= o.max_seq_len - 3:
+            raise ConfigError(f"generate.num_words: must be in [1, objective.max_seq_len - 3 = {o.max_seq_len - 3}], "
+                              f"got {g.num_words}")
+        if g.temperature < 0 or g.top_k < 0:
+            raise ConfigError(f"generate: temperature and top_k must be >= 0, got {g.temperature} and {g.top_k}")
 
     # -- set-up --------------------------------------------------------------------------------
     def tokenizer_dir(self) -> Path:
@@ -154,6 +172,25 @@ class TeacherStage(Stage):
         # Per-dimension spread of the clip features, estimated from the vocabulary's leaf centroids.
         leaves = self.vocab.tree.leaves.float().to(device)
         self.feature_stats = (leaves.mean(0), leaves.std(0).clamp_min(1e-6))
+        self.keyframes = self.load_keyframes(rank)
+
+    def load_keyframes(self, rank: int):
+        """The vocabulary's key frames for the text -> video grids, or None (then no grids are drawn)."""
+        from videobert_ds.video.keyframes import KeyFrames, keyframes_path
+
+        path = keyframes_path(self.cfg.visual.vocab)
+        if not path.is_file():
+            if rank == 0:
+                log.warning("no key frames at %s (a build_vocab run with keyframe_size > 0 writes them): "
+                            "no text -> video images in TensorBoard", path)
+            return None
+        keyframes = KeyFrames.load(path)
+        if keyframes.num_words != self.vocab.size:  # a stale file: a picture is not worth stopping training for
+            if rank == 0:
+                log.warning("%s holds %d key frames, the vocabulary %d words: no text -> video images",
+                            path, keyframes.num_words, self.vocab.size)
+            return None
+        return keyframes
 
     @functools.cached_property
     def tokenizer(self):
@@ -211,6 +248,7 @@ class TeacherStage(Stage):
         inputs = to_device(host, ids, feats, self.specials, device, self.feature_stats)
         inputs["skipped_samples"] = host_to_device(torch.tensor(float(host.counts["skipped"])), device)
         inputs["_num_tokens"] = host.counts["num_tokens"]
+        inputs["_texts"] = [m.get("text", "") for m in batch.meta]  # default prompts of the text -> video grids
         return inputs
 
     def step_stats(self, inputs: dict[str, Any]) -> tuple[int, float]:
@@ -224,11 +262,31 @@ class TeacherStage(Stage):
         flops = tokens * (6 * m.num_hidden_layers * per_layer + 12 * m.num_hidden_layers * m.hidden_size * seq_len)
         return tokens, float(flops)
 
+    # -- validation images ---------------------------------------------------------------------
+    def images(self, module: nn.Module, inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Text -> video: per prompt, a row of sampled visual words shown as their key frames. Every rank
+        runs the same `generate.num_words` forward passes (all prompts in one batch), as ZeRO-3 needs."""
+        if getattr(self, "keyframes", None) is None:  # set by setup; None when the vocabulary has none
+            return {}
+        from videobert_ds.text_to_video import prompt_ids, prompt_tag, render_grid, sample_visual_words
+
+        g = self.cfg.generate
+        prompts = list(g.prompts) or list(dict.fromkeys(t for t in inputs.get("_texts", []) if t.strip()))[:4] or [""]
+        text_ids = prompt_ids(self.tokenizer, prompts, self.cfg.objective.max_text_tokens)
+        words = sample_visual_words(module.model, self.specials, text_ids, num_words=g.num_words,
+                                    temperature=g.temperature, top_k=g.top_k, seed=self.cfg.run.seed,
+                                    device=inputs["input_ids"].device)
+        return {prompt_tag(p): render_grid(w[None], self.keyframes.frames) for p, w in zip(prompts, words)}
+
     # -- export --------------------------------------------------------------------------------
     def export(self, module: nn.Module, out_dir: Path) -> None:
-        """A self-contained model dir: weights + config, the text tokenizer, the visual vocabulary and the
-        clip encoder that turns frames into its visual words."""
+        """A self-contained model dir: weights + config, the text tokenizer, the visual vocabulary (with its
+        key frames when build_vocab wrote them) and the clip encoder that turns frames into its visual words."""
+        from videobert_ds.video.keyframes import keyframes_path
+
         module.model.save_pretrained(out_dir, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)
         shutil.copy2(self.cfg.visual.vocab, out_dir / "visual_vocab.safetensors")
+        if keyframes_path(self.cfg.visual.vocab).is_file():
+            shutil.copy2(keyframes_path(self.cfg.visual.vocab), keyframes_path(out_dir / "visual_vocab.safetensors"))
         shutil.copytree(self.cfg.visual.encoder, out_dir / "clip_encoder", dirs_exist_ok=True)
