@@ -2,11 +2,13 @@
 # Stage 5: fine-tune a pretrained teacher or student on a downstream task (classification,
 # captioning, video QA, retrieval) under DeepSpeed ZeRO-3, one srun task per GPU.
 #
-#   CONFIG=finetune_classification INIT=runs/student/final sbatch slurm/finetune.sh
+#   sbatch slurm/finetune.sh                                         # every task, from runs/student/final
+#   CONFIG=finetune_qa INIT=runs/teacher/final sbatch slurm/finetune.sh  # one task, from the teacher
 #
+# CONFIG: finetune (all four tasks), finetune_classification, finetune_caption, finetune_qa,
+# finetune_retrieval, or a YAML path. The model dir brings its tokenizer, visual vocabulary and clip encoder.
 # Environment: CONFIG, INIT (exported model dir to start from), DS_CONFIG, RUNS, RUN_DIR, SHARDS,
-# ENCODER, VOCAB, LINK_OVERRIDES, OVERRIDES, RESUME, TRAIN_ARGS, plus VENV / VIDEOBERT_ACTIVATE /
-# TASK_PREFIX / SRUN_ARGS.
+# LINK_OVERRIDES, OVERRIDES, RESUME, TRAIN_ARGS, plus VENV / VIDEOBERT_ACTIVATE / TASK_PREFIX / SRUN_ARGS.
 #SBATCH --job-name=vb-finetune
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8
@@ -23,11 +25,9 @@ _vb_prog=finetune.sh
 source "$_vb_repo/launcher/slurm_env.sh"
 vb_setup
 
-CONFIG=${CONFIG:-finetune_classification}
+CONFIG=${CONFIG:-finetune}
 INIT=${INIT:-$RUNS/student/final}
 RUN_DIR=${RUN_DIR:-$RUNS/finetune/$(basename "${CONFIG%.yaml}")/$(basename "$(dirname "$INIT")")}
 SHARDS=${SHARDS:-$RUNS/shards}
-ENCODER=${ENCODER:-$RUNS/video_encoder/final}
-VOCAB=${VOCAB:-$RUNS/vocab/vocab.safetensors}
-LINK_OVERRIDES=${LINK_OVERRIDES-model.init=$INIT visual.encoder=$ENCODER visual.vocab=$VOCAB}
+LINK_OVERRIDES=${LINK_OVERRIDES-model.init=$INIT}
 vb_train "$@"

@@ -54,13 +54,14 @@ script_of() {
 config_of() {
   case $1 in
     video_encoder) echo video_encoder ;; vocab) echo vocab ;; teacher) echo teacher ;;
-    student) echo student ;; finetune) echo finetune_classification ;; evaluate) echo eval ;; *) echo "" ;;
+    student) echo student ;; finetune) echo finetune ;; evaluate) echo eval ;; *) echo "" ;;
   esac
 }
 done_marker() {
   case $1 in
     prepare) echo "$SHARDS/manifest.json" ;; vocab) echo "$RUNS/vocab/vocab.safetensors" ;;
-    video_encoder|teacher|student) echo "$RUNS/$1/final/config.json" ;; *) echo "" ;;
+    video_encoder|teacher|student) echo "$RUNS/$1/final/config.json" ;;
+    finetune) echo "$RUNS/finetune/finetune${CONFIG_SUFFIX:-}/student/final/config.json" ;; *) echo "" ;;
   esac
 }
 

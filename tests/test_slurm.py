@@ -43,7 +43,7 @@ PIPELINE_STAGES = {
     "vocab": ("build_vocab", "vocab_tiny"),
     "teacher": ("pretrain_teacher", "teacher_tiny"),
     "student": ("distill_student", "student_tiny"),
-    "finetune": ("finetune", "finetune_classification_tiny"),
+    "finetune": ("finetune", "finetune_tiny"),
     "evaluate": ("evaluate", "eval_tiny"),
 }
 
@@ -244,6 +244,11 @@ def test_pipeline_completes_with_every_stage_output(pipeline):
             assert json.loads((run / "partition_rank1.json").read_text())["world_size"] == 2
     if "vocab" in stages:
         assert (runs / "vocab" / "vocab.safetensors").is_file()
+    if "finetune" in stages:  # the student fine-tuned on every task, its label heads in the exported config
+        tuned = runs / "finetune" / "finetune_tiny" / "student"
+        config = json.loads((tuned / "final" / "config.json").read_text())
+        assert set(config["finetune_label_sets"]) == {"colour", "shape", "motion"}
+        assert (tuned / "checkpoints" / "latest").read_text() == "step00000006"
     if "evaluate" in stages:  # every exported model, evaluated on 2 ranks
         for model in {"teacher", "student"} & set(stages):
             report = json.loads((runs / "eval" / model / "eval.json").read_text())

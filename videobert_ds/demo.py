@@ -1,6 +1,7 @@
 """`make demo`: the whole pipeline on the embedded synthetic corpus, small enough for a 2-core CPU.
 
-    synth -> prepare -> loader pass -> video encoder -> vocabulary -> teacher -> student -> evaluation -> report
+    synth -> prepare -> loader pass -> video encoder -> vocabulary -> teacher -> student -> evaluation
+          -> fine-tuning of both (classification, captioning, QA, retrieval) -> their evaluation -> report
 
 Each stage is skipped when its output already exists (so a re-run only does what is missing);
 `--force` (or `make demo-clean`) starts over. Per-stage wall time and throughput go to
@@ -159,6 +160,26 @@ class Demo:
                 r = json.loads(out.read_text())
                 return {"clips": r.get("num_clips"), "clips_per_s": r.get("clips_per_s")}
             self.stage(f"evaluate_{name}", out, evaluate)
+
+        for name, model in (("teacher", teacher), ("student", student)):
+            tuned = self.path(f"finetune_{name}")
+
+            def finetune(model: Path = model, tuned: Path = tuned, name: str = name) -> dict:
+                self.sh(train_cmd("finetune_tiny", {"run.dir": tuned, "data.shards": shards, "model.init": model / "final"},
+                                  self.ranks), f"finetune_{name}")
+                m = self.last_metrics(tuned)
+                return {"final_loss": m.get("train/loss"), "val_loss": m.get("val/loss"),
+                        "samples_per_s": m.get("perf/samples_per_s")}
+            self.stage(f"finetune_{name}", tuned / "final" / "config.json", finetune)
+
+            out = self.path(f"eval_finetune_{name}.json")
+
+            def evaluate_tuned(tuned: Path = tuned, out: Path = out, name: str = name) -> dict:
+                self.sh([str(BIN / "videobert-eval"), "--config", "eval_tiny", "--model", str(tuned / "final"),
+                         "--shards", str(shards), "--split", "test", "--out", str(out)], f"eval_finetune_{name}")
+                r = json.loads(out.read_text())
+                return {"clips": r.get("num_clips"), "clips_per_s": r.get("clips_per_s")}
+            self.stage(f"evaluate_finetune_{name}", out, evaluate_tuned)
 
         self.sh([sys.executable, "-m", "videobert_ds.report", "--demo-dir", str(self.root)], "report")
         self.summary()

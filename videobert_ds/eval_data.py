@@ -33,6 +33,7 @@ class EvalItem:
     text_ids: list[int]
     visual_ids: list[int]
     labels: dict[str, str] = field(default_factory=dict)
+    qa: dict[str, Any] | None = None  # question, choices, answer (validated by videobert-prepare)
 
 
 def split_meta(shard_dir: str | Path, split: str) -> list[dict[str, Any]]:
@@ -103,7 +104,8 @@ def encode_items(
             for m, t, tid, row, ok in zip(meta, texts, text_ids, ids, valid):
                 labels = m.get("labels") if isinstance(m.get("labels"), dict) else {}
                 items.append(EvalItem(key=m["__key__"], video_id=str(m.get("video_id", "")), text=t, text_ids=list(tid),
-                                      visual_ids=row[ok].tolist(), labels={k: str(v) for k, v in labels.items()}))
+                                      visual_ids=row[ok].tolist(), labels={k: str(v) for k, v in labels.items()},
+                                      qa=m.get("qa") if isinstance(m.get("qa"), dict) else None))
     finally:
         decoder.close()
     return items, seconds

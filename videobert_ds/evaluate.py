@@ -14,7 +14,9 @@ The algorithm:
      candidate pools): R@1, R@5, R@10, median rank;
   4. captioning from the video with the autoregressive head, greedy and beam search, a fixed number of
      steps on every rank; BLEU-4, METEOR, ROUGE-L, CIDEr from pycocoevalcap;
-  5. inference throughput (frames -> visual words -> one joint forward per clip) and parameters.
+  5. inference throughput (frames -> visual words -> one joint forward per clip) and parameters;
+  6. for a fine-tuned model (the `finetune` stage), its task heads: classification per label set, video
+     QA, and captioning again under finetune/ (videobert_ds.downstream).
 Steps 2-5 split their work evenly: every rank makes the same number of forward calls (ZeRO-3-safe).
 Every metric is reported with its chance level or trivial baseline:
   zero-shot top-k   max(random ranking of the labels, the k most frequent training labels)
@@ -27,13 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script by the deepspeed launcher
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,7 +43,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from videobert_ds.downstream import (
+    caption_as_finetuned, classification_metrics, finetuned_label_sets, label_logits, qa_metrics,
+)
 from videobert_ds.eval_data import EvalItem, encode_items, gather_items, split_meta
+from videobert_ds.sharding import all_gather, rank_world, sharded
 from videobert_ds.generate import beam_decode, greedy_decode
 from videobert_ds.metrics import (
     CAPTION_METRICS, caption_scores_many, majority_topk_accuracy, median_rank, median_rank_chance, most_frequent,
@@ -54,50 +59,8 @@ from videobert_ds.scoring import (
 from videobert_ds.stages.evaluate import EvalStageConfig
 
 log = logging.getLogger("videobert_ds.evaluate")
-R = TypeVar("R")
 TOPK = (1, 5)
 RECALL_K = (1, 5, 10)
-
-
-# ---------------------------------------------------------------------------------------------
-# Work split across ranks
-# ---------------------------------------------------------------------------------------------
-
-
-def rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def all_gather(obj: Any) -> list[Any]:
-    rank, world = rank_world()
-    if world == 1:
-        return [obj]
-    parts: list[Any] = [None] * world
-    dist.all_gather_object(parts, obj)
-    return parts
-
-
-def sharded(n: int, batch_size: int, fn: Callable[[list[int]], list[R]]) -> tuple[list[R], float]:
-    """fn over indices 0..n-1 in batches, ranks taking contiguous blocks; -> (all results in index order on
-    every rank, the slowest rank's seconds inside fn). Every rank calls fn the same number of times (a rank
-    with nothing left repeats index 0 and drops the result), so forward calls stay matched under ZeRO-3."""
-    rank, world = rank_world()
-    if n == 0:
-        return [], 0.0
-    per_rank = math.ceil(n / world)
-    mine = list(range(rank * per_rank, min(n, (rank + 1) * per_rank)))
-    results: list[R] = []
-    seconds = 0.0
-    for b in range(math.ceil(per_rank / batch_size)):
-        idx = mine[b * batch_size : (b + 1) * batch_size]
-        start = time.perf_counter()
-        out = fn(idx or [0])
-        seconds += time.perf_counter() - start
-        results += out[: len(idx)]
-    parts = all_gather((results, seconds))
-    return [r for part, _ in parts for r in part], max(s for _, s in parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,10 +70,11 @@ def sharded(n: int, batch_size: int, fn: Callable[[list[int]], list[R]]) -> tupl
 
 def load_model(model_dir: Path, device: torch.device, zero3: bool) -> tuple[Any, int, Any, Any]:
     """-> (the scoring module (EvalHeads, or its ZeRO-3 engine), parameter count, model config, keep-alive)."""
-    from videobert_ds.models.videobert import VideoBertForPreTraining
+    # A pretrained dir has no label heads and loads as plain VideoBERT; a fine-tuned one brings its heads.
+    from videobert_ds.models.heads import VideoBertForFinetuning
 
     if not zero3:
-        model = VideoBertForPreTraining.from_pretrained(str(model_dir)).to(device).eval()
+        model = VideoBertForFinetuning.from_pretrained(str(model_dir)).to(device).eval()
         return EvalHeads(model).eval(), sum(p.numel() for p in model.parameters()), model.config, None
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
@@ -118,7 +82,7 @@ def load_model(model_dir: Path, device: torch.device, zero3: bool) -> tuple[Any,
     ds_config = {"train_micro_batch_size_per_gpu": 1, "steps_per_print": 10**9,
                  "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
     keep_alive = HfDeepSpeedConfig(ds_config)  # from_pretrained partitions the weights as it loads them
-    model = VideoBertForPreTraining.from_pretrained(str(model_dir))
+    model = VideoBertForFinetuning.from_pretrained(str(model_dir))
     engine, *_ = deepspeed.initialize(model=EvalHeads(model), config=ds_config)
     engine.eval()
     params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
@@ -322,6 +286,15 @@ def run_evaluation(cfg: EvalStageConfig, device: torch.device) -> dict[str, Any]
     captions = generate_captions(heads, captioned, cfg, tokenizer, vocab, max_len, device)
     timings["captioning"] = time.perf_counter() - t
     fwd_seconds = joint_throughput(heads, items, cfg, vocab, max_len, device)
+    finetuned = bool(getattr(config, "finetune_tasks", None))
+    label_sets = finetuned_label_sets(config)
+    if finetuned:
+        t = time.perf_counter()
+        with_text = getattr(config, "finetune_classification_input", "video") == "video_text"
+        logits = (label_logits(heads, items, with_text, vocab, max_len, device, cfg.eval.batch_size) if label_sets
+                  else None)
+        qa = qa_metrics(heads, items, tokenizer, vocab, max_len, cfg.eval.max_text_tokens, device, cfg.eval.batch_size)
+        timings["finetune"] = time.perf_counter() - t
     del keep_alive
     if rank != 0:
         return None
@@ -331,6 +304,11 @@ def run_evaluation(cfg: EvalStageConfig, device: torch.device) -> dict[str, Any]
     metrics.update(retrieval)
     caption_table, constant = caption_metrics(captioned, captions, cfg, baseline_meta)
     metrics.update(caption_table)
+    if finetuned:
+        if logits is not None:
+            metrics.update(classification_metrics(items, logits, label_sets, baseline_meta))
+        metrics.update(qa)
+        metrics.update(caption_as_finetuned(caption_table))
     samples = [{"key": it.key, "reference": it.text, "greedy": g, "beam": b, "constant": constant}
                for it, (g, b) in list(zip(captioned, captions))[: cfg.eval.num_samples]]
     return {

@@ -236,6 +236,64 @@ def build_batch(samples: list[ClipSample], n_clips: int, sp: Specials, cfg: Obje
                      visual_replace, caption_labels, align_labels, counts)
 
 
+@dataclass
+class Row:
+    """One unmasked sequence for fine-tuning: `[CLS] text [>] clips [SEP]` (no `[>]` without clips).
+    `clips` index the loader batch as (sample, clip); `caption` selects the sequence-to-sequence mask and
+    labels each text position with the next text token."""
+
+    text: list[int]
+    clips: list[tuple[int, int]]
+    caption: bool = False
+
+
+def layout_rows(rows: list[Row], n_clips: int, sp: Specials, max_seq_len: int) -> HostBatch:
+    """Rows -> a HostBatch without masking or alignment labels (resolved on the device by `to_device`).
+    Clips beyond `max_seq_len` are cut, as in pretraining."""
+    if not rows:
+        raise ValueError("layout_rows needs at least one row")
+    fitted = []
+    for r in rows:
+        room = max_seq_len - 2 - len(r.text) - (1 if r.clips else 0)
+        if room < 0:
+            raise ValueError(f"a text of {len(r.text)} tokens does not fit a sequence of {max_seq_len}")
+        fitted.append((r, r.clips[:room]))
+    length = max(2 + len(r.text) + (1 + len(c) if c else 0) for r, c in fitted)
+    b = len(rows)
+    input_ids = torch.full((b, length), sp.pad, dtype=torch.long)
+    video_src = torch.full((b, length), -1, dtype=torch.long)
+    token_type = torch.zeros((b, length), dtype=torch.long)
+    segments = torch.full((b, length), SEG_PAD, dtype=torch.long)
+    caption_labels = torch.full((b, length), IGNORE, dtype=torch.long)
+    n_tokens = 0
+    for i, (r, clips) in enumerate(fitted):
+        seq = [sp.cls, *r.text]
+        seg = [SEG_TEXT] * len(seq)
+        v_start = len(seq) + 1
+        if clips:
+            seq += [sp.video_sep] + [0] * len(clips)
+            seg += [SEG_VIDEO] * (1 + len(clips))
+        seq.append(sp.sep)
+        seg.append(SEG_VIDEO if clips else SEG_TEXT)
+        n = len(seq)
+        n_tokens += n
+        input_ids[i, :n] = torch.tensor(seq)
+        segments[i, :n] = torch.tensor(seg)
+        if clips:
+            token_type[i, v_start - 1 : n] = 1
+            video_src[i, v_start : v_start + len(clips)] = torch.tensor([s * n_clips + c for s, c in clips])
+        if r.caption:
+            targets = [*r.text, sp.video_sep]
+            caption_labels[i, : len(targets)] = torch.tensor(targets)
+    caption_mode = torch.tensor([r.caption for r in rows], dtype=torch.bool)
+    return HostBatch(input_ids, video_src, token_type, segments, caption_mode,
+                     mlm_labels=torch.full((b, length), IGNORE, dtype=torch.long),
+                     visual_masked=torch.zeros((b, length), dtype=torch.bool),
+                     visual_replace=torch.full((b, length), REPLACE_KEEP, dtype=torch.long),
+                     caption_labels=caption_labels, align_labels=torch.full((b,), -1.0),
+                     counts={"num_tokens": n_tokens, "rows": b})
+
+
 def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Copy without waiting for the device: from pageable memory a CUDA copy blocks the host until the
     stream's earlier kernels finish, from pinned memory it is queued."""

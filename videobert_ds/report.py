@@ -5,8 +5,11 @@
 reads   DEMO/timings.json       {STAGE: {"seconds": S, ...throughput fields}}   (the demo script's)
         DEMO/eval_teacher.json  videobert-eval reports
         DEMO/eval_student.json
+        DEMO/eval_finetune_teacher.json, DEMO/eval_finetune_student.json   the fine-tuned models' reports
 writes  DEMO/report.json        {"stages": {STAGE: {"seconds": S, ...}},
                                  "models": {"teacher"|"student": {"params", "clips_per_s", "metrics": {...}}},
+                                 (metrics include the fine-tuned model's finetune/... entries, classification
+                                 with the pretrained model's `zeroshot` value, captioning with its `before`)
                                  "captions": ..., "targets": [...], "missing": [...]}
         DEMO/report.md          the same for people, with the targets checked
 A missing input is reported as missing; the rest of the report is still written.
@@ -112,6 +115,25 @@ def check_targets(models: dict[str, dict[str, Any]]) -> list[Target]:
 # ---------------------------------------------------------------------------------------------
 
 
+def finetune_entries(finetuned: dict[str, Any], pretrained: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuned model's finetune/... metrics, each with the pretrained model's comparable value:
+    classification beside zero-shot (`zeroshot`), captioning after beside before (`before`)."""
+    out = {}
+    for key, entry in finetuned.items():
+        if not key.startswith("finetune/"):
+            continue
+        entry = dict(entry)
+        parts = key.split("/")
+        if parts[1] == "classification":
+            before = pretrained.get(f"zeroshot/{parts[2]}/top1")
+            entry["zeroshot"] = before["value"] if before else None
+        elif parts[1] == "caption":
+            before = pretrained.get("/".join(parts[1:]))
+            entry["before"] = before["value"] if before else None
+        out[key] = entry
+    return out
+
+
 def assemble(demo_dir: Path) -> dict[str, Any]:
     missing: list[str] = []
     timings = _read(demo_dir / "timings.json", missing) or {}
@@ -128,6 +150,12 @@ def assemble(demo_dir: Path) -> dict[str, Any]:
         if report is not None:
             models[name] = _model_entry(report, str(path))
             captions[name] = report.get("captions", [])
+    for name in MODELS:
+        path = demo_dir / f"eval_finetune_{name}.json"
+        report = _read(path, missing)
+        if report is not None and name in models:
+            models[name]["metrics"].update(finetune_entries(_model_entry(report, str(path))["metrics"],
+                                                            models[name]["metrics"]))
     return {
         "stages": stages,
         "models": models,
@@ -162,7 +190,7 @@ def _cell(text: Any) -> str:
 
 
 def markdown(report: dict[str, Any], demo_dir: Path) -> str:
-    lines = [f"# VideoBERT-DS demo report", "",
+    lines = ["# VideoBERT-DS demo report", "",
              f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from `{demo_dir}`.", ""]
     if report["missing"]:
         lines += [f"**Missing inputs:** {', '.join(f'`{m}`' for m in report['missing'])} "
@@ -195,7 +223,7 @@ def markdown(report: dict[str, Any], demo_dir: Path) -> str:
                   "labels and the most frequent training labels; retrieval: random ranking of the pool; captions: "
                   "a constant caption, the most frequent training caption). Caption scores are pycocoevalcap's "
                   "(BLEU/METEOR/ROUGE-L in 0-1, CIDEr-D). Median rank: lower is better.", ""]
-        metric_names = list(dict.fromkeys(k for m in names for k in models[m]["metrics"]))
+        metric_names = list(dict.fromkeys(k for m in names for k in models[m]["metrics"] if not k.startswith("finetune/")))
         cols = [f"{m}" for m in names] + [f"chance ({m})" for m in names]
         lines += ["| metric | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
         for metric in metric_names:
@@ -205,6 +233,8 @@ def markdown(report: dict[str, Any], demo_dir: Path) -> str:
             chances = [_num(e["chance"], digits) if e else "-" for e in entries]
             lines.append(f"| {metric} | " + " | ".join(vals + chances) + " |")
         lines.append("")
+
+    lines += downstream_table(models, names)
 
     lines += ["## Generated captions", ""]
     caps = report["captions"]
@@ -235,6 +265,28 @@ def markdown(report: dict[str, Any], demo_dir: Path) -> str:
     lines += ["## TensorBoard", "", "```", f"tensorboard --logdir {demo_dir} --host 127.0.0.1", "```",
               "", "or `make tensorboard`, then open http://127.0.0.1:6006/.", ""]
     return "\n".join(lines)
+
+
+def downstream_table(models: dict[str, Any], names: list[str]) -> list[str]:
+    """Fine-tuned metrics beside the pretrained model's (zero-shot / before fine-tuning) and chance."""
+    keys = list(dict.fromkeys(k for m in names for k in models[m]["metrics"] if k.startswith("finetune/")))
+    lines = ["## Downstream (fine-tuned)", ""]
+    if not keys:
+        return lines + ["No fine-tuned evaluations (eval_finetune_*.json missing).", ""]
+    cols = [c for m in names for c in (f"{m} fine-tuned", f"{m} before")] + ["chance"]
+    lines += ["Classification: the label head after fine-tuning beside zero-shot template filling of the pretrained "
+              "model; QA: the fine-tuned masked-word head choosing among the candidates; captioning: the fine-tuned "
+              "model beside the pretrained one. Chance: the most frequent label or uniform, 1 / choices, a constant "
+              "caption.", "", "| task | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for key in keys:
+        cells, chance = [], "-"
+        for m in names:
+            e = models[m]["metrics"].get(key)
+            before = None if e is None else e.get("zeroshot", e.get("before"))
+            cells += [_num(e["value"]) if e else "-", _num(before) if before is not None else "-"]
+            chance = _num(e["chance"]) if e else chance
+        lines.append(f"| {key.removeprefix('finetune/')} | " + " | ".join(cells + [chance]) + " |")
+    return lines + [""]
 
 
 def write(demo_dir: Path) -> dict[str, Any]:

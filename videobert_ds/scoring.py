@@ -41,18 +41,21 @@ class Vocab:
 
 class EvalHeads(nn.Module):
     """(input_ids, token_type_ids, attention_mask, positions (B, P)) ->
-    (log-probs over the text vocabulary at those positions (B, P, V_text), alignment logits (B,))."""
+    (log-probs over the text vocabulary at those positions (B, P, V_text), alignment logits (B,),
+    the fine-tuned label heads' logits on [CLS] side by side (B, sum of label-set sizes; (B, 0) without))."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor,
-                positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         hidden, pooled = self.model(input_ids, token_type_ids, attention_mask)
         picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
         logits = self.model.token_logits(picked)[..., : self.model.config.text_vocab_size]
-        return logits.float().log_softmax(-1), self.model.alignment_logits(pooled).float()
+        heads = getattr(self.model, "label_heads", {})
+        labels = [heads[name](pooled).float() for name in heads] or [pooled.new_zeros((pooled.shape[0], 0))]
+        return logits.float().log_softmax(-1), self.model.alignment_logits(pooled).float(), torch.cat(labels, -1)
 
 
 def joint_batch(texts: Sequence[Sequence[int]], videos: Sequence[Sequence[int]], vocab: Vocab, *, caption_mode: bool,
@@ -83,7 +86,8 @@ def joint_batch(texts: Sequence[Sequence[int]], videos: Sequence[Sequence[int]],
             "attention_mask": attention_mask(segments, mode).to(device)}
 
 
-def score(heads: nn.Module, batch: dict[str, torch.Tensor], positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def score(heads: nn.Module, batch: dict[str, torch.Tensor],
+          positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         return heads(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], positions)
 
@@ -141,7 +145,7 @@ def template_scores(heads: nn.Module, fills: Sequence[FilledTemplate], videos: S
     # +1: the text block starts after [CLS]; padded slots point at [CLS] and are never read.
     positions = torch.tensor([[1 + p for p in f.positions] + [0] * (width - len(f.positions)) for f in fills],
                              device=device)
-    logp, _ = score(heads, batch, positions)
+    logp, _, _ = score(heads, batch, positions)
     out = []
     for r, (f, cands) in enumerate(zip(fills, candidates)):
         n = len(f.positions)
@@ -163,7 +167,7 @@ def alignment_scores(heads: nn.Module, texts: Sequence[Sequence[int]], videos: S
     """The alignment logit of each (text, video) pair."""
     batch = joint_batch(texts, videos, vocab, caption_mode=False, max_len=max_len, device=device)
     positions = torch.zeros((len(texts), 1), dtype=torch.long, device=device)
-    _, align = score(heads, batch, positions)
+    _, align, _ = score(heads, batch, positions)
     return align.tolist()
 
 
@@ -176,7 +180,7 @@ def caption_step_fn(heads: nn.Module, videos: Sequence[Sequence[int]], vocab: Vo
         rows = [videos[int(s)] for s in sources.tolist()]
         batch = joint_batch(texts, rows, vocab, caption_mode=True, max_len=max_len, device=device)
         positions = torch.full((len(texts), 1), prefix.shape[1], dtype=torch.long, device=device)
-        logp, _ = score(heads, batch, positions)
+        logp, _, _ = score(heads, batch, positions)
         return logp[:, 0]
 
     return step

@@ -11,6 +11,7 @@ STAGES = {
     "build_vocab": "videobert_ds.stages.build_vocab:BuildVocabStage",
     "pretrain_teacher": "videobert_ds.stages.teacher:TeacherStage",
     "distill_student": "videobert_ds.stages.student:StudentStage",
+    "finetune": "videobert_ds.stages.finetune:FinetuneStage",
     "evaluate": "videobert_ds.stages.evaluate:EvalStage",
 }
 

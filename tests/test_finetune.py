@@ -1,0 +1,186 @@
+"""Fine-tuning: the task batch, every head in every backward, and a real 2-rank ZeRO-3 run of all four tasks
+from the tiny teacher, evaluated on the synthetic test split beside chance."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.distributed import read_metrics, run_training, write_ds_config
+from videobert_ds.finetune import TASKS, FinetuneObjective, TaskConfig, TaskSample, build_task_batch, task_tensors
+from videobert_ds.objectives import IGNORE, Specials, to_device
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL = Path(sys.executable).parent / "videobert-eval"
+SP = Specials(cls=2, sep=3, mask=4, pad=0, video_sep=5, text_vocab_size=40, visual_vocab_size=16, first_regular_text=6)
+LABELS = {"colour": {"red": 0, "blue": 1}, "motion": {"left": 0, "right": 1, "up": 2}}
+
+
+class WordTokenizer:
+    """Whitespace words -> fixed ids (a tokenizer's call signature, for the unit tests)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [self.ids.setdefault(w, 10 + len(self.ids)) for w in text.split()]}
+
+
+def _samples() -> list[TaskSample]:
+    qa = {"question": "what colour", "choices": ["red", "dark blue", "green"], "answer": 1}
+    return [
+        TaskSample([20, 21], 2, "v0", {"colour": "red", "motion": "up"}, qa),
+        TaskSample([22], 3, "v0", {"colour": "purple"}, None),  # a label outside the label set
+        TaskSample([23, 24, 25], 1, "v1", {}, None),
+        TaskSample([], 2, "v2", {"motion": "left"}, None),  # no text: no caption, no retrieval
+    ]
+
+
+def test_task_batch_rows_and_targets():
+    tok = WordTokenizer()
+    tb = build_task_batch(_samples(), 3, SP, TaskConfig(), LABELS, tok)
+    host = tb.host
+    # classification: samples 0 and 3 (sample 1's colour is outside the label set, sample 2 has no labels)
+    assert tb.cls_rows.tolist() == [0, 1]
+    assert tb.cls_targets["colour"].tolist() == [0, IGNORE] and tb.cls_targets["motion"].tolist() == [2, 0]
+    assert host.input_ids[0, :2].tolist() == [SP.cls, SP.video_sep]  # video-only input
+    # captions for the three samples with text, in sequence-to-sequence mode, labelled with the next token
+    caption_rows = [2, 3, 4]
+    assert host.caption_mode[caption_rows].all() and not host.caption_mode[:2].any()
+    assert host.caption_labels[2, :3].tolist() == [20, 21, SP.video_sep]
+    # QA: one row per choice; the slot holds as many [MASK]s as the choice has pieces
+    assert tb.qa_rows.tolist() == [5, 6, 7] and tb.qa_answers.tolist() == [1]
+    assert tb.qa_choices.tolist() == [[0, 1, 2]]
+    for r, row in enumerate(tb.qa_rows.tolist()):
+        n = int((tb.qa_pieces[r] != IGNORE).sum())
+        assert n == (2 if r == 1 else 1)
+        assert (host.input_ids[row, tb.qa_slots[r, :n]] == SP.mask).all()
+    # retrieval: all pairs of the 3 captioned samples after the main rows; text 0 and 1 share video v0
+    assert tb.num_main == 8 and tb.num_candidates == 3 and host.input_ids.shape[0] == 8 + 9
+    assert tb.same_video.tolist() == [[True, True, False], [True, True, False], [False, False, True]]
+    pair = 8 + 0 * 3 + 2  # text of sample 0 with the video of sample 2 (one clip)
+    assert host.input_ids[pair, 1:3].tolist() == [20, 21] and (host.video_src[pair] >= 0).sum() == 1
+    assert tb.counts["qa"] == 1 and tb.counts["caption"] == 3
+
+
+def test_a_batch_without_labels_or_questions_still_lays_out_rows():
+    tb = build_task_batch([TaskSample([], 2, "v0", {}, None)], 2, SP, TaskConfig(), LABELS, WordTokenizer())
+    assert tb.num_main == 1 and tb.num_candidates == 0 and tb.host.input_ids.shape[0] == 2
+    assert tb.qa_choices.shape[0] == 0 and tb.cls_rows.numel() == 0
+
+
+def _tiny_model():
+    from videobert_ds.models.heads import VideoBertForFinetuning
+    from videobert_ds.models.videobert import videobert_config
+
+    config = videobert_config(text_vocab_size=40, visual_vocab_size=16, visual_feature_dim=8,
+                              special_token_ids={"cls": 2, "sep": 3, "mask": 4, "pad": 0, "video_sep": 5},
+                              hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                              max_position_embeddings=64, video_position_offset=32)
+    config.finetune_label_sets = {k: list(v) for k, v in LABELS.items()}
+    torch.manual_seed(0)
+    return VideoBertForFinetuning(config)
+
+
+def _inputs(samples: list[TaskSample]) -> dict:
+    tb = build_task_batch(samples, 3, SP, TaskConfig(), LABELS, WordTokenizer())
+    words = torch.randint(0, 16, (len(samples), 3))
+    inputs = to_device(tb.host, words, None, SP, torch.device("cpu"))
+    inputs.update(task=task_tensors(tb, torch.device("cpu")), num_main=tb.num_main, num_candidates=tb.num_candidates)
+    return inputs
+
+
+@pytest.mark.parametrize("samples", [_samples(), [TaskSample([], 2, "v0", {}, None)]], ids=["full", "empty"])
+def test_every_head_is_in_every_backward(samples):
+    """ZeRO-3 reduces gradients parameter by parameter: a head left out of one rank's backward hangs the others.
+    Even a batch with no labels, questions or captions gives every parameter a (possibly zero) gradient."""
+    model = _tiny_model()
+    out = FinetuneObjective(model, TaskConfig())(_inputs(samples))
+    assert set(TASKS) <= set(out) and torch.isfinite(out["loss"])
+    assert not model.feature_head[0].weight.requires_grad  # pretraining's clip-feature head: frozen
+    out["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    if len(samples) > 1:  # the full batch moves every task head
+        assert model.label_heads["colour"].weight.grad.abs().sum() > 0
+        assert model.alignment.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# A real 2-rank run
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_teacher, pipeline_shards, tmp_path_factory) -> Path:
+    """The tiny teacher fine-tuned on all four tasks (2 ranks, ZeRO-3)."""
+    tmp = tmp_path_factory.mktemp("finetune")
+    ds = write_ds_config(tmp / "zero3_cpu_finetune.json", micro_batch=8)
+    run = tmp / "run"
+    proc = run_training(ds, "finetune_tiny", [f"run.dir={run}", f"data.shards={pipeline_shards}",
+                                              f"model.init={tiny_teacher / 'final'}", "schedule.max_steps=150",
+                                              "schedule.warmup_steps=15", "schedule.val_every=75",
+                                              "schedule.checkpoint_every=75"], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run
+
+
+@pytest.mark.multiproc
+def test_finetune_trains_every_head_and_exports(finetuned):
+    from transformers import BertModel
+
+    from videobert_ds.models.heads import VideoBertForFinetuning
+
+    metrics = read_metrics(finetuned)
+    train = [m for _, m in sorted(metrics.items()) if "train/loss" in m]
+    first, last = train[0], train[-1]
+    for term in ("classification", "caption", "qa"):
+        assert last[f"train/{term}"] < first[f"train/{term}"], (term, first, last)
+    assert json.loads((finetuned / "partition_rank1.json").read_text())["world_size"] == 2
+    assert (finetuned / "checkpoints" / "latest").read_text() == "step00000150"
+    final = finetuned / "final"
+    model = VideoBertForFinetuning.from_pretrained(final)
+    assert model.label_sets == json.loads((finetuned / "label_sets.json").read_text())
+    assert set(model.label_sets) == {"colour", "shape", "motion"}
+    assert model.config.finetune_tasks == list(TASKS)
+    BertModel.from_pretrained(final)  # still a plain BERT encoder for anyone else
+    for f in ("tokenizer.json", "visual_vocab.safetensors", "clip_encoder/config.json"):
+        assert (final / f).is_file(), f
+
+
+@pytest.mark.multiproc
+def test_finetuned_heads_beat_chance_on_the_test_split(finetuned, pipeline_shards, tmp_path):
+    out = tmp_path / "eval.json"
+    r = subprocess.run([str(EVAL), "--config", "eval_tiny", "--model", str(finetuned / "final"), "--shards",
+                        str(pipeline_shards), "--split", "test", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    metrics = json.loads(out.read_text())["metrics"]
+    shown = {k: (round(v["value"], 3), round(v["chance"], 3)) for k, v in metrics.items() if k.startswith("finetune/")}
+    print("fine-tuned (value, chance):", shown)
+    assert metrics["finetune/classification/colour/top1"]["value"] > metrics["finetune/classification/colour/top1"]["chance"]
+    assert metrics["finetune/qa/accuracy"]["chance"] == pytest.approx(0.25)
+    assert metrics["finetune/qa/accuracy"]["value"] > 0.25, shown
+    # Captioning and retrieval are reported (above) but not asserted: on this 9-clip split after 150 steps the
+    # captions beat the constant caption only narrowly and retrieval stays at chance (see the issue notes).
+    assert {"finetune/caption/CIDEr", "finetune/caption/BLEU-4"} <= set(metrics)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["finetune.tasks=[translation]"], "finetune.tasks"),
+    (["model.init=/no/such/model"], "is not an exported VideoBERT model dir"),
+    (["finetune.classification.label_sets=[mood]"], "no train sample has label(s) mood"),
+])
+def test_config_errors_are_one_line(tiny_teacher, pipeline_shards, tmp_path, capsys, overrides, message):
+    from videobert_ds.train import main
+
+    args = ["--deepspeed", "ds_configs/zero3_cpu.json", "--config", "finetune_tiny", f"run.dir={tmp_path}/run",
+            f"data.shards={pipeline_shards}", f"model.init={tiny_teacher / 'final'}", *overrides]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err

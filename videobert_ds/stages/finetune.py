@@ -1,0 +1,201 @@
+"""Stage 5, `finetune`: a pretrained teacher or student fine-tuned on downstream tasks under ZeRO-3.
+
+`model.init` is any exported VideoBERT model dir (a teacher's or a student's `final/`); it brings its text
+tokenizer, visual vocabulary and clip encoder, so the fine-tuned dir is self-contained too. The tasks
+(`finetune.tasks`: classification, caption, qa, retrieval; one or several trained together) and their
+losses are in `videobert_ds.finetune`; labels, questions and answers come from the samples' json (the
+manifest's `labels` and `qa`, carried by videobert-prepare).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from videobert_ds.config import ConfigError, StageConfig
+from videobert_ds.finetune import TASKS, FinetuneObjective, TaskConfig, TaskSample, build_task_batch, task_tensors
+from videobert_ds.objectives import Specials, to_device
+from videobert_ds.stages.base import Stage
+from videobert_ds.stages.teacher import load_visual_tokenizer, vocab_metadata
+
+log = logging.getLogger(__name__)
+
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer_config.json", "visual_vocab.safetensors",
+               "clip_encoder/config.json")
+LABELS_FILE = "label_sets.json"
+
+
+@dataclass
+class FinetuneModelConfig:
+    init: str = "runs/teacher/final"  # an exported teacher or student model dir
+
+
+@dataclass
+class FinetuneVisualConfig:
+    clips_per_batch: int = 256  # clips per visual-tokenizer forward
+
+
+@dataclass
+class FinetuneStageConfig(StageConfig):
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    visual: FinetuneVisualConfig = field(default_factory=FinetuneVisualConfig)
+    finetune: TaskConfig = field(default_factory=TaskConfig)
+
+
+def discover_label_sets(shards: str | Path, split: str, wanted: list[str]) -> dict[str, list[str]]:
+    """label set -> its sorted label names, from the split's sample json (the split is read once, videos
+    are not decoded). `wanted` = [] takes every label key found."""
+    from videobert_ds.eval_data import split_meta
+
+    values: dict[str, set[str]] = {}
+    for meta in split_meta(shards, split):
+        for key, value in (meta.get("labels") or {}).items():
+            values.setdefault(key, set()).add(str(value))
+    missing = [k for k in wanted if k not in values]
+    if missing:
+        raise ConfigError(f"finetune.classification.label_sets: no {split} sample has label(s) {', '.join(missing)} "
+                          f"(found: {', '.join(sorted(values)) or 'none'})")
+    keys = wanted or sorted(values)
+    return {k: sorted(values[k]) for k in keys if len(values[k]) >= 2}
+
+
+class FinetuneStage(Stage):
+    name = "finetune"
+    config_cls = FinetuneStageConfig
+    cfg: FinetuneStageConfig
+
+    # -- validation before any rank works ------------------------------------------------------
+    def check(self) -> None:
+        init, f = Path(self.cfg.model.init), self.cfg.finetune
+        missing = [n for n in MODEL_FILES if not (init / n).is_file()]
+        if missing:
+            raise ConfigError(f"model.init: {init} is not an exported VideoBERT model dir (missing {', '.join(missing)})")
+        unknown = [t for t in f.tasks if t not in TASKS]
+        if unknown or not f.tasks:
+            raise ConfigError(f"finetune.tasks: {unknown or 'empty'}; choose from {', '.join(TASKS)}")
+        if f.classification.input not in ("video", "video_text"):
+            raise ConfigError(f"finetune.classification.input must be video or video_text, got {f.classification.input!r}")
+        weights = {t: getattr(f, t).weight for t in TASKS}
+        if any(w < 0 for w in weights.values()):
+            raise ConfigError(f"finetune: task weights must be >= 0 ({weights})")
+        if f.retrieval.hard_negatives < 1 or f.retrieval.max_candidates < 2:
+            raise ConfigError("finetune.retrieval: hard_negatives must be >= 1 and max_candidates >= 2")
+        positions = self.init_config["max_position_embeddings"]
+        if f.max_seq_len > positions:
+            raise ConfigError(f"finetune.max_seq_len ({f.max_seq_len}) exceeds the model's max_position_embeddings "
+                              f"({positions})")
+        frames_per_clip = vocab_metadata(init / "visual_vocab.safetensors")["frames_per_clip"]
+        if self.cfg.data.num_frames < frames_per_clip:
+            raise ConfigError(f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({frames_per_clip})")
+        self.label_sets = self.resolve_label_sets(Path(self.cfg.run.dir))
+
+    @functools.cached_property
+    def init_config(self) -> dict[str, Any]:
+        return json.loads((Path(self.cfg.model.init) / "config.json").read_text())
+
+    # -- set-up --------------------------------------------------------------------------------
+    def setup(self, run_dir: Path, rank: int, device: torch.device) -> None:
+        init = Path(self.cfg.model.init)
+        self.visual_tokenizer, _ = load_visual_tokenizer(init / "clip_encoder", init / "visual_vocab.safetensors",
+                                                         device, self.cfg.visual.clips_per_batch)
+        if not (run_dir / LABELS_FILE).is_file() and rank == 0:
+            tmp = run_dir / f".{LABELS_FILE}.tmp"
+            tmp.write_text(json.dumps(self.label_sets, indent=2) + "\n")
+            tmp.replace(run_dir / LABELS_FILE)
+
+    def resolve_label_sets(self, run_dir: Path) -> dict[str, list[str]]:
+        """Fixed once per run: a resumed run (or an export) reads them from the run dir, so its heads keep
+        their shapes; a new run reads the training split's labels."""
+        if "classification" not in self.cfg.finetune.tasks:
+            return {}
+        path = run_dir / LABELS_FILE
+        if path.is_file():
+            return json.loads(path.read_text())
+        sets = discover_label_sets(self.cfg.data.shards, self.cfg.data.train_split,
+                                   self.cfg.finetune.classification.label_sets)
+        if not sets:
+            raise ConfigError(f"finetune: classification needs labels, and no {self.cfg.data.train_split} sample "
+                              "carries a label set with two or more values")
+        return sets
+
+    @functools.cached_property
+    def tokenizer(self):
+        from videobert_ds.data.text import load_tokenizer
+
+        return load_tokenizer(self.cfg.model.init)
+
+    @functools.cached_property
+    def specials(self) -> Specials:
+        c = self.init_config
+        ids = c["special_token_ids"]
+        return Specials(cls=ids["cls"], sep=ids["sep"], mask=ids["mask"], pad=ids["pad"], video_sep=ids["video_sep"],
+                        text_vocab_size=c["text_vocab_size"], visual_vocab_size=c["visual_vocab_size"],
+                        first_regular_text=max(self.tokenizer.all_special_ids) + 1)
+
+    @functools.cached_property
+    def label_index(self) -> dict[str, dict[str, int]]:
+        return {name: {label: i for i, label in enumerate(labels)} for name, labels in self.label_sets.items()}
+
+    def build_module(self) -> nn.Module:
+        from transformers import BertConfig
+
+        from videobert_ds.models.heads import VideoBertForFinetuning
+
+        config = BertConfig.from_pretrained(self.cfg.model.init, local_files_only=True)
+        if not hasattr(self, "label_sets"):  # export rebuilds the module without check(): the run dir has them
+            self.label_sets = self.resolve_label_sets(Path(self.cfg.run.dir))
+        config.finetune_label_sets = self.label_sets
+        config.finetune_tasks = list(self.cfg.finetune.tasks)
+        config.finetune_classification_input = self.cfg.finetune.classification.input
+        model = VideoBertForFinetuning.from_pretrained(self.cfg.model.init, config=config, local_files_only=True)
+        return FinetuneObjective(model, self.cfg.finetune)
+
+    # -- per step ------------------------------------------------------------------------------
+    def task_samples(self, batch: Any) -> list[TaskSample]:
+        fpc = self.visual_tokenizer.frames_per_clip
+        texts = [m.get("text", "") for m in batch.meta]
+        ids = self.tokenizer(texts, add_special_tokens=False, truncation=True,
+                             max_length=self.cfg.finetune.max_text_tokens)["input_ids"]
+        t = batch.frames.shape[1]
+        return [TaskSample(text_ids=i, num_clips=min(int(m["num_frames"]), t) // fpc, video_id=str(m.get("video_id", "")),
+                           labels={k: str(v) for k, v in (m.get("labels") or {}).items()}, qa=m.get("qa"))
+                for i, m in zip(ids, batch.meta)]
+
+    def make_inputs(self, batch: Any, device: torch.device) -> dict[str, Any]:
+        samples = self.task_samples(batch)
+        ids, _ = self.visual_tokenizer(batch.frames, batch.num_frames)
+        tb = build_task_batch(samples, ids.shape[1], self.specials, self.cfg.finetune, self.label_index, self.tokenizer)
+        inputs: dict[str, Any] = to_device(tb.host, ids, None, self.specials, device)
+        inputs.update(task=task_tensors(tb, device), num_main=tb.num_main, num_candidates=tb.num_candidates,
+                      _num_tokens=tb.counts["num_tokens"])
+        return inputs
+
+    def step_stats(self, inputs: dict[str, Any]) -> tuple[int, float]:
+        """Training FLOPs as in the teacher stage (6 x weights + attention per token, forward + backward), plus
+        the retrieval scoring forward (2 x weights per token, no backward) over the pair rows."""
+        c = self.init_config
+        h, layers, inter = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"]
+        tokens, seq_len = inputs["_num_tokens"], inputs["input_ids"].shape[1]
+        per_token = layers * (4 * h * h + 2 * h * inter)
+        flops = tokens * (6 * per_token + 12 * layers * h * seq_len)
+        return tokens, float(flops)
+
+    # -- export --------------------------------------------------------------------------------
+    def export(self, module: nn.Module, out_dir: Path) -> None:
+        """Weights + config (label sets and tasks included), and the init dir's tokenizer, visual vocabulary,
+        clip encoder and any other vocabulary files beside them (e.g. visual-word key frames)."""
+        init = Path(self.cfg.model.init)
+        module.model.save_pretrained(out_dir, safe_serialization=True)
+        self.tokenizer.save_pretrained(out_dir)
+        for f in init.glob("*.safetensors"):
+            if f.name != "model.safetensors":
+                shutil.copy2(f, out_dir / f.name)
+        shutil.copytree(init / "clip_encoder", out_dir / "clip_encoder", dirs_exist_ok=True)
