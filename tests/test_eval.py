@@ -194,7 +194,7 @@ def test_report_from_real_evaluations(eval_reports, tmp_path):
     (demo / "timings.json").write_text(json.dumps({"synth": {"seconds": 3.2, "videos": 48},
                                                    "pretrain_teacher": {"seconds": 100.5, "samples_per_s": 60.1}}))
     report = write(demo)
-    assert report["missing"] == ["eval_student.json"]
+    assert report["missing"] == ["eval_student.json", "eval_finetune_teacher.json", "eval_finetune_student.json"]
     saved = json.loads((demo / "report.json").read_text())
     assert saved["stages"]["pretrain_teacher"] == {"seconds": 100.5, "samples_per_s": 60.1}
     assert set(saved["models"]) == {"teacher"}
@@ -228,6 +228,9 @@ def test_report_targets(tmp_path):
                            "caption/BLEU-4": (0.2, 0.05)})
     (tmp_path / "eval_teacher.json").write_text(json.dumps(teacher))
     (tmp_path / "eval_student.json").write_text(json.dumps(student))
+    tuned = _model(1000, {"finetune/classification/colour/top1": (0.9, 0.25), "finetune/qa/accuracy": (0.5, 0.25),
+                          "finetune/caption/BLEU-4": (0.3, 0.05), "caption/BLEU-4": (0.3, 0.05)})
+    (tmp_path / "eval_finetune_teacher.json").write_text(json.dumps(tuned))
     (tmp_path / "timings.json").write_text(json.dumps({"prepare": {"seconds": 1.0, "splits": {"train": 3}}}))
     assert main(["--demo-dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
@@ -241,6 +244,13 @@ def test_report_targets(tmp_path):
     assert met["student retrieval/t2v/median_rank >= 80% of teacher"] is True  # 2.4 <= 2.0 / 0.8, lower is better
     md = (tmp_path / "report.md").read_text()
     assert "**NOT MET**: teacher zeroshot/shape/top1" in md and "target(s) not met" in md
+    # the fine-tuned teacher's metrics, beside zero-shot (classification) and before fine-tuning (captions)
+    tm = report["models"]["teacher"]["metrics"]
+    assert tm["finetune/classification/colour/top1"] == {"value": 0.9, "chance": 0.25, "zeroshot": 0.6}
+    assert tm["finetune/caption/BLEU-4"] == {"value": 0.3, "chance": 0.05, "before": 0.2}
+    assert tm["finetune/qa/accuracy"] == {"value": 0.5, "chance": 0.25}
+    assert report["missing"] == ["eval_finetune_student.json"]
+    assert "## Downstream (fine-tuned)" in md and "| classification/colour/top1 | 0.900 | 0.600 |" in md
 
 
 def test_report_without_inputs_says_what_is_missing(tmp_path, capsys):
@@ -248,7 +258,8 @@ def test_report_without_inputs_says_what_is_missing(tmp_path, capsys):
 
     assert main(["--demo-dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["missing"] == ["timings.json", "eval_teacher.json", "eval_student.json"]
+    assert report["missing"] == ["timings.json", "eval_teacher.json", "eval_student.json", "eval_finetune_teacher.json",
+                                 "eval_finetune_student.json"]
     assert report["stages"] == {} and report["models"] == {}
     assert "Missing inputs" in (tmp_path / "report.md").read_text()
     assert main(["--demo-dir", str(tmp_path / "nope")]) == 2
