@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from tests.distributed import read_metrics, run_training, write_ds_config
+from tests.tiny import SP, tiny_config
 from videobert_ds.finetune import TASKS, FinetuneObjective, TaskConfig, TaskSample, build_task_batch, task_tensors
-from videobert_ds.objectives import IGNORE, Specials, to_device
+from videobert_ds.objectives import IGNORE, to_device
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = Path(sys.executable).parent / "videobert-eval"
-SP = Specials(cls=2, sep=3, mask=4, pad=0, video_sep=5, text_vocab_size=40, visual_vocab_size=16, first_regular_text=6)
 LABELS = {"colour": {"red": 0, "blue": 1}, "motion": {"left": 0, "right": 1, "up": 2}}
 
 
@@ -76,12 +76,8 @@ def test_a_batch_without_labels_or_questions_still_lays_out_rows():
 
 def _tiny_model():
     from videobert_ds.models.heads import VideoBertForFinetuning
-    from videobert_ds.models.videobert import videobert_config
 
-    config = videobert_config(text_vocab_size=40, visual_vocab_size=16, visual_feature_dim=8,
-                              special_token_ids={"cls": 2, "sep": 3, "mask": 4, "pad": 0, "video_sep": 5},
-                              hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                              max_position_embeddings=64, video_position_offset=32)
+    config = tiny_config()
     config.finetune_label_sets = {k: list(v) for k, v in LABELS.items()}
     torch.manual_seed(0)
     return VideoBertForFinetuning(config)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from tests.distributed import launch_env, read_metrics, run_training, write_ds_config
-from videobert_ds.models.videobert import VideoBertForPreTraining, videobert_config
+from tests.tiny import SP, tiny_model
+from videobert_ds.models.videobert import VideoBertForPreTraining
 from videobert_ds.objectives import (
     ClipSample,
     ObjectiveConfig,
-    Specials,
     attention_mask,
     build_batch,
     pretraining_losses,
@@ -21,17 +21,6 @@ from videobert_ds.objectives import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SP = Specials(cls=2, sep=3, mask=4, pad=0, video_sep=5, text_vocab_size=40, visual_vocab_size=16, first_regular_text=6)
-
-
-def tiny_model(seed: int = 0) -> VideoBertForPreTraining:
-    torch.manual_seed(seed)
-    cfg = videobert_config(text_vocab_size=40, visual_vocab_size=16, visual_feature_dim=8,
-                           special_token_ids={"cls": 2, "sep": 3, "mask": 4, "pad": 0, "video_sep": 5},
-                           hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                           max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                           video_position_offset=26)
-    return VideoBertForPreTraining(cfg).eval()
 
 
 def caption_batch(text: list[int]):

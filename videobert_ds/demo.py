@@ -79,6 +79,13 @@ class Demo:
             merged.update(row)
         return merged
 
+    def evaluate(self, model_dir: Path, shards: Path, out: Path, log_name: str) -> dict:
+        """videobert-eval of one model dir on the test split."""
+        self.sh([str(BIN / "videobert-eval"), "--config", "eval_tiny", "--model", str(model_dir), "--shards", str(shards),
+                 "--split", "test", "--out", str(out)], log_name)
+        r = json.loads(out.read_text())
+        return {"clips": r.get("num_clips"), "clips_per_s": r.get("clips_per_s")}
+
     # -- the stages ----------------------------------------------------------------------------
     def run(self) -> None:
         corpus, shards = self.path("corpus"), self.path("shards")
@@ -153,13 +160,8 @@ class Demo:
 
         for name, model in (("teacher", teacher), ("student", student)):
             out = self.path(f"eval_{name}.json")
-
-            def evaluate(model: Path = model, out: Path = out, name: str = name) -> dict:
-                self.sh([str(BIN / "videobert-eval"), "--config", "eval_tiny", "--model", str(model / "final"),
-                         "--shards", str(shards), "--split", "test", "--out", str(out)], f"eval_{name}")
-                r = json.loads(out.read_text())
-                return {"clips": r.get("num_clips"), "clips_per_s": r.get("clips_per_s")}
-            self.stage(f"evaluate_{name}", out, evaluate)
+            self.stage(f"evaluate_{name}", out,
+                       lambda model=model, out=out, name=name: self.evaluate(model / "final", shards, out, f"eval_{name}"))
 
         for name, model in (("teacher", teacher), ("student", student)):
             tuned = self.path(f"finetune_{name}")
@@ -173,13 +175,9 @@ class Demo:
             self.stage(f"finetune_{name}", tuned / "final" / "config.json", finetune)
 
             out = self.path(f"eval_finetune_{name}.json")
-
-            def evaluate_tuned(tuned: Path = tuned, out: Path = out, name: str = name) -> dict:
-                self.sh([str(BIN / "videobert-eval"), "--config", "eval_tiny", "--model", str(tuned / "final"),
-                         "--shards", str(shards), "--split", "test", "--out", str(out)], f"eval_finetune_{name}")
-                r = json.loads(out.read_text())
-                return {"clips": r.get("num_clips"), "clips_per_s": r.get("clips_per_s")}
-            self.stage(f"evaluate_finetune_{name}", out, evaluate_tuned)
+            self.stage(f"evaluate_finetune_{name}", out,
+                       lambda tuned=tuned, out=out, name=name: self.evaluate(tuned / "final", shards, out,
+                                                                             f"eval_finetune_{name}"))
 
         self.sh([sys.executable, "-m", "videobert_ds.report", "--demo-dir", str(self.root)], "report")
         self.summary()

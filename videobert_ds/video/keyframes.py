@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
+from videobert_ds.atomic import save_safetensors
 
 FORMAT = "videobert-keyframes-v1"
 _TILE_ELEMS = 1 << 24  # distance-matrix elements per tile (bounded memory whatever N and V are)
@@ -71,18 +70,9 @@ class KeyFrames:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the file under a temporary name in the same folder, then rename it."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "words": str(self.num_words), "clips": json.dumps([list(c) for c in self.clips])}
         tensors = {"frames": self.frames.cpu().contiguous(), "distances": self.distances.double().cpu().contiguous()}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return save_safetensors(tensors, path, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> KeyFrames:

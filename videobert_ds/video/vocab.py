@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from videobert_ds.atomic import save_safetensors
 
 from videobert_ds.video.encoders import ClipEncoder
 from videobert_ds.video.kmeans import KMeansTree, fit_kmeans_tree
@@ -107,7 +106,6 @@ class VisualVocabulary:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the one-file vocabulary (to a temporary name in the same folder, then renamed)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"level_{i}": c.detach().float().cpu().contiguous() for i, c in enumerate(self.tree.levels)}
         meta = {
             "format": FORMAT,
@@ -118,15 +116,7 @@ class VisualVocabulary:
             "seed": str(self.seed),
             "encoder": json.dumps(self.encoder, sort_keys=True),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return save_safetensors(tensors, path, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> VisualVocabulary:
