@@ -76,13 +76,17 @@ def init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> lis
     """DistilBERT's initialisation for a student as wide as its teacher: embeddings, pooler and heads
     copied, student layer j from teacher layer j*N/M. Works on ZeRO-3-partitioned models (copy_param
     gathers both sides). Returns the teacher layers used."""
-    from videobert_ds.models.init import copy_module
+    from videobert_ds.models.init import copy_module, copy_param
 
     sources = init_layer_sources(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     for j, k in enumerate(sources):
         copy_module(student.bert.encoder.layer[j], teacher.bert.encoder.layer[k])
     for name in ("bert.embeddings", "bert.pooler", "cls", "alignment", "feature_head"):
         copy_module(student.get_submodule(name), teacher.get_submodule(name))
+    if student.alignment_text is not None and teacher.alignment_text is not None:
+        copy_module(student.alignment_text, teacher.alignment_text)
+        copy_module(student.alignment_video, teacher.alignment_video)
+        copy_param(student.alignment_scale, teacher.alignment_scale)
     return sources
 
 
@@ -191,9 +195,10 @@ def distillation_losses(student: torch.nn.Module, teacher: torch.nn.Module, stud
         start += n
 
     rows = inputs["align_labels"] >= 0
-    s_align = student.alignment_logits(student_out.pooler_output)
+    ids, types = inputs["input_ids"], inputs["token_type_ids"]
+    s_align = student.alignment_logits(s_h, student_out.pooler_output, ids, types)
     with torch.no_grad():
-        t_align = teacher.alignment_logits(teacher_out.pooler_output)
+        t_align = teacher.alignment_logits(t_h, teacher_out.pooler_output, ids, types)
     out["kd_align"] = binary_soft_kl(s_align[rows], t_align[rows], cfg.temperature)
 
     valid = inputs["input_ids"] != student.config.pad_token_id

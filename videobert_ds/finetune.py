@@ -251,8 +251,8 @@ class FinetuneObjective(nn.Module):
         if "retrieval" in cfg.tasks:
             pair = slice(inputs["num_main"], ids.shape[0])
             with torch.no_grad():  # score every pair, to pick the hard negatives
-                _, pooled = model(ids[pair], types[pair], mask[pair])
-                scores = model.alignment_logits(pooled).float()[: n * n].reshape(n, n)
+                pair_hidden, pooled = model(ids[pair], types[pair], mask[pair])
+                scores = model.alignment_logits(pair_hidden, pooled, ids[pair], types[pair]).float()[: n * n].reshape(n, n)
             diag = torch.arange(n, device=ids.device)
             hard = cfg.retrieval.hard_negatives
             t2v, t2v_ok = _hardest(scores, tb["same_video"], hard)  # text i -> videos
@@ -292,7 +292,8 @@ class FinetuneObjective(nn.Module):
             total = total + cfg.qa.weight * out["qa"]
 
         if "retrieval" in cfg.tasks:
-            align = model.alignment_logits(pooled[inputs["num_main"] :]).float()
+            tail = slice(inputs["num_main"], None)
+            align = model.alignment_logits(hidden[tail], pooled[tail], rows_ids[tail], rows_types[tail]).float()
             k = t2v.shape[1]
             pos, rest = align[:n], align[n:]
             t2v_neg = rest[: n * k].reshape(n, k).masked_fill(~t2v_ok, float("-inf"))

@@ -385,7 +385,7 @@ def losses_from_outputs(model: torch.nn.Module, hidden: torch.Tensor, pooled: to
 
     align = inputs["align_labels"]
     has_align = align >= 0
-    logits = model.alignment_logits(pooled).float()
+    logits = model.alignment_logits(hidden, pooled, inputs["input_ids"], inputs["token_type_ids"]).float()
     per = F.binary_cross_entropy_with_logits(logits, align.clamp_min(0), reduction="none")
     n_align = has_align.sum().clamp_min(1)
     out["align"] = (per * has_align).sum() / n_align

@@ -55,7 +55,7 @@ class EvalHeads(nn.Module):
         logits = self.model.token_logits(picked)[..., : self.model.config.text_vocab_size]
         heads = getattr(self.model, "label_heads", {})
         labels = [heads[name](pooled).float() for name in heads] or [pooled.new_zeros((pooled.shape[0], 0))]
-        return logits.float().log_softmax(-1), self.model.alignment_logits(pooled).float(), torch.cat(labels, -1)
+        return logits.float().log_softmax(-1), self.model.alignment_logits(hidden, pooled, input_ids, token_type_ids).float(), torch.cat(labels, -1)
 
 
 def joint_batch(texts: Sequence[Sequence[int]], videos: Sequence[Sequence[int]], vocab: Vocab, *, caption_mode: bool,

@@ -7,8 +7,15 @@ lives under `bert.`, so an exported dir also loads as `transformers.BertModel.fr
 Teacher and student are this one class at two sizes.
 
 Heads: one masked-token head over the joint vocabulary (tied to the input embeddings; used for text MLM,
-masked visual words and autoregressive captioning), an alignment logit on the pooled [CLS], and a
-clip-feature regression head for masked video positions.
+masked visual words and autoregressive captioning), an alignment logit, and a clip-feature regression
+head for masked video positions.
+
+The alignment logit is VideoBERT's classifier on the pooled [CLS], plus (config.alignment_similarity, the
+default for new models) a learned-scale cosine between the mean text state and the mean video state of
+the same joint forward. Why: the [CLS] classifier alone must discover a multiplicative text x video
+interaction through attention, a saddle it did not leave in CPU-size runs (its scores came out additive,
+f(text) + g(video), and retrieval stayed exactly at chance), while the cosine is that interaction directly;
+both halves are contextualised by the joint encoder, so it is still a cross-modal score, not two towers.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import contextlib
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertModel, BertPreTrainedModel
 from transformers import initialization as hf_init
@@ -37,6 +45,7 @@ def videobert_config(
     hidden_dropout_prob: float = 0.1,
     attention_probs_dropout_prob: float = 0.1,
     video_position_offset: int | None = None,
+    alignment_similarity: bool = True,
 ) -> BertConfig:
     return BertConfig(
         vocab_size=text_vocab_size + visual_vocab_size,
@@ -54,8 +63,17 @@ def videobert_config(
         visual_feature_dim=visual_feature_dim,
         special_token_ids=dict(special_token_ids),
         video_position_offset=video_position_offset,
+        alignment_similarity=alignment_similarity,
         architectures=["VideoBertForPreTraining"],
     )
+
+
+ALIGNMENT_SCALE_INIT = 5.0  # the cosine's starting weight in the alignment logit (learned)
+
+
+def _masked_mean(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    keep = keep.to(hidden.dtype)[..., None]
+    return (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
 
 class VideoBertForPreTraining(BertPreTrainedModel):
@@ -71,6 +89,11 @@ class VideoBertForPreTraining(BertPreTrainedModel):
         self.bert = BertModel(config, add_pooling_layer=True)
         self.cls = BertOnlyMLMHead(config)
         self.alignment = nn.Linear(config.hidden_size, 1)
+        self.alignment_text = self.alignment_video = self.alignment_scale = None
+        if getattr(config, "alignment_similarity", False):
+            self.alignment_text = nn.Linear(config.hidden_size, config.hidden_size)
+            self.alignment_video = nn.Linear(config.hidden_size, config.hidden_size)
+            self.alignment_scale = nn.Parameter(torch.full((1,), ALIGNMENT_SCALE_INIT))
         self.feature_head = nn.Sequential(
             nn.Linear(config.hidden_size, config.hidden_size),
             nn.GELU(),
@@ -121,8 +144,24 @@ class VideoBertForPreTraining(BertPreTrainedModel):
         """Logits over the joint vocabulary for selected positions (N, H) -> (N, V)."""
         return self.cls(hidden)
 
-    def alignment_logits(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.alignment(pooled).squeeze(-1)
+    def alignment_logits(self, hidden: torch.Tensor, pooled: torch.Tensor, input_ids: torch.Tensor,
+                         token_type_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) "is this text aligned with this video" logits from one joint forward's outputs.
+
+        The [CLS] classifier, plus with `alignment_similarity` the scaled cosine of the mean text state
+        (token type 0 after [CLS]) and the mean video state (token type 1: [>], visual words, [SEP]);
+        padding excluded. A row without text or without video gets a cosine of 0."""
+        logits = self.alignment(pooled).squeeze(-1)
+        if self.alignment_text is None:
+            return logits
+        real = input_ids != self.config.pad_token_id
+        text = (token_type_ids == 0) & real
+        text[:, 0] = False  # [CLS]
+        video = (token_type_ids == 1) & real
+        cos = F.cosine_similarity(self.alignment_text(_masked_mean(hidden, text)),
+                                  self.alignment_video(_masked_mean(hidden, video)), dim=-1)
+        both = text.any(1) & video.any(1)
+        return logits + self.alignment_scale * torch.where(both, cos, torch.zeros_like(cos))
 
     def clip_features(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.feature_head(hidden)
@@ -152,3 +191,5 @@ class VideoBertForPreTraining(BertPreTrainedModel):
         if isinstance(module, nn.LayerNorm):
             hf_init.ones_(module.weight)
             hf_init.zeros_(module.bias)
+        if isinstance(module, VideoBertForPreTraining) and module.alignment_scale is not None:
+            hf_init.constant_(module.alignment_scale, ALIGNMENT_SCALE_INIT)

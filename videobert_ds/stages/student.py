@@ -364,7 +364,7 @@ class StudentStage(TeacherStage):
                         first_regular_text=max(self.tokenizer.all_special_ids) + 1)
 
     def model_config(self):
-        """The teacher's vocabulary, special tokens and positions at the student's size."""
+        """The teacher's vocabulary, special tokens, positions and alignment head at the student's size."""
         c, m = self.teacher_config, self.cfg.model
         return videobert_config(
             text_vocab_size=c["text_vocab_size"], visual_vocab_size=c["visual_vocab_size"],
@@ -372,6 +372,8 @@ class StudentStage(TeacherStage):
             hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
             intermediate_size=m.intermediate_size, max_position_embeddings=c["max_position_embeddings"],
             hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+            video_position_offset=c.get("video_position_offset"),
+            alignment_similarity=bool(c.get("alignment_similarity", False)),
         )
 
     # -- the models ----------------------------------------------------------------------------

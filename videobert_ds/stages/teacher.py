@@ -62,6 +62,9 @@ class BertSize:
     attention_probs_dropout_prob: float = 0.1
     visual_vocab_size: int = 0  # 0 = the vocabulary's size; otherwise it must match it
     init_text_from: str = ""  # a local BERT checkpoint dir to initialise the text side from
+    # Alignment logit = [CLS] classifier + scaled cosine of the mean text and video states (see models/videobert.py);
+    # false = VideoBERT's [CLS] classifier alone.
+    alignment_similarity: bool = True
 
 
 @dataclass
@@ -216,6 +219,7 @@ class TeacherStage(Stage):
             intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
             hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
             video_position_offset=self.cfg.objective.max_text_tokens + 2,
+            alignment_similarity=m.alignment_similarity,
         )
 
     def build_module(self) -> nn.Module:
