@@ -59,6 +59,37 @@ def test_captioning_text_cannot_see_later_text():
     assert not torch.allclose(g1[0, 1], g2[0, 1])
 
 
+def test_alignment_head_learns_a_pure_text_video_interaction():
+    """Label = "the text token names the visual word's class": no function of the text alone or the video
+    alone predicts it (each class is equally often matched), only their interaction does. The alignment
+    head (the [CLS] classifier + the text/video cosine) learns it in 60 steps; the [CLS] classifier alone
+    (alignment_similarity=false) did not within 150 on any of 3 seeds. Rows without video fall back to
+    the [CLS] classifier alone."""
+    model = tiny_model().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    types = torch.tensor([[0, 0, 1, 1, 1]])
+    pairs = torch.cartesian_prod(torch.arange(4), torch.arange(4))  # (text class, video class)
+    ids = torch.stack([torch.full((16,), SP.cls), 10 + pairs[:, 0], torch.full((16,), SP.video_sep),
+                       SP.text_vocab_size + pairs[:, 1], torch.full((16,), SP.sep)], 1)
+    label = (pairs[:, 0] == pairs[:, 1]).float()
+    weight = torch.where(label > 0, 3.0, 1.0)  # balance 4 positives against 12 negatives
+    types = types.expand(16, -1)
+    for _ in range(60):
+        logits = model.alignment_logits(*model(ids, types, torch.ones_like(ids)), ids, types)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, label, weight=weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        logits = model.alignment_logits(*model(ids, types, torch.ones_like(ids)), ids, types)
+        assert ((logits > 0).float() == label).all(), (logits, label)
+        text_only = ids[:, :2], types[:, :2]
+        hidden, pooled = model(*text_only, torch.ones_like(text_only[0]))
+        torch.testing.assert_close(model.alignment_logits(hidden, pooled, *text_only),
+                                   model.alignment(pooled).squeeze(-1))
+
+
 def test_attention_mask_shapes_and_padding():
     segments = torch.tensor([[0, 0, 1, 1, 2]])
     m = attention_mask(segments, torch.tensor([False]))[0, 0]
@@ -95,14 +126,10 @@ def test_every_objective_falls(tiny_teacher):
     def mean(term: str, window: list[int]) -> float:
         return sum(metrics[s][f"train/{term}"] for s in window) / len(window)
 
-    for term in ("mlm", "mvm", "caption", "video", "loss"):
+    for term in ("mlm", "mvm", "align", "caption", "video", "loss"):
         first, last = mean(term, steps[:2]), mean(term, steps[-2:])
         print(f"{term}: {first:.4f} -> {last:.4f}")
         assert last < first, term
-    # Alignment stays at chance (ln 2) for this short CPU run (see the issue notes): it must at least be
-    # trained without diverging.
-    print(f"align: {mean('align', steps[:2]):.4f} -> {mean('align', steps[-2:]):.4f}")
-    assert mean("align", steps[-4:]) < 0.75
     for key in ("val/mlm", "val/mvm", "val/align", "val/caption", "val/video", "val/acc_text", "val/acc_visual",
                 "perf/tokens_per_s", "train/acc_text", "train/acc_visual"):
         assert key in metrics[steps[-1]], key
@@ -120,18 +147,28 @@ def test_export_reproduces_logits_and_loads_as_bert(tiny_teacher):
     reference = VideoBertForPreTraining(exported.config).eval()
     tag = (tiny_teacher / "checkpoints" / "latest").read_text()
     state = get_fp32_state_dict_from_zero_checkpoint(str(tiny_teacher / "checkpoints"), tag=tag)
-    reference.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=False)
+    missing, _ = reference.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=False)
+    assert set(missing) <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}, missing  # tied
     reference.tie_weights()
 
     tok = AutoTokenizer.from_pretrained(final)
-    ids = tok("a red circle moves to the left", return_tensors="pt")["input_ids"]
-    types, mask = torch.zeros_like(ids), torch.ones_like(ids)
+    text = tok("a red circle moves to the left", return_tensors="pt")["input_ids"]
+    ids, types, mask = text, torch.zeros_like(text), torch.ones_like(text)
     with torch.no_grad():
         h_exp, _ = exported(ids, types, mask)
         h_ref, _ = reference(ids, types, mask)
         torch.testing.assert_close(exported.token_logits(h_exp), reference.token_logits(h_ref))
         bert = BertModel.from_pretrained(final).eval()
         torch.testing.assert_close(bert(input_ids=ids, token_type_ids=types).last_hidden_state, h_exp)
+        # The alignment logit of a joint sequence `[CLS] text [>] video [SEP]` (its cosine half included).
+        c = exported.config
+        video = torch.tensor([[c.special_token_ids["video_sep"], c.text_vocab_size + 1, c.text_vocab_size + 7,
+                               c.special_token_ids["sep"]]])
+        ids = torch.cat([text[:, :-1], video], 1)
+        types = torch.cat([torch.zeros_like(text[:, :-1]), torch.ones_like(video)], 1)
+        mask = torch.ones_like(ids)
+        aligned = [m.alignment_logits(*m(ids, types, mask), ids, types) for m in (exported, reference)]
+        torch.testing.assert_close(aligned[0], aligned[1])
 
 
 @pytest.mark.multiproc
