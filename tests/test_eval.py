@@ -229,7 +229,8 @@ def test_report_targets(tmp_path):
     (tmp_path / "eval_teacher.json").write_text(json.dumps(teacher))
     (tmp_path / "eval_student.json").write_text(json.dumps(student))
     tuned = _model(1000, {"finetune/classification/colour/top1": (0.9, 0.25), "finetune/qa/accuracy": (0.5, 0.25),
-                          "finetune/caption/BLEU-4": (0.3, 0.05), "caption/BLEU-4": (0.3, 0.05)})
+                          "finetune/caption/BLEU-4": (0.3, 0.05), "caption/BLEU-4": (0.3, 0.05),
+                          "finetune/retrieval/t2v/R@1": (0.7, 0.05)})
     (tmp_path / "eval_finetune_teacher.json").write_text(json.dumps(tuned))
     (tmp_path / "timings.json").write_text(json.dumps({"prepare": {"seconds": 1.0, "splits": {"train": 3}}}))
     assert main(["--demo-dir", str(tmp_path)]) == 0
@@ -249,6 +250,7 @@ def test_report_targets(tmp_path):
     assert tm["finetune/classification/colour/top1"] == {"value": 0.9, "chance": 0.25, "zeroshot": 0.6}
     assert tm["finetune/caption/BLEU-4"] == {"value": 0.3, "chance": 0.05, "before": 0.2}
     assert tm["finetune/qa/accuracy"] == {"value": 0.5, "chance": 0.25}
+    assert tm["finetune/retrieval/t2v/R@1"] == {"value": 0.7, "chance": 0.05, "before": 0.3}
     assert report["missing"] == ["eval_finetune_student.json"]
     assert "## Downstream (fine-tuned)" in md and "| classification/colour/top1 | 0.900 | 0.600 |" in md
 

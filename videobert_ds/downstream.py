@@ -6,6 +6,9 @@
                                              likely at the answer slot after the question; chance = 1 / choices
   finetune/caption/<metric>                  the captioning metrics of the fine-tuned model; chance = a constant
                                              caption (the report adds the pretrained model's value as `before`)
+  finetune/retrieval/<t2v|v2t>/<R@k|median_rank>
+                                             the fine-tuned alignment head's retrieval; chance = random ranking
+                                             (the report adds the pretrained model's value as `before`)
 
 Work is split across ranks with `sharding.sharded` (equal forward calls on every rank, ZeRO-3-safe).
 """
@@ -104,7 +107,8 @@ def qa_metrics(heads: Any, items: Sequence[EvalItem], tokenizer: Any, vocab: Voc
                                      "baseline": "a random choice"}}
 
 
-def caption_as_finetuned(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The fine-tuned model's captioning metrics, also under finetune/caption/ (the report pairs them with
-    the pretrained model's)."""
-    return {f"finetune/{k}": dict(v) for k, v in metrics.items() if k.startswith("caption/") and k.count("/") == 1}
+def as_finetuned(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The fine-tuned model's captioning (reported decoder) and retrieval metrics, also under finetune/ (the
+    report pairs them with the pretrained model's)."""
+    return {f"finetune/{k}": dict(v) for k, v in metrics.items()
+            if (k.startswith("caption/") and k.count("/") == 1) or k.startswith("retrieval/")}

@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 
 from videobert_ds.downstream import (
-    caption_as_finetuned, classification_metrics, finetuned_label_sets, label_logits, qa_metrics,
+    as_finetuned, classification_metrics, finetuned_label_sets, label_logits, qa_metrics,
 )
 from videobert_ds.eval_data import EvalItem, encode_items, gather_items, split_meta
 from videobert_ds.sharding import all_gather, rank_world, sharded
@@ -308,7 +308,7 @@ def run_evaluation(cfg: EvalStageConfig, device: torch.device) -> dict[str, Any]
         if logits is not None:
             metrics.update(classification_metrics(items, logits, label_sets, baseline_meta))
         metrics.update(qa)
-        metrics.update(caption_as_finetuned(caption_table))
+        metrics.update(as_finetuned({**retrieval, **caption_table}))
     samples = [{"key": it.key, "reference": it.text, "greedy": g, "beam": b, "constant": constant}
                for it, (g, b) in list(zip(captioned, captions))[: cfg.eval.num_samples]]
     return {

@@ -117,7 +117,7 @@ def check_targets(models: dict[str, dict[str, Any]]) -> list[Target]:
 
 def finetune_entries(finetuned: dict[str, Any], pretrained: dict[str, Any]) -> dict[str, Any]:
     """The fine-tuned model's finetune/... metrics, each with the pretrained model's comparable value:
-    classification beside zero-shot (`zeroshot`), captioning after beside before (`before`)."""
+    classification beside zero-shot (`zeroshot`), captioning and retrieval after beside before (`before`)."""
     out = {}
     for key, entry in finetuned.items():
         if not key.startswith("finetune/"):
@@ -127,7 +127,7 @@ def finetune_entries(finetuned: dict[str, Any], pretrained: dict[str, Any]) -> d
         if parts[1] == "classification":
             before = pretrained.get(f"zeroshot/{parts[2]}/top1")
             entry["zeroshot"] = before["value"] if before else None
-        elif parts[1] == "caption":
+        elif parts[1] in ("caption", "retrieval"):
             before = pretrained.get("/".join(parts[1:]))
             entry["before"] = before["value"] if before else None
         out[key] = entry
@@ -275,9 +275,9 @@ def downstream_table(models: dict[str, Any], names: list[str]) -> list[str]:
         return lines + ["No fine-tuned evaluations (eval_finetune_*.json missing).", ""]
     cols = [c for m in names for c in (f"{m} fine-tuned", f"{m} before")] + ["chance"]
     lines += ["Classification: the label head after fine-tuning beside zero-shot template filling of the pretrained "
-              "model; QA: the fine-tuned masked-word head choosing among the candidates; captioning: the fine-tuned "
-              "model beside the pretrained one. Chance: the most frequent label or uniform, 1 / choices, a constant "
-              "caption.", "", "| task | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+              "model; QA: the fine-tuned masked-word head choosing among the candidates; captioning and retrieval: the "
+              "fine-tuned model beside the pretrained one (median rank: lower is better). Chance: the most frequent "
+              "label or uniform, 1 / choices, a constant caption, random ranking.", "", "| task | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for key in keys:
         cells, chance = [], "-"
         for m in names:
