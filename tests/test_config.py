@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,17 @@ def test_train_entry_rejects_bad_configs(capsys, tmp_path, shards):
     (tmp_path / "sched.json").write_text(json.dumps(with_scheduler))
     assert "owned by the stage config" in _run(capsys, "--deepspeed", str(tmp_path / "sched.json"),
                                                "--config", "video_encoder_tiny", shards)
+
+
+def test_a_training_split_too_small_for_the_batch_is_a_one_line_error(prepared_shards, tmp_path):
+    """Checked once the world size is known (after the process group forms), before any data is read."""
+    ds = json.loads(Path(CPU_DS).read_text())
+    ds["train_micro_batch_size_per_gpu"] = 100000
+    (tmp_path / "ds.json").write_text(json.dumps(ds))
+    proc = subprocess.run([sys.executable, "videobert_ds/train.py", "--deepspeed", str(tmp_path / "ds.json"),
+                           "--config", "video_encoder_tiny", f"run.dir={tmp_path / 'run'}", f"data.shards={prepared_shards}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("videobert-train: error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert "data.train_split" in errors[0] and "too few for 1 rank(s) x batch size 100000" in errors[0]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "checkpoints").exists()

@@ -258,6 +258,21 @@ def check_paths(cfg: StageConfig) -> None:
         raise ConfigError(f"data.shards: no shard directory at {cfg.data.shards} (missing manifest.json)")
 
 
+def check_train_split(cfg: StageConfig, batch_size: int, world_size: int) -> None:
+    """The training split must give every rank at least one full batch (the loaders drop a ragged tail)."""
+    from videobert_ds.data.loader import read_shard_manifest, split_shards
+    from videobert_ds.data.sampling import steps_per_epoch
+
+    try:
+        shards = split_shards(cfg.data.shards, read_shard_manifest(cfg.data.shards), cfg.data.train_split)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"data.train_split: {err}") from None
+    counts = [s.num_samples for s in shards]
+    if steps_per_epoch(counts, world_size, batch_size) == 0:
+        raise ConfigError(f"data.train_split: {cfg.data.train_split!r} of {cfg.data.shards} has {sum(counts)} samples "
+                          f"in {len(counts)} shard(s): too few for {world_size} rank(s) x batch size {batch_size}")
+
+
 def load_stage_config(cls: type, path: Path, overrides: list[str]) -> StageConfig:
     data = apply_overrides(load_yaml(path), overrides)
     cfg = from_dict(cls, data)

@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     import torch
-    from videobert_ds.config import ConfigError, check_against_deepspeed, check_paths, load_deepspeed_config
-    from videobert_ds.config import load_stage_config, load_yaml, resolve_config_path, save_config
+    from videobert_ds.config import (ConfigError, check_against_deepspeed, check_paths, check_train_split,
+                                     load_deepspeed_config, load_stage_config, load_yaml, resolve_config_path,
+                                     save_config)
     from videobert_ds.stages import stage_class
 
     # 1. Validate config, DeepSpeed config and paths on every rank before any rank starts work.
@@ -76,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     from videobert_ds.engine import Trainer, init_distributed
 
     env = init_distributed()
+    batch_size = stage.loader_batch_size(ds_config, env.world_size)
+    if batch_size and not args.build_only:  # needs the world size, known only now
+        try:
+            check_train_split(cfg, batch_size, env.world_size)
+        except ConfigError as err:
+            if env.rank == 0:
+                print(f"videobert-train: error: {err}", file=sys.stderr)
+            dist.destroy_process_group()
+            return 2
     if not stage.trains:  # e.g. build_vocab: the same launch, its own work
         run_dir = Path(cfg.run.dir)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,14 @@ class Stage(abc.ABC):
     def check(self) -> None:
         """Stage-specific validation before any rank starts work (raise ConfigError)."""
 
+    def loader_batch_size(self, ds_config: dict, world_size: int) -> int | None:
+        """Samples per rank per batch of the training-split loader (None: the stage reads no training split)."""
+        if not self.trains:
+            return None
+        from videobert_ds.engine import micro_batch_size
+
+        return micro_batch_size(ds_config, world_size)
+
     @abc.abstractmethod
     def build_module(self) -> nn.Module:
         """The training module. Called with ZeRO-3 construction context active when configured."""

@@ -112,6 +112,9 @@ class BuildVocabStage(Stage):
         elif not Path(self.cfg.encoder.path).is_file():
             raise ConfigError(f"encoder.path: S3D weights file not found: {self.cfg.encoder.path}")
 
+    def loader_batch_size(self, ds_config: dict, world_size: int) -> int | None:
+        return self.cfg.encode_batch_size
+
     def build_module(self) -> nn.Module:  # no trainable module: build_vocab does not train
         raise NotImplementedError("build_vocab has no training module")
 
