@@ -107,6 +107,24 @@ def test_every_head_is_in_every_backward(samples):
         assert model.alignment.weight.grad.abs().sum() > 0
 
 
+
+def test_label_sets_come_from_the_manifest_or_else_the_samples(prepared_shards, tmp_path):
+    """videobert-prepare records each split's label values in manifest.json; shards prepared before it did
+    are read sample by sample, with the same result."""
+    import shutil
+
+    from videobert_ds.stages.finetune import discover_label_sets
+
+    recorded = discover_label_sets(prepared_shards, "train", [])
+    assert set(recorded) == {"colour", "shape", "motion"} and all(len(v) >= 2 for v in recorded.values())
+    older = tmp_path / "older"
+    shutil.copytree(prepared_shards, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["labels"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    assert discover_label_sets(older, "train", []) == recorded
+    assert discover_label_sets(older, "train", ["motion"]) == {"motion": recorded["motion"]}
+
 # ---------------------------------------------------------------------------------------------
 # A real 2-rank run
 # ---------------------------------------------------------------------------------------------

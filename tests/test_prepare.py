@@ -90,6 +90,13 @@ def test_synth_round_trip(prepared_shards: Path) -> None:
     for s in samples.values():
         per_split[s["meta"]["split"]] = per_split.get(s["meta"]["split"], 0) + 1
     assert per_split == man["splits"] == report["samples_per_split"]
+    # every label value of every split, recorded for fine-tuning's heads (the synthetic corpus: 3 label sets)
+    seen: dict[str, dict[str, set]] = {}
+    for s in samples.values():
+        for name, value in s["meta"].get("labels", {}).items():
+            seen.setdefault(s["meta"]["split"], {}).setdefault(name, set()).add(value)
+    assert {split: {k: sorted(v) for k, v in sets.items()} for split, sets in seen.items()} == man["labels"]
+    assert set(man["labels"]["train"]) == {"colour", "shape", "motion"}
     assert all(sh["num_samples"] <= 8 for sh in man["shards"])
     assert report["inputs_seen"] == 8 and not report["inputs_skipped"]
     for key, s in samples.items():

@@ -432,6 +432,7 @@ def _run_rank(entries: list[Entry], opts: PrepareOptions, tmp: Path, rank: int, 
     reasons: Counter = Counter()
     skips: list[dict[str, Any]] = []
     degraded: list[dict[str, Any]] = []
+    label_values: dict[str, dict[str, set[str]]] = {}  # split -> label set -> values seen
     written = 0
     tty = sys.stderr.isatty() if progress is None else progress
     try:
@@ -445,6 +446,8 @@ def _run_rank(entries: list[Entry], opts: PrepareOptions, tmp: Path, rank: int, 
             reasons.update(res.reasons)
             for split, key, files in res.samples:
                 writer.write(split, key, files)
+                for name, value in (json.loads(files["json"]).get("labels") or {}).items():
+                    label_values.setdefault(split, {}).setdefault(str(name), set()).add(str(value))
             written += len(res.samples)
             if res.skip is not None:
                 reasons[res.skip.reason] += 1
@@ -458,7 +461,8 @@ def _run_rank(entries: list[Entry], opts: PrepareOptions, tmp: Path, rank: int, 
     except BaseException:
         writer.abort()
         raise
-    return {"reasons": reasons, "skips": skips, "degraded": degraded, "written": written, "records": records}
+    return {"reasons": reasons, "skips": skips, "degraded": degraded, "written": written, "records": records,
+            "labels": label_values}
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -546,6 +550,7 @@ def _finish(out: Path, tmp: Path, parts: list, line_skips: list[Skip], seen: int
         reasons[s.reason] += 1
     degraded: list[dict[str, Any]] = []
     records: list[ShardRecord] = []
+    labels: dict[str, dict[str, set[str]]] = {}
     written = 0
     for part, _ in parts:
         reasons.update(part["reasons"])
@@ -553,11 +558,16 @@ def _finish(out: Path, tmp: Path, parts: list, line_skips: list[Skip], seen: int
         degraded += part["degraded"]
         records += part["records"]
         written += part["written"]
+        for split, sets in part["labels"].items():
+            for name, values in sets.items():
+                labels.setdefault(split, {}).setdefault(name, set()).update(values)
     per_split: Counter = Counter()
     for r in records:
         per_split[r.split] += r.count
+    # Label values per split, so a fine-tuning run sizes its heads without reading every sample.
     meta = {"codec": opts.codec, "ext": CODECS[opts.codec][1], "fps": opts.fps, "size": opts.size,
-            "samples_per_shard": opts.samples_per_shard}
+            "samples_per_shard": opts.samples_per_shard,
+            "labels": {split: {name: sorted(v) for name, v in sorted(sets.items())} for split, sets in sorted(labels.items())}}
     report = {
         "manifest": str(manifest),
         **meta,

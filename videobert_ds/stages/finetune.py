@@ -51,14 +51,20 @@ class FinetuneStageConfig(StageConfig):
 
 
 def discover_label_sets(shards: str | Path, split: str, wanted: list[str]) -> dict[str, list[str]]:
-    """label set -> its sorted label names, from the split's sample json (the split is read once, videos
-    are not decoded). `wanted` = [] takes every label key found."""
+    """label set -> its sorted label names, from the shard manifest's per-split label values (written by
+    videobert-prepare), or for shards prepared before it recorded them, from every sample json of the split
+    (read once, videos not decoded). `wanted` = [] takes every label key found."""
+    from videobert_ds.data.loader import read_shard_manifest
     from videobert_ds.eval_data import split_meta
 
+    recorded = read_shard_manifest(shards).get("labels")
     values: dict[str, set[str]] = {}
-    for meta in split_meta(shards, split):
-        for key, value in (meta.get("labels") or {}).items():
-            values.setdefault(key, set()).add(str(value))
+    if isinstance(recorded, dict):
+        values = {key: set(v) for key, v in (recorded.get(split) or {}).items()}
+    else:
+        for meta in split_meta(shards, split):
+            for key, value in (meta.get("labels") or {}).items():
+                values.setdefault(key, set()).add(str(value))
     missing = [k for k in wanted if k not in values]
     if missing:
         raise ConfigError(f"finetune.classification.label_sets: no {split} sample has label(s) {', '.join(missing)} "
