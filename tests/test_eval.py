@@ -232,7 +232,9 @@ def test_report_targets(tmp_path):
                           "finetune/caption/BLEU-4": (0.3, 0.05), "caption/BLEU-4": (0.3, 0.05),
                           "finetune/retrieval/t2v/R@1": (0.7, 0.05)})
     (tmp_path / "eval_finetune_teacher.json").write_text(json.dumps(tuned))
-    (tmp_path / "timings.json").write_text(json.dumps({"prepare": {"seconds": 1.0, "splits": {"train": 3}}}))
+    (tmp_path / "timings.json").write_text(json.dumps({
+        "prepare": {"seconds": 1.0, "splits": {"train": 3}},
+        "build_vocab": {"seconds": 2.0, "nmi": {"shape": {"nmi": 0.1, "nmi_shuffled": 0.06}}}}))
     assert main(["--demo-dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     met = {t["target"]: t["met"] for t in report["targets"]}
@@ -245,6 +247,7 @@ def test_report_targets(tmp_path):
     assert met["student retrieval/t2v/median_rank >= 80% of teacher"] is True  # 2.4 <= 2.0 / 0.8, lower is better
     md = (tmp_path / "report.md").read_text()
     assert "**NOT MET**: teacher zeroshot/shape/top1" in md and "target(s) not met" in md
+    assert "NMI(visual word; attribute) over the training clips: shape 0.10 (shuffled 0.06)" in md
     # the fine-tuned teacher's metrics, beside zero-shot (classification) and before fine-tuning (captions)
     tm = report["models"]["teacher"]["metrics"]
     assert tm["finetune/classification/colour/top1"] == {"value": 0.9, "chance": 0.25, "zeroshot": 0.6}

@@ -261,6 +261,12 @@ def markdown(report: dict[str, Any], demo_dir: Path) -> str:
         lines.append(f"- {marks[t['met']]}: {t['target']} — {t['detail']}")
     unmet = [t for t in report["targets"] if t["met"] is False]
     lines += ["", f"{len(unmet)} target(s) not met." if unmet else "All checked targets are met.", ""]
+    nmi = report["stages"].get("build_vocab", {}).get("nmi") or {}
+    if unmet and nmi:  # what the visual words carry bounds what any model can read from them
+        carried = ", ".join(f"{a} {v['nmi']:.2f} (shuffled {v['nmi_shuffled']:.2f})" for a, v in sorted(nmi.items()))
+        lines += [f"What the visual vocabulary carries, NMI(visual word; attribute) over the training clips: {carried}. "
+                  "An attribute the words barely carry bounds its zero-shot accuracy and the retrieval ranks "
+                  "that depend on it (analysis: docs/benchmarks.md, \"Alignment head\").", ""]
 
     lines += ["## TensorBoard", "", "```", f"tensorboard --logdir {demo_dir} --host 127.0.0.1", "```",
               "", "or `make tensorboard`, then open http://127.0.0.1:6006/.", ""]
