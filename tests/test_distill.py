@@ -180,6 +180,7 @@ def test_init_from_teacher_copies_every_other_layer():
     (["distill.layer_map=[0, 9, 4]"], "distill.layer_map"),
     (["distill.temperature=0"], "distill.temperature"),
     (["objective.max_seq_len=500"], "max_position_embeddings"),
+    (["objective.max_text_tokens=46"], "leaves no room for video"),
     (["model.num_attention_heads=3"], "num_attention_heads"),
 ])
 def test_config_errors_are_one_line(tiny_teacher, pipeline_shards, tmp_path, capsys, overrides, message):

@@ -113,132 +113,10 @@ def _mask_positions(n: int, prob: float) -> list[int]:
     return picked or [_randint(0, n)]
 
 
-def build_batch(samples: list[ClipSample], n_clips: int, sp: Specials, cfg: ObjectiveConfig, train: bool = True) -> HostBatch:
-    """Sequences, masks and labels for one micro-batch (see the module docstring)."""
-    counts = {"skipped": 0, "concatenated": 0}
-
-    # Each entry: (text ids, [(source sample, clip index)], kind, caption?, aligned?)
-    entries: list[dict[str, Any]] = []
-    used = [False] * len(samples)
-    for i, s in enumerate(samples):
-        if used[i]:
-            continue
-        used[i] = True
-        text, clips = list(s.text_ids), [(i, c) for c in range(min(s.num_clips, n_clips))]
-        # Augmentation: concatenate with the next segment of the same video when it is in the batch.
-        if train and _rand() < cfg.concat_neighbours_prob:
-            for j in range(len(samples)):
-                t = samples[j]
-                if not used[j] and t.video_id == s.video_id and t.segment == s.segment + 1:
-                    used[j] = True
-                    text += t.text_ids
-                    clips += [(j, c) for c in range(min(t.num_clips, n_clips))]
-                    counts["concatenated"] += 1
-                    break
-        if not text and not clips:
-            counts["skipped"] += 1  # empty text and zero frames: nothing to learn from
-            continue
-        if not text:
-            kind = KIND_VIDEO
-        elif not clips:
-            kind = KIND_TEXT
-        else:
-            kind = [KIND_JOINT, KIND_TEXT, KIND_VIDEO][
-                _choice([cfg.joint_ratio, cfg.text_only_ratio, cfg.video_only_ratio])] if train else KIND_JOINT
-        # Augmentation: sub-sample the visual words at a random rate 1..max_subsample_rate.
-        if train and clips and cfg.max_subsample_rate > 1:
-            clips = clips[:: _randint(1, cfg.max_subsample_rate + 1)]
-        caption = kind == KIND_JOINT and _rand() < cfg.caption_ratio
-        entries.append({"text": text, "clips": clips, "kind": kind, "caption": caption, "video_id": s.video_id,
-                        "aligned": 1 if kind == KIND_JOINT and not caption else -1})
-
-    # Alignment negatives: swap the video for another video's own clips (taken from the originals, so a
-    # swap never hands an entry back clips of its own video).
-    originals = [(o["video_id"], o["clips"]) for o in entries if o["clips"]]
-    for e in entries:
-        if e["aligned"] == 1 and _rand() < cfg.align_negative_prob:
-            others = [clips for video_id, clips in originals if video_id != e["video_id"]]
-            if others:
-                e["clips"] = others[_randint(0, len(others))]
-                e["aligned"] = 0
-
-    if not entries:  # nothing usable: one empty [CLS][SEP] keeps every rank's forward calls equal
-        entries.append({"text": [], "clips": [], "kind": KIND_TEXT, "caption": False, "video_id": "", "aligned": -1})
-
-    budget = cfg.max_seq_len
-    rows = []
-    for e in entries:
-        text = e["text"][: cfg.max_text_tokens]
-        has_video = e["kind"] in (KIND_JOINT, KIND_VIDEO)
-        has_text = e["kind"] in (KIND_JOINT, KIND_TEXT)
-        text = text if has_text else []
-        room = budget - 2 - len(text) - (1 if has_video else 0)
-        clips = e["clips"][: max(room, 0)] if has_video else []
-        rows.append((text, clips, has_video, e))
-    length = max(2 + len(t) + (1 if hv else 0) + len(c) for t, c, hv, _ in rows)
-
-    b = len(rows)
-    input_ids = torch.full((b, length), sp.pad, dtype=torch.long)
-    video_src = torch.full((b, length), -1, dtype=torch.long)
-    token_type = torch.zeros((b, length), dtype=torch.long)
-    segments = torch.full((b, length), SEG_PAD, dtype=torch.long)
-    mlm_labels = torch.full((b, length), IGNORE, dtype=torch.long)
-    visual_masked = torch.zeros((b, length), dtype=torch.bool)
-    visual_replace = torch.full((b, length), REPLACE_KEEP, dtype=torch.long)
-    caption_labels = torch.full((b, length), IGNORE, dtype=torch.long)
-    caption_mode = torch.zeros(b, dtype=torch.bool)
-    align_labels = torch.full((b,), -1.0)
-    n_tokens = 0
-    for r, (text, clips, has_video, e) in enumerate(rows):
-        seq = [sp.cls, *text]
-        seg = [SEG_TEXT] * len(seq)
-        if has_video:
-            seq.append(sp.video_sep)
-            seg.append(SEG_VIDEO)
-        v_start = len(seq)
-        seq += [0] * len(clips)
-        seg += [SEG_VIDEO] * len(clips)
-        seq.append(sp.sep)
-        seg.append(SEG_VIDEO if has_video else SEG_TEXT)
-        n = len(seq)
-        n_tokens += n
-        input_ids[r, :n] = torch.tensor(seq)
-        segments[r, :n] = torch.tensor(seg)
-        token_type[r, v_start - (1 if has_video else 0) : n] = 1 if has_video else 0
-        if clips:
-            video_src[r, v_start : v_start + len(clips)] = torch.tensor([i * n_clips + c for i, c in clips])
-        align_labels[r] = e["aligned"]
-        if e["caption"]:
-            caption_mode[r] = True
-            # Position k (the [CLS] or a text token) predicts the next text token; the last predicts [>].
-            targets = [*text, sp.video_sep]
-            caption_labels[r, : len(targets)] = torch.tensor(targets)
-            continue
-        if not train:
-            continue
-        for k in _mask_positions(len(text), cfg.mask_prob):
-            pos = 1 + k
-            mlm_labels[r, pos] = text[k]
-            u = _rand()
-            if u < 0.8:
-                input_ids[r, pos] = sp.mask
-            elif u < 0.9:
-                input_ids[r, pos] = _randint(sp.first_regular_text, sp.text_vocab_size)
-        for k in _mask_positions(len(clips), cfg.mask_prob):
-            pos = v_start + k
-            visual_masked[r, pos] = True
-            u = _rand()
-            visual_replace[r, pos] = REPLACE_MASK if u < 0.8 else (
-                _randint(0, sp.visual_vocab_size) if u < 0.9 else REPLACE_KEEP)
-    counts["num_tokens"] = n_tokens
-    counts["rows"] = b
-    return HostBatch(input_ids, video_src, token_type, segments, caption_mode, mlm_labels, visual_masked,
-                     visual_replace, caption_labels, align_labels, counts)
-
-
 @dataclass
 class Row:
-    """One unmasked sequence for fine-tuning: `[CLS] text [>] clips [SEP]` (no `[>]` without clips).
+    """One unmasked sequence `[CLS] text [>] clips [SEP]` (no `[>]` without clips): pretraining masks on
+    top of its layout, fine-tuning uses it as is.
     `clips` index the loader batch as (sample, clip); `caption` selects the sequence-to-sequence mask and
     labels each text position with the next text token."""
 
@@ -292,6 +170,87 @@ def layout_rows(rows: list[Row], n_clips: int, sp: Specials, max_seq_len: int) -
                      visual_replace=torch.full((b, length), REPLACE_KEEP, dtype=torch.long),
                      caption_labels=caption_labels, align_labels=torch.full((b,), -1.0),
                      counts={"num_tokens": n_tokens, "rows": b})
+
+
+def build_batch(samples: list[ClipSample], n_clips: int, sp: Specials, cfg: ObjectiveConfig, train: bool = True) -> HostBatch:
+    """Sequences, masks and labels for one micro-batch (see the module docstring)."""
+    counts = {"skipped": 0, "concatenated": 0}
+
+    # Each entry: (text ids, [(source sample, clip index)], kind, caption?, aligned?)
+    entries: list[dict[str, Any]] = []
+    used = [False] * len(samples)
+    for i, s in enumerate(samples):
+        if used[i]:
+            continue
+        used[i] = True
+        text, clips = list(s.text_ids), [(i, c) for c in range(min(s.num_clips, n_clips))]
+        # Augmentation: concatenate with the next segment of the same video when it is in the batch.
+        if train and _rand() < cfg.concat_neighbours_prob:
+            for j in range(len(samples)):
+                t = samples[j]
+                if not used[j] and t.video_id == s.video_id and t.segment == s.segment + 1:
+                    used[j] = True
+                    text += t.text_ids
+                    clips += [(j, c) for c in range(min(t.num_clips, n_clips))]
+                    counts["concatenated"] += 1
+                    break
+        if not text and not clips:
+            counts["skipped"] += 1  # empty text and zero frames: nothing to learn from
+            continue
+        if not text:
+            kind = KIND_VIDEO
+        elif not clips:
+            kind = KIND_TEXT
+        else:
+            kind = [KIND_JOINT, KIND_TEXT, KIND_VIDEO][
+                _choice([cfg.joint_ratio, cfg.text_only_ratio, cfg.video_only_ratio])] if train else KIND_JOINT
+        # Augmentation: sub-sample the visual words at a random rate 1..max_subsample_rate.
+        if train and clips and cfg.max_subsample_rate > 1:
+            clips = clips[:: _randint(1, cfg.max_subsample_rate + 1)]
+        caption = kind == KIND_JOINT and _rand() < cfg.caption_ratio
+        entries.append({"text": text, "clips": clips, "kind": kind, "caption": caption, "video_id": s.video_id,
+                        "aligned": 1 if kind == KIND_JOINT and not caption else -1})
+
+    # Alignment negatives: swap the video for another video's own clips (taken from the originals, so a
+    # swap never hands an entry back clips of its own video).
+    originals = [(o["video_id"], o["clips"]) for o in entries if o["clips"]]
+    for e in entries:
+        if e["aligned"] == 1 and _rand() < cfg.align_negative_prob:
+            others = [clips for video_id, clips in originals if video_id != e["video_id"]]
+            if others:
+                e["clips"] = others[_randint(0, len(others))]
+                e["aligned"] = 0
+
+    if not entries:  # nothing usable: one empty [CLS][SEP] keeps every rank's forward calls equal
+        entries.append({"text": [], "clips": [], "kind": KIND_TEXT, "caption": False, "video_id": "", "aligned": -1})
+
+    # Lay the sequences out (clips beyond max_seq_len are cut there), then mask on top of that layout.
+    rows = [Row(e["text"][: cfg.max_text_tokens] if e["kind"] in (KIND_JOINT, KIND_TEXT) else [],
+                e["clips"] if e["kind"] in (KIND_JOINT, KIND_VIDEO) else [], caption=e["caption"]) for e in entries]
+    host = layout_rows(rows, n_clips, sp, cfg.max_seq_len)
+    host.align_labels = torch.tensor([float(e["aligned"]) for e in entries])
+    host.counts.update(counts)
+    if not train:
+        return host
+    for r, row in enumerate(rows):
+        if row.caption:
+            continue
+        for k in _mask_positions(len(row.text), cfg.mask_prob):
+            pos = 1 + k
+            host.mlm_labels[r, pos] = row.text[k]
+            u = _rand()
+            if u < 0.8:
+                host.input_ids[r, pos] = sp.mask
+            elif u < 0.9:
+                host.input_ids[r, pos] = _randint(sp.first_regular_text, sp.text_vocab_size)
+        v_start = 2 + len(row.text)  # after [CLS] text [>]
+        for k in _mask_positions(int((host.video_src[r] >= 0).sum()), cfg.mask_prob):
+            pos = v_start + k
+            host.visual_masked[r, pos] = True
+            u = _rand()
+            host.visual_replace[r, pos] = REPLACE_MASK if u < 0.8 else (
+                _randint(0, sp.visual_vocab_size) if u < 0.9 else REPLACE_KEEP)
+    return host
 
 
 def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

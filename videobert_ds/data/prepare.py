@@ -258,7 +258,8 @@ class Annotator:
 
 @dataclass
 class VideoResult:
-    samples: list[tuple[str, str, dict[str, bytes]]] = field(default_factory=list)  # (split, key, files)
+    # (split, key, files, labels): the labels also go to the manifest's per-split label values
+    samples: list[tuple[str, str, dict[str, bytes], dict[str, Any]]] = field(default_factory=list)
     reasons: Counter = field(default_factory=Counter)
     skip: Skip | None = None
 
@@ -373,7 +374,7 @@ def process_video(entry: Entry, opts: PrepareOptions) -> VideoResult:
                 meta["caption"] = entry.caption
             meta.update(annot.fields(seg.start, clip.end, reasons))
             files = {"json": json.dumps(meta, ensure_ascii=False).encode("utf-8"), ext: data}
-            res.samples.append((entry.split, f"{entry.key}_{seg.index:05d}", files))
+            res.samples.append((entry.split, f"{entry.key}_{seg.index:05d}", files, meta.get("labels") or {}))
     except VideoReadError as e:
         return skip(e.reason, str(e))
     if mode == "cues":
@@ -444,9 +445,9 @@ def _run_rank(entries: list[Entry], opts: PrepareOptions, tmp: Path, rank: int, 
                 res = VideoResult(skip=Skip(entry.line, "video_error", f"{type(e).__name__}: {e}",
                                             entry.id, entry.raw["video"]))
             reasons.update(res.reasons)
-            for split, key, files in res.samples:
+            for split, key, files, labels in res.samples:
                 writer.write(split, key, files)
-                for name, value in (json.loads(files["json"]).get("labels") or {}).items():
+                for name, value in labels.items():
                     label_values.setdefault(split, {}).setdefault(str(name), set()).add(str(value))
             written += len(res.samples)
             if res.skip is not None:

@@ -24,7 +24,7 @@ from videobert_ds.config import ConfigError, StageConfig
 from videobert_ds.finetune import TASKS, FinetuneObjective, TaskConfig, TaskSample, build_task_batch, task_tensors
 from videobert_ds.objectives import Specials, to_device
 from videobert_ds.stages.base import Stage
-from videobert_ds.stages.teacher import load_visual_tokenizer, vocab_metadata
+from videobert_ds.stages.teacher import load_visual_tokenizer, text_ids_and_clip_counts, vocab_metadata
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +166,11 @@ class FinetuneStage(Stage):
 
     # -- per step ------------------------------------------------------------------------------
     def task_samples(self, batch: Any) -> list[TaskSample]:
-        fpc = self.visual_tokenizer.frames_per_clip
-        texts = [m.get("text", "") for m in batch.meta]
-        ids = self.tokenizer(texts, add_special_tokens=False, truncation=True,
-                             max_length=self.cfg.finetune.max_text_tokens)["input_ids"]
-        t = batch.frames.shape[1]
-        return [TaskSample(text_ids=i, num_clips=min(int(m["num_frames"]), t) // fpc, video_id=str(m.get("video_id", "")),
+        ids, clips = text_ids_and_clip_counts(batch, self.tokenizer, self.visual_tokenizer.frames_per_clip,
+                                              self.cfg.finetune.max_text_tokens)
+        return [TaskSample(text_ids=i, num_clips=n, video_id=str(m.get("video_id", "")),
                            labels={k: str(v) for k, v in (m.get("labels") or {}).items()}, qa=m.get("qa"))
-                for i, m in zip(ids, batch.meta)]
+                for i, n, m in zip(ids, clips, batch.meta)]
 
     def make_inputs(self, batch: Any, device: torch.device) -> dict[str, Any]:
         samples = self.task_samples(batch)

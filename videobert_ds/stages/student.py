@@ -42,7 +42,7 @@ from videobert_ds.distill import (
 )
 from videobert_ds.models.videobert import VideoBertForPreTraining, videobert_config
 from videobert_ds.objectives import ObjectiveConfig, Specials, losses_from_outputs
-from videobert_ds.stages.teacher import TeacherStage, load_visual_tokenizer, vocab_metadata
+from videobert_ds.stages.teacher import TeacherStage, check_sequence_budget, load_visual_tokenizer, vocab_metadata
 from videobert_ds.video.keyframes import keyframes_path
 
 log = logging.getLogger(__name__)
@@ -310,6 +310,7 @@ class StudentStage(TeacherStage):
             raise ConfigError(f"distill: weights must be >= 0 ({', '.join('lambda_' + k for k in negative)})")
         if d.lambda_attention > 0 and all(t_idx <= 0 for t_idx in layer_map[1:]):
             raise ConfigError("distill.lambda_attention > 0 but layer_map maps no student layer to a teacher layer")
+        check_sequence_budget(self.cfg.objective)
         if self.cfg.objective.max_seq_len > t["max_position_embeddings"]:
             raise ConfigError(f"objective.max_seq_len ({self.cfg.objective.max_seq_len}) exceeds the teacher's "
                               f"max_position_embeddings ({t['max_position_embeddings']})")

@@ -111,6 +111,23 @@ def load_visual_tokenizer(encoder_dir: str | Path, vocab_path: str | Path, devic
     return VisualTokenizer(encoder, vocab, clips_per_batch=clips_per_batch).to(device), vocab
 
 
+def text_ids_and_clip_counts(batch: Any, tokenizer: Any, frames_per_clip: int,
+                             max_text_tokens: int) -> tuple[list[list[int]], list[int]]:
+    """Per sample of a loader batch: its text's WordPieces (no special tokens, at most `max_text_tokens`) and
+    the number of whole clips its decoded frames hold."""
+    ids = tokenizer([m.get("text", "") for m in batch.meta], add_special_tokens=False, truncation=True,
+                    max_length=max_text_tokens)["input_ids"]
+    t = batch.frames.shape[1]
+    return ids, [min(int(m["num_frames"]), t) // frames_per_clip for m in batch.meta]
+
+
+def check_sequence_budget(o: ObjectiveConfig) -> None:
+    """A joint sequence `[CLS] text [>] video [SEP]` must keep room for video after the longest text."""
+    if o.max_text_tokens + 4 > o.max_seq_len:
+        raise ConfigError(f"objective.max_seq_len ({o.max_seq_len}) leaves no room for video after "
+                          f"objective.max_text_tokens ({o.max_text_tokens}): it must be at least max_text_tokens + 4")
+
+
 class PretrainingObjective(nn.Module):
     def __init__(self, model: VideoBertForPreTraining, cfg: ObjectiveConfig) -> None:
         super().__init__()
@@ -149,6 +166,7 @@ class TeacherStage(Stage):
         if m.init_text_from and not Path(m.init_text_from).is_dir():
             raise ConfigError(f"model.init_text_from: no BERT checkpoint dir at {m.init_text_from}")
         o = self.cfg.objective
+        check_sequence_budget(o)
         if o.max_text_tokens + 2 + o.max_seq_len > m.max_position_embeddings:
             raise ConfigError(f"model.max_position_embeddings ({m.max_position_embeddings}) must cover the video "
                               f"positions: at least objective.max_text_tokens + 2 + objective.max_seq_len "
@@ -236,14 +254,10 @@ class TeacherStage(Stage):
 
     # -- per step ------------------------------------------------------------------------------
     def clip_samples(self, batch: Any) -> list[ClipSample]:
-        fpc = self.visual_tokenizer.frames_per_clip
-        texts = [m.get("text", "") for m in batch.meta]
-        ids = self.tokenizer(texts, add_special_tokens=False, truncation=True,
-                             max_length=self.cfg.objective.max_text_tokens)["input_ids"]
-        t = batch.frames.shape[1]
-        return [ClipSample(text_ids=i, num_clips=min(int(m["num_frames"]), t) // fpc,
-                           video_id=str(m.get("video_id", "")), segment=int(m.get("segment", 0)))
-                for i, m in zip(ids, batch.meta)]
+        ids, clips = text_ids_and_clip_counts(batch, self.tokenizer, self.visual_tokenizer.frames_per_clip,
+                                              self.cfg.objective.max_text_tokens)
+        return [ClipSample(text_ids=i, num_clips=n, video_id=str(m.get("video_id", "")), segment=int(m.get("segment", 0)))
+                for i, n, m in zip(ids, clips, batch.meta)]
 
     def make_inputs(self, batch: Any, device: torch.device, train: bool = True) -> dict[str, Any]:
         samples = self.clip_samples(batch)
