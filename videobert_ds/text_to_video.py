@@ -3,7 +3,7 @@ as the key frame of its nearest training clip, as an image grid.
 
     videobert-generate --model runs/teacher/final --text "a red circle moves left" --out grid.png
 
-The sequence is `[CLS] text [>] [MASK] * N [SEP]` (the pretraining layout, built by objectives.build_batch);
+The sequence is `[CLS] text [>] [MASK] * N [SEP]` (the pretraining layout, laid out by objectives.layout_rows);
 the N video positions are filled left to right, each drawn from the masked visual-word head's distribution
 at that position given the text and the words already drawn (temperature, top-k; greedy at temperature 0;
 a seeded generator, so a seed always gives the same words). Every call makes exactly N forward passes
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from videobert_ds.objectives import REPLACE_MASK, ClipSample, ObjectiveConfig, Specials, build_batch, to_device
+from videobert_ds.objectives import REPLACE_MASK, Row, Specials, layout_rows, to_device
 
 PROG = "videobert-generate"
 KEYFRAMES_FILE = "visual_vocab_keyframes.safetensors"  # keyframes_path(MODEL_DIR / "visual_vocab.safetensors")
@@ -59,20 +59,15 @@ def generation_inputs(text_ids: Sequence[Sequence[int]], num_words: int, sp: Spe
     if num_words < 1:
         raise ValueError(f"num_words must be >= 1, got {num_words}")
     longest = max((len(t) for t in text_ids), default=0)
-    cfg = ObjectiveConfig(max_text_tokens=max(longest, 1), max_seq_len=longest + 3 + num_words, caption_ratio=0.0,
-                          align_negative_prob=0.0, concat_neighbours_prob=0.0)
-    samples = [ClipSample(text_ids=list(t), num_clips=num_words, video_id=f"prompt{i}", segment=0)
-               for i, t in enumerate(text_ids)]
-    # build_batch draws coins from the global RNG even for eval batches: keep the caller's stream untouched.
-    with torch.random.fork_rng(devices=[]):
-        host = build_batch(samples, num_words, sp, cfg, train=False)
+    rows = [Row(list(t), [(i, c) for c in range(num_words)]) for i, t in enumerate(text_ids)]
+    host = layout_rows(rows, num_words, sp, max_seq_len=longest + 3 + num_words)
     is_video = host.video_src >= 0
     host.visual_masked = is_video  # every video position starts as [MASK]
     host.visual_replace = torch.where(is_video, REPLACE_MASK, host.visual_replace)
     positions = torch.stack([row.nonzero().flatten() for row in is_video])
-    if positions.shape != (len(samples), num_words):
+    if positions.shape != (len(rows), num_words):
         raise ValueError(f"expected {num_words} video positions per text, got {tuple(positions.shape)}")
-    placeholder = torch.zeros((len(samples), num_words), dtype=torch.long, device=device)
+    placeholder = torch.zeros((len(rows), num_words), dtype=torch.long, device=device)
     inputs = to_device(host, placeholder, None, sp, device)
     return {k: inputs[k] for k in ("input_ids", "token_type_ids", "attention_mask")}, positions.to(device)
 
