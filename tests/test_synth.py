@@ -168,10 +168,10 @@ def test_pixels_show_the_narrated_colour_and_motion(corpus):
             assert axis_move > 0.1 * extent and abs(cross_move) < 2, (r["id"], a, dx, dy)
 
 
-def test_deterministic_per_seed_and_independent_of_corpus_size(tmp_path, corpus):
+def test_deterministic_per_seed_and_independent_of_corpus_size_and_workers(tmp_path, corpus):
     root, _ = corpus
     a = synthesize(tmp_path / "a", num_videos=3, seed=SEED)
-    b = synthesize(tmp_path / "b", num_videos=3, seed=SEED)
+    b = synthesize(tmp_path / "b", num_videos=3, seed=SEED, workers=2)  # parallel encoding: the same bytes
     assert a.read_bytes() == b.read_bytes()
     for r in load_manifest(a):
         for key in ("transcript", "video"):

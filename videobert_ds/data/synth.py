@@ -13,8 +13,10 @@ manifest and transcripts and the same decoded frames; a video does not depend on
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -356,7 +358,8 @@ def write_video(plan: VideoPlan, path: Path, seed: int, index: int) -> None:
             video.codec_context.gop_size = round(2 * plan.fps)
             # One thread keeps the bitstream identical run to run; the frames are tiny anyway.
             video.codec_context.thread_count = 1
-            video.options = {"preset": "veryfast", "crf": "20", "threads": "1"}
+            # ultrafast: a third less encode time than veryfast, files about 4x larger (still ~1 MB a video).
+            video.options = {"preset": "ultrafast", "crf": "20", "threads": "1"}
             if _x264_params() is not None:
                 video.options = {**video.options, "x264-params": _x264_params()}
             # Every stream must exist before the first packet is muxed (that writes the header).
@@ -380,22 +383,44 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def synthesize(out_dir: Path, num_videos: int, seed: int, progress: bool | None = None) -> Path:
-    """Write `num_videos` narrated videos, their SRTs and `manifest.jsonl` under out_dir; return the manifest."""
+def _write_one(out_dir: Path, seed: int, index: int) -> str:
+    """Render, encode and write video `index` and its SRT; returns its plan id (a worker's whole job)."""
+    plan = plan_video(seed, index)
+    write_video(plan, out_dir / "videos" / f"{plan.id}.mp4", seed, index)
+    _write_text(out_dir / "transcripts" / f"{plan.id}.srt", srt_text(plan))
+    return plan.id
+
+
+def synthesize(out_dir: Path, num_videos: int, seed: int, progress: bool | None = None, workers: int = 1) -> Path:
+    """Write `num_videos` narrated videos, their SRTs and `manifest.jsonl` under out_dir; return the manifest.
+
+    `workers` > 1 encodes videos in that many processes; every video is a pure function of (seed, index),
+    so the output is byte-identical to a single-process run."""
     if num_videos < 1:
         raise ValueError(f"num_videos must be >= 1, got {num_videos}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     (out_dir / "transcripts").mkdir(parents=True, exist_ok=True)
     if progress is None:
         progress = sys.stderr.isatty()
     splits = assign_splits(num_videos, seed)
-    records = []
-    for index in tqdm(range(num_videos), desc="synth videos", unit="video", disable=not progress):
-        plan = plan_video(seed, index)
-        write_video(plan, out_dir / "videos" / f"{plan.id}.mp4", seed, index)
-        _write_text(out_dir / "transcripts" / f"{plan.id}.srt", srt_text(plan))
-        records.append(manifest_record(plan, splits[index]))
+    bar = tqdm(total=num_videos, desc="synth videos", unit="video", disable=not progress)
+    if workers == 1:
+        for index in range(num_videos):
+            _write_one(out_dir, seed, index)
+            bar.update()
+    else:
+        # spawn, not fork: the parent may hold libav / OpenMP threads that a forked child would inherit stuck.
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(min(workers, num_videos), mp_context=ctx) as pool:
+            for future in concurrent.futures.as_completed(
+                    [pool.submit(_write_one, out_dir, seed, index) for index in range(num_videos)]):
+                future.result()  # re-raises a worker's error here
+                bar.update()
+    bar.close()
+    records = [manifest_record(plan_video(seed, index), splits[index]) for index in range(num_videos)]
     manifest = out_dir / "manifest.jsonl"
     _write_text(manifest, "".join(json.dumps(r) + "\n" for r in records))
     return manifest
@@ -433,10 +458,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--num-videos", required=True, type=_positive_int, help="number of videos (>= 1)")
     parser.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
+    parser.add_argument("--workers", type=_positive_int, default=1,
+                        help="encoding processes (default 1; the output does not depend on it)")
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} exists and is not a directory")
-    manifest = synthesize(args.out, args.num_videos, args.seed)
+    manifest = synthesize(args.out, args.num_videos, args.seed, workers=args.workers)
     print(manifest)
     return 0
 
