@@ -57,11 +57,13 @@ def full_run(prepared_shards, ds_config, tmp_path_factory) -> Path:
 
 def test_loss_falls_and_logs(full_run):
     metrics = read_metrics(full_run)
-    losses = [metrics[s]["train/loss"] for s in sorted(metrics) if "train/loss" in metrics[s]]
+    # The reconstruction term is the one that must fall in 8 steps; the contrastive term over 4 narrations per
+    # step is too noisy to rank two steps by (it is only required to be logged here).
+    losses = [metrics[s]["train/l_video"] for s in sorted(metrics) if "train/l_video" in metrics[s]]
     assert len(losses) == 8
     assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses
-    for key in ("train/l_video", "train/lr", "train/grad_norm", "perf/samples_per_s", "perf/data_wait_frac",
-                "perf/memory_gib", "perf/tflops_per_device"):
+    for key in ("train/loss", "train/l_nce", "train/acc_narration", "train/lr", "train/grad_norm",
+                "perf/samples_per_s", "perf/data_wait_frac", "perf/memory_gib", "perf/tflops_per_device"):
         assert key in metrics[8], key
     assert "val/loss" in metrics[4] and "val/loss" in metrics[8]
 
@@ -92,10 +94,14 @@ def test_export_reproduces_checkpoint_outputs(full_run):
     exported = ClipAutoencoder.from_pretrained(final).eval()
     reference = ClipAutoencoder(exported.config).eval()
     state = get_fp32_state_dict_from_zero_checkpoint(str(full_run / "checkpoints"), tag="step00000008")
-    reference.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    # The narration encoder ("narration.*") only trains the clip embedding: it is not part of the export.
+    assert any(k.startswith("narration.") for k in state)
+    reference.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     clips = torch.rand(3, 3, 4, 32, 32) * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(exported(clips)[0], reference(clips)[0])
+        got, want = exported(clips), reference(clips)
+    torch.testing.assert_close(got[0], want[0])  # reconstruction
+    torch.testing.assert_close(got[2], want[2])  # the embedding visual words are built on
     # And the exported weights did learn something: not the fresh initialisation.
     assert not torch.allclose(exported.to_feature.weight, ClipAutoencoder(exported.config).to_feature.weight)
 

@@ -152,10 +152,13 @@ class TeacherStage(Stage):
         if not (Path(v.encoder) / "config.json").is_file():
             raise ConfigError(f"visual.encoder: no exported clip encoder at {v.encoder}")
         enc_cfg = json.loads((Path(v.encoder) / "config.json").read_text())
-        for key in ("feature_dim", "frames_per_clip"):
-            if enc_cfg.get(key) != meta["encoder"].get(key):
+        # The encoder's clip feature is its narration embedding when it has one (video/autoencoder.py).
+        enc_dims = {"feature_dim": enc_cfg.get("embedding_dim") or enc_cfg.get("feature_dim"),
+                    "frames_per_clip": enc_cfg.get("frames_per_clip")}
+        for key, value in enc_dims.items():
+            if value != meta["encoder"].get(key):
                 raise ConfigError(f"visual.vocab was fit on a different clip encoder: {key} "
-                                  f"{meta['encoder'].get(key)} != {enc_cfg.get(key)} of {v.encoder}")
+                                  f"{meta['encoder'].get(key)} != {value} of {v.encoder}")
         if m.visual_vocab_size and m.visual_vocab_size != meta["size"]:
             raise ConfigError(f"model.visual_vocab_size ({m.visual_vocab_size}) does not match the visual "
                               f"vocabulary's {meta['size']} words ({v.vocab})")

@@ -1,8 +1,13 @@
 """Stage-1 clip autoencoder: the source design's autoencoding video encoder, trained on L_video.
 
-A 3D-convolutional encoder squeezes a clip of `frames_per_clip` frames into one `feature_dim` vector
-(the clip feature k-means clusters into visual words); a mirrored transposed-conv decoder rebuilds
-the normalised clip from that vector alone, so the vector must carry colour, shape and motion.
+A 3D-convolutional encoder squeezes a clip of `frames_per_clip` frames into one `feature_dim` vector;
+a mirrored transposed-conv decoder rebuilds the normalised clip from that vector alone, so the vector
+must carry colour, shape, motion and position. With `embedding_dim` > 0 a second head reads the last
+conv layer pooled over time and space (mean and max per channel: one detector shared by every position,
+so it learns what a thing is from few examples and ignores where it is) into an L2-normalised embedding
+trained against the narration (video/narration.py). Then the embedding, not the bottleneck, is the clip
+feature k-means clusters into visual words: it keeps what the narration names and drops where on screen
+it happens.
 It is a Hugging Face `PreTrainedModel`, so ZeRO-3 partitions it at construction and
 `save_pretrained` / `from_pretrained` give the exported model dir.
 """
@@ -29,13 +34,25 @@ class ClipAutoencoderConfig(PretrainedConfig):
         image_size: int = 32,
         channels: list[int] | tuple[int, ...] = (16, 32, 64),
         feature_dim: int = 64,
+        embedding_dim: int = 0,
+        pixel_kernel: int = 3,
         **kwargs,
     ) -> None:
         self.frames_per_clip = frames_per_clip
         self.image_size = image_size
         self.channels = list(channels)
         self.feature_dim = feature_dim
+        self.embedding_dim = embedding_dim  # 0: no narration head; older exported dirs load that way
+        # The last conv to RGB; 1 (pointwise) halves a CPU training step: torch's CPU conv3d backward at full
+        # resolution with 3 output channels is most of the step at kernel 3 (the transposed conv before it
+        # already mixes 4x4x4 neighbourhoods).
+        self.pixel_kernel = pixel_kernel
         super().__init__(**kwargs)
+
+    @property
+    def clip_feature_dim(self) -> int:
+        """Width of the clip feature visual words are built on: the embedding when there is one."""
+        return self.embedding_dim or self.feature_dim
 
     def grid(self) -> tuple[list[tuple[int, int]], tuple[int, int, int]]:
         """Per-layer (temporal, spatial) strides and the (T, H, W) grid after the last layer."""
@@ -98,7 +115,11 @@ class ClipAutoencoder(PreTrainedModel):
             kt = 4 if st == 2 else 3
             dec.append(_block(nn.ConvTranspose3d(rev[i], c_out, (kt, 4, 4), (st, ss, ss), (1, 1, 1)), c_out))
         self.decoder = nn.Sequential(*dec)
-        self.to_pixels = nn.Conv3d(rev[-1], 3, kernel_size=3, padding=1)
+        self.to_pixels = nn.Conv3d(rev[-1], 3, kernel_size=config.pixel_kernel, padding=config.pixel_kernel // 2)
+        pooled = 2 * config.channels[-1]  # mean and max of each channel of the last conv layer
+        self.to_embedding = (nn.Sequential(nn.Linear(pooled, 2 * config.embedding_dim), nn.GELU(),
+                                           nn.Linear(2 * config.embedding_dim, config.embedding_dim))
+                             if config.embedding_dim else None)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -116,14 +137,30 @@ class ClipAutoencoder(PreTrainedModel):
         """Normalised clips (N, C, T, H, W) -> features (N, feature_dim)."""
         return self.to_feature(self.encoder(clips).flatten(1))
 
+    def embed(self, grid: torch.Tensor) -> torch.Tensor:
+        """The last conv layer's output (N, C, t, h, w) -> L2-normalised narration-space embeddings (N, embedding_dim)."""
+        if self.to_embedding is None:
+            raise ValueError("this clip autoencoder has no embedding head (embedding_dim = 0)")
+        pooled = torch.cat([grid.mean((2, 3, 4)), grid.amax((2, 3, 4))], dim=1)
+        return F.normalize(self.to_embedding(pooled), dim=-1)
+
+    def clip_features(self, clips: torch.Tensor) -> torch.Tensor:
+        """Normalised clips -> the features visual words are built on (the embedding when there is one)."""
+        grid = self.encoder(clips)
+        return self.embed(grid) if self.to_embedding is not None else self.to_feature(grid.flatten(1))
+
     def decode(self, features: torch.Tensor) -> torch.Tensor:
         x = self.from_feature(features).view(-1, *self.grid_shape)
         return torch.tanh(self.to_pixels(self.decoder(x)))
 
-    def forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised clips -> (reconstruction, features)."""
-        features = self.encode(clips)
-        return self.decode(features), features
+    def forward(self, clips: torch.Tensor, decode_index: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Normalised clips -> (reconstruction, bottleneck features, embeddings or None without the head).
+        `decode_index`: rebuild only these clips (the reconstruction then has len(decode_index) rows)."""
+        grid = self.encoder(clips)
+        features = self.to_feature(grid.flatten(1))
+        embeddings = self.embed(grid) if self.to_embedding is not None else None
+        return self.decode(features if decode_index is None else features[decode_index]), features, embeddings
 
 
 def reconstruction_loss(
@@ -154,11 +191,11 @@ class AutoencoderClipEncoder(ClipEncoder):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.frames_per_clip = model.config.frames_per_clip
-        self.feature_dim = model.config.feature_dim
+        self.feature_dim = model.config.clip_feature_dim
 
     @torch.no_grad()
     def encode_clips(self, clips: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(normalize_frames(clips))
+        return self.model.clip_features(normalize_frames(clips))
 
     @classmethod
     def from_pretrained(cls, model_dir: str) -> "AutoencoderClipEncoder":
