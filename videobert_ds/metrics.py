@@ -161,16 +161,17 @@ def caption_scores_many(references: Mapping[str, Sequence[str]],
         log.warning("no java on PATH: METEOR is left out and captions are tokenized in Python, not by the PTB "
                     "tokenizer (apt-get install default-jre-headless for the full COCO pipeline)")
     ids = sorted(references)
-    # One tokenizer run (one JVM start) for the references and every system's hypotheses.
-    both: dict[tuple[str, ...], list[dict[str, str]]] = {
-        ("ref", i): [{"caption": _clean(r)} for r in references[i]] for i in ids}
-    for name, hyps in systems.items():
-        both.update({("hyp", name, i): [{"caption": _clean(hyps[i])}] for i in ids})
-    tokenized = PTBTokenizer().tokenize(both) if java else _python_tokenize(both)
-    gts = {i: tokenized[("ref", i)] for i in ids}
+    # METEOR's JVM loads its paraphrase tables for seconds: start it first, so that overlaps the tokenizer's JVM.
     meteor = Meteor() if java else None
     out: dict[str, dict[str, float]] = {}
     try:
+        # One tokenizer run (one JVM start) for the references and every system's hypotheses.
+        both: dict[tuple[str, ...], list[dict[str, str]]] = {
+            ("ref", i): [{"caption": _clean(r)} for r in references[i]] for i in ids}
+        for name, hyps in systems.items():
+            both.update({("hyp", name, i): [{"caption": _clean(hyps[i])}] for i in ids})
+        tokenized = PTBTokenizer().tokenize(both) if java else _python_tokenize(both)
+        gts = {i: tokenized[("ref", i)] for i in ids}
         for name in systems:
             res = {i: tokenized[("hyp", name, i)] for i in ids}
             bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
