@@ -2,6 +2,7 @@
 parallel) with the same micro-batch, side by side in one run.
 
     python -m videobert_ds.bench.train [--demo-dir runs/demo] [--steps 60] [--ranks 2]
+    python -m videobert_ds.bench.train --micro-batches 8,32   # ZeRO-3 only, one run per micro-batch
 
 Prints samples/s and tokens/s (the ratio is the cost of partitioning), the bytes of parameters and
 optimizer state each rank holds (measured from the live tensors; ZeRO-3 should hold ≈ 1/world of
@@ -21,12 +22,15 @@ from pathlib import Path
 from videobert_ds.demo import REPO, train_cmd
 
 
-def run(demo: Path, zero_stage: int, steps: int, ranks: int, work: Path) -> dict:
+def run(demo: Path, zero_stage: int, steps: int, ranks: int, work: Path, micro_batch: int | None = None) -> dict:
     ds = json.loads((REPO / "ds_configs" / "zero3_cpu_bert.json").read_text())
     ds["zero_optimization"] = {"stage": zero_stage} if zero_stage != 3 else ds["zero_optimization"]
-    ds_path = work / f"zero{zero_stage}.json"
+    if micro_batch is not None:
+        ds["train_micro_batch_size_per_gpu"] = micro_batch
+    name = f"zero{zero_stage}_mb{ds['train_micro_batch_size_per_gpu']}"
+    ds_path = work / f"{name}.json"
     ds_path.write_text(json.dumps(ds))
-    run_dir = work / f"zero{zero_stage}"
+    run_dir = work / name
     cmd = train_cmd("teacher_tiny", {
         "run.dir": run_dir, "data.shards": demo / "shards", "visual.encoder": demo / "video_encoder" / "final",
         "visual.vocab": demo / "vocab" / "vocab.safetensors", "text.tokenizer": demo / "teacher" / "tokenizer",
@@ -41,7 +45,21 @@ def run(demo: Path, zero_stage: int, steps: int, ranks: int, work: Path) -> dict
     last = [r for r in rows if "perf/samples_per_s" in r][-1]  # the second half: warm-up excluded
     held = json.loads((run_dir / "partition_rank0.json").read_text())
     return {"samples_per_s": last["perf/samples_per_s"], "tokens_per_s": last.get("perf/tokens_per_s", 0.0),
-            "data_wait": last["perf/data_wait_frac"], **held}
+            "data_wait": last["perf/data_wait_frac"], "micro_batch": ds["train_micro_batch_size_per_gpu"], **held}
+
+
+def compare_micro_batches(demo: Path, micro_batches: list[int], steps: int, ranks: int) -> None:
+    """ZeRO-3 at each micro-batch, side by side: on a CPU a tiny model's step is mostly per-op overhead."""
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [run(demo, 3, steps, ranks, Path(tmp), mb) for mb in micro_batches]
+    base = results[0]
+    print(f"\nTiny teacher, ZeRO-3, {ranks} ranks, {steps} steps (second half timed)")
+    print(f"| {'micro-batch':>11s} | {'samples/s':>10s} | {'step (s)':>9s} | {'samples/s vs first':>18s} |")
+    print(f"|{'-' * 13}|{'-' * 12}|{'-' * 11}|{'-' * 20}|")
+    for r in results:
+        step = r["micro_batch"] * ranks / r["samples_per_s"]
+        print(f"| {r['micro_batch']:11d} | {r['samples_per_s']:10.1f} | {step:9.3f} | "
+              f"{r['samples_per_s'] / base['samples_per_s']:17.2f}x |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,12 +67,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-dir", default="runs/demo", type=Path)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--micro-batches", help="comma-separated micro-batches: compare ZeRO-3 throughput at each "
+                                                "instead of ZeRO-3 vs ZeRO-0")
     args = parser.parse_args(argv)
     demo = args.demo_dir.resolve()
     for need in ("shards/manifest.json", "video_encoder/final/config.json", "vocab/vocab.safetensors", "teacher/tokenizer"):
         if not (demo / need).exists():
             print(f"bench.train: error: {demo / need} missing; run `make demo` first", file=sys.stderr)
             return 2
+    if args.micro_batches:
+        try:
+            micro_batches = [int(x) for x in args.micro_batches.split(",")]
+        except ValueError:
+            parser.error(f"--micro-batches: expected integers like 8,32, got {args.micro_batches!r}")
+        if any(mb < 1 for mb in micro_batches):
+            parser.error("--micro-batches: every micro-batch must be >= 1")
+        compare_micro_batches(demo, micro_batches, args.steps, args.ranks)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         results = {stage: run(demo, stage, args.steps, args.ranks, Path(tmp)) for stage in (3, 0)}
     z3, z0 = results[3], results[0]
