@@ -330,7 +330,7 @@ def test_export_is_self_contained_and_report_records_sizes_and_speed(distilled, 
 
     final = distilled / "final"
     student = VideoBertForPreTraining.from_pretrained(final)
-    assert (student.config.num_hidden_layers, student.config.hidden_size) == (2, 64)
+    assert (student.config.num_hidden_layers, student.config.hidden_size) == (2, 80)  # student_tiny.yaml
     assert len(load_tokenizer(final)) == student.config.text_vocab_size
     assert VisualVocabulary.load(final / "visual_vocab.safetensors").size == student.config.visual_vocab_size
     AutoencoderClipEncoder.from_pretrained(str(final / "clip_encoder"))

@@ -15,7 +15,7 @@ def test_build_vocab_stage_writes_vocabulary_and_words_carry_attributes(tiny_voc
     from videobert_ds.video.autoencoder import AutoencoderClipEncoder
 
     vocab = VisualVocabulary.load(tiny_vocab / "vocab.safetensors")
-    assert vocab.size == 64 and vocab.depth == 2 and vocab.branching == 8
+    assert vocab.size == 64 and vocab.depth == 3 and vocab.branching == 4
     vocab.check_encoder(AutoencoderClipEncoder.from_pretrained(str(tiny_encoder)))  # fit on this very encoder
 
     report = json.loads((tiny_vocab / "vocab_report.json").read_text())
