@@ -266,7 +266,7 @@ def markdown(report: dict[str, Any], demo_dir: Path) -> str:
         carried = ", ".join(f"{a} {v['nmi']:.2f} (shuffled {v['nmi_shuffled']:.2f})" for a, v in sorted(nmi.items()))
         lines += [f"What the visual vocabulary carries, NMI(visual word; attribute) over the training clips: {carried}. "
                   "An attribute the words barely carry bounds its zero-shot accuracy and the retrieval ranks "
-                  "that depend on it (analysis: docs/benchmarks.md, \"Alignment head\").", ""]
+                  "that depend on it (docs/benchmarks.md, \"Clip encoder: reconstruction alone vs + narration MIL-NCE\").", ""]
 
     lines += ["## TensorBoard", "", "```", f"tensorboard --logdir {demo_dir} --host 127.0.0.1", "```",
               "", "or `make tensorboard`, then open http://127.0.0.1:6006/.", ""]
