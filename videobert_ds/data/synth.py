@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -383,12 +384,12 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _write_one(out_dir: Path, seed: int, index: int) -> str:
-    """Render, encode and write video `index` and its SRT; returns its plan id (a worker's whole job)."""
+def _write_one(out_dir: Path, seed: int, index: int, split: str) -> dict:
+    """Render, encode and write video `index` and its SRT; returns its manifest record (a worker's whole job)."""
     plan = plan_video(seed, index)
     write_video(plan, out_dir / "videos" / f"{plan.id}.mp4", seed, index)
     _write_text(out_dir / "transcripts" / f"{plan.id}.srt", srt_text(plan))
-    return plan.id
+    return manifest_record(plan, split)
 
 
 def synthesize(out_dir: Path, num_videos: int, seed: int, progress: bool | None = None, workers: int = 1) -> Path:
@@ -405,22 +406,17 @@ def synthesize(out_dir: Path, num_videos: int, seed: int, progress: bool | None 
     (out_dir / "transcripts").mkdir(parents=True, exist_ok=True)
     if progress is None:
         progress = sys.stderr.isatty()
-    splits = assign_splits(num_videos, seed)
-    bar = tqdm(total=num_videos, desc="synth videos", unit="video", disable=not progress)
-    if workers == 1:
-        for index in range(num_videos):
-            _write_one(out_dir, seed, index)
-            bar.update()
-    else:
-        # spawn, not fork: the parent may hold libav / OpenMP threads that a forked child would inherit stuck.
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(min(workers, num_videos), mp_context=ctx) as pool:
-            for future in concurrent.futures.as_completed(
-                    [pool.submit(_write_one, out_dir, seed, index) for index in range(num_videos)]):
-                future.result()  # re-raises a worker's error here
-                bar.update()
-    bar.close()
-    records = [manifest_record(plan_video(seed, index), splits[index]) for index in range(num_videos)]
+    job = functools.partial(_write_one, out_dir, seed)
+    args = (range(num_videos), assign_splits(num_videos, seed))
+    with contextlib.ExitStack() as stack:
+        mapper = map
+        if workers > 1:
+            # spawn, not fork: the parent may hold libav / OpenMP threads that a forked child would inherit stuck.
+            mapper = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+                min(workers, num_videos), mp_context=multiprocessing.get_context("spawn"))).map
+        # In index order either way; a worker's error is re-raised here.
+        records = list(tqdm(mapper(job, *args), total=num_videos, desc="synth videos", unit="video",
+                            disable=not progress))
     manifest = out_dir / "manifest.jsonl"
     _write_text(manifest, "".join(json.dumps(r) + "\n" for r in records))
     return manifest

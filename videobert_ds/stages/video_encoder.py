@@ -129,11 +129,11 @@ class AutoencoderObjective(nn.Module):
             owner = torch.arange(texts.shape[0], device=embeddings.device).repeat_interleave(clips_per_sample)
             # Padded clips stay in (flagged by owner -1 -> dropped below) so every rank gathers the same shapes.
             owner = owner.masked_fill(~valid, -1)
-            clips, owner, texts, has_text = embeddings.float(), owner, texts, inputs["has_text"]
+            embeddings, has_text = embeddings.float(), inputs["has_text"]
             if o.gather_negatives:
-                clips, owner, texts, has_text = gather_across_ranks(clips, owner, texts, has_text)
+                embeddings, owner, texts, has_text = gather_across_ranks(embeddings, owner, texts, has_text)
             real = owner >= 0
-            l_nce, acc = mil_nce_loss(clips[real], owner[real], texts, has_text, o.temperature)
+            l_nce, acc = mil_nce_loss(embeddings[real], owner[real], texts, has_text, o.temperature)
             loss = loss + o.lambda_narration * l_nce
             out.update(l_nce=l_nce.detach(), acc_narration=acc)
         out["loss"] = loss
