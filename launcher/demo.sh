@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec .venv/bin/python -m videobert_ds.demo "$@"
+exec .venv/bin/python -m videobert_ds.cli.demo "$@"

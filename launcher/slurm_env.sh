@@ -126,7 +126,7 @@ vb_train() {
   started=$(date +%s)
   vb_log "train.py: config $CONFIG, DeepSpeed $DS_CONFIG, run dir ${RUN_DIR:-(from config)}, resume $resume"
   # shellcheck disable=SC2086
-  vb_step --kill-on-bad-exit=1 ${TASK_PREFIX:-} "$PYTHON" -m videobert_ds.launch exec -- \
+  vb_step --kill-on-bad-exit=1 ${TASK_PREFIX:-} "$PYTHON" -m videobert_ds.cli.launch exec -- \
     "$PYTHON" videobert_ds/train.py --deepspeed "$DS_CONFIG" --config "$CONFIG" --resume "$resume" \
     ${TRAIN_ARGS:-} "${args[@]}" "$@"
   rc=$?
@@ -142,5 +142,5 @@ vb_mpi() {
 # vb_tasks CMD...: a step of plain distributed tasks (torch.distributed env mapped), e.g. evaluation.
 vb_tasks() {
   # shellcheck disable=SC2086
-  vb_step --kill-on-bad-exit=1 ${TASK_PREFIX:-} "$PYTHON" -m videobert_ds.launch exec -- "$@"
+  vb_step --kill-on-bad-exit=1 ${TASK_PREFIX:-} "$PYTHON" -m videobert_ds.cli.launch exec -- "$@"
 }

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.distributed import read_metrics, run_training, write_ds_config
-from videobert_ds.distill import (
+from videobert_ds.objectives.distillation import (
     DistillConfig,
     additive_mask,
     attention_kl,
@@ -27,8 +27,8 @@ from videobert_ds.distill import (
     soft_kl,
     uniform_layer_map,
 )
-from videobert_ds.models.videobert import VideoBertForPreTraining, videobert_config
-from videobert_ds.objectives import ClipSample, ObjectiveConfig, Specials, build_batch, to_device
+from videobert_ds.model.videobert import VideoBertForPreTraining, videobert_config
+from videobert_ds.objectives.pretraining import ClipSample, ObjectiveConfig, Specials, build_batch, to_device
 
 SP = Specials(cls=2, sep=3, mask=4, pad=0, video_sep=5, text_vocab_size=40, visual_vocab_size=16, first_regular_text=6)
 KD_OFF = {"distill.lambda_kd_mlm": 0, "distill.lambda_kd_mvm": 0, "distill.lambda_kd_caption": 0,
@@ -195,8 +195,8 @@ def test_config_errors_are_one_line(tiny_teacher, pipeline_shards, tmp_path, cap
 
 @pytest.mark.multiproc
 def test_teacher_path_forms(tiny_teacher, tiny_vocab):
-    from videobert_ds.config import ConfigError
-    from videobert_ds.stages.student import resolve_teacher
+    from videobert_ds.core.config import ConfigError
+    from videobert_ds.stages.distill_student import resolve_teacher
 
     assert resolve_teacher(str(tiny_teacher / "final")).kind == "model_dir"
     run = resolve_teacher(str(tiny_teacher))  # a run dir: its newest complete checkpoint
@@ -250,8 +250,8 @@ def held_out_masked_loss(run_dir: Path, splits: tuple[str, ...] = ("val", "test"
     masked position, over several random maskings of every sample (the run's own batch pipeline): the
     engine's validation sees 16 samples masked once, too few positions to separate two students."""
     from videobert_ds.data.loader import build_clip_loader
-    from videobert_ds.export import load_run_stage
-    from videobert_ds.objectives import IGNORE, pretraining_losses
+    from videobert_ds.train.export import load_run_stage
+    from videobert_ds.objectives.pretraining import IGNORE, pretraining_losses
 
     cpu = torch.device("cpu")
     stage = load_run_stage(run_dir)
@@ -325,8 +325,8 @@ def test_teacher_and_student_are_partitioned_and_teacher_stays_frozen(distilled,
 @pytest.mark.multiproc
 def test_export_is_self_contained_and_report_records_sizes_and_speed(distilled, tiny_teacher):
     from videobert_ds.data.text import load_tokenizer
-    from videobert_ds.video.autoencoder import AutoencoderClipEncoder
-    from videobert_ds.video.vocab import VisualVocabulary
+    from videobert_ds.visual.autoencoder import AutoencoderClipEncoder
+    from videobert_ds.visual.vocab import VisualVocabulary
 
     final = distilled / "final"
     student = VideoBertForPreTraining.from_pretrained(final)

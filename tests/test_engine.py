@@ -87,7 +87,7 @@ def test_each_rank_holds_half_of_each_parameter(full_run):
 def test_export_reproduces_checkpoint_outputs(full_run):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from videobert_ds.video.autoencoder import ClipAutoencoder
+    from videobert_ds.visual.autoencoder import ClipAutoencoder
 
     final = full_run / "final"
     assert (final / "config.json").is_file() and (final / "model.safetensors").is_file()

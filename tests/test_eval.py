@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from tests.distributed import free_port, launch_env
-from videobert_ds.evaluate import retrieval_pools, sharded
-from videobert_ds.objectives import ClipSample, ObjectiveConfig, Specials, build_batch, to_device
-from videobert_ds.scoring import Vocab, fill_template, joint_batch, label_pieces
+from videobert_ds.eval.run import retrieval_pools, sharded
+from videobert_ds.objectives.pretraining import ClipSample, ObjectiveConfig, Specials, build_batch, to_device
+from videobert_ds.inference.scoring import Vocab, fill_template, joint_batch, label_pieces
 
 REPO = Path(__file__).resolve().parents[1]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
@@ -157,7 +157,7 @@ def eval_reports(tiny_teacher, pipeline_shards, tmp_path_factory) -> dict[str, d
 def test_two_rank_eval_writes_every_field(eval_reports, tiny_teacher):
     r = eval_reports["two"]
     assert r["world_size"] == 2
-    from videobert_ds.models.videobert import VideoBertForPreTraining
+    from videobert_ds.model.videobert import VideoBertForPreTraining
 
     model = VideoBertForPreTraining.from_pretrained(str(tiny_teacher / "final"))
     assert r["params"] == sum(p.numel() for p in model.parameters())  # counted from ZeRO-3 partitions
@@ -186,7 +186,7 @@ def test_two_ranks_agree_with_one_process(eval_reports):
 
 
 def test_report_from_real_evaluations(eval_reports, tmp_path):
-    from videobert_ds.report import write
+    from videobert_ds.eval.report import write
 
     demo = tmp_path / "demo"
     demo.mkdir()
@@ -218,7 +218,7 @@ def _model(params: int, values: dict[str, tuple[float, float]]) -> dict:
 
 
 def test_report_targets(tmp_path):
-    from videobert_ds.report import main
+    from videobert_ds.eval.report import main
 
     teacher = _model(1000, {"zeroshot/colour/top1": (0.6, 0.25), "zeroshot/shape/top1": (0.4, 0.25),
                             "retrieval/t2v/R@1": (0.3, 0.05), "retrieval/t2v/median_rank": (2.0, 10.5),
@@ -259,7 +259,7 @@ def test_report_targets(tmp_path):
 
 
 def test_report_without_inputs_says_what_is_missing(tmp_path, capsys):
-    from videobert_ds.report import main
+    from videobert_ds.eval.report import main
 
     assert main(["--demo-dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())

@@ -13,8 +13,8 @@ import torch
 
 from tests.distributed import read_metrics, run_training, write_ds_config
 from tests.tiny import SP, tiny_config
-from videobert_ds.finetune import TASKS, FinetuneObjective, TaskConfig, TaskSample, build_task_batch, task_tensors
-from videobert_ds.objectives import IGNORE, to_device
+from videobert_ds.objectives.finetuning import TASKS, FinetuneObjective, TaskConfig, TaskSample, build_task_batch, task_tensors
+from videobert_ds.objectives.pretraining import IGNORE, to_device
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = Path(sys.executable).parent / "videobert-eval"
@@ -75,7 +75,7 @@ def test_a_batch_without_labels_or_questions_still_lays_out_rows():
 
 
 def _tiny_model():
-    from videobert_ds.models.heads import VideoBertForFinetuning
+    from videobert_ds.model.finetuning import VideoBertForFinetuning
 
     config = tiny_config()
     config.finetune_label_sets = {k: list(v) for k, v in LABELS.items()}
@@ -148,7 +148,7 @@ def finetuned(tiny_teacher, pipeline_shards, tmp_path_factory) -> Path:
 def test_finetune_trains_every_head_and_exports(finetuned):
     from transformers import BertModel
 
-    from videobert_ds.models.heads import VideoBertForFinetuning
+    from videobert_ds.model.finetuning import VideoBertForFinetuning
 
     metrics = read_metrics(finetuned)
     train = [m for _, m in sorted(metrics.items()) if "train/loss" in m]

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.tiny import SP, tiny_model
-from videobert_ds.text_to_video import generation_inputs, main, render_grid, sample_visual_words
-from videobert_ds.video.keyframes import KeyFrames, keyframes_path, select_keyframes, thumbnails
+from videobert_ds.inference.text_to_video import generation_inputs, main, render_grid, sample_visual_words
+from videobert_ds.visual.keyframes import KeyFrames, keyframes_path, select_keyframes, thumbnails
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -94,9 +94,9 @@ def test_thumbnails_keep_aspect_ratio():
 
 @pytest.mark.multiproc
 def test_keyframes_are_nearest_clips_and_match_a_one_process_computation(tiny_vocab):
-    from videobert_ds.config import load_stage_config
+    from videobert_ds.core.config import load_stage_config
     from videobert_ds.stages.build_vocab import BuildVocabStage, BuildVocabStageConfig, load_clip_encoder
-    from videobert_ds.video.vocab import VisualVocabulary
+    from videobert_ds.visual.vocab import VisualVocabulary
 
     vocab = VisualVocabulary.load(tiny_vocab / "vocab.safetensors")
     kf = KeyFrames.load(keyframes_path(tiny_vocab / "vocab.safetensors"))

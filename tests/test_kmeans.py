@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from videobert_ds.video.kmeans import KMeansTree, _reseed_empty, fit_kmeans_tree, nearest
+from videobert_ds.visual.kmeans import KMeansTree, _reseed_empty, fit_kmeans_tree, nearest
 
 # Enough init samples that no rank ever subsamples: the condition for a 2-rank fit to equal 1 rank.
 NO_SUBSAMPLING = 4096

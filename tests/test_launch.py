@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from videobert_ds.launch import (
+from videobert_ds.cli.launch import (
     LaunchError,
     dist_env,
     expand_counts,
@@ -161,7 +161,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 def test_cli_exec_runs_command_with_mapping():
     code = "import os; print(os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['MASTER_ADDR'], os.environ['MASTER_PORT'])"
-    r = subprocess.run([PY, "-m", "videobert_ds.launch", "exec", "--", PY, "-c", code], cwd=REPO,
+    r = subprocess.run([PY, "-m", "videobert_ds.cli.launch", "exec", "--", PY, "-c", code], cwd=REPO,
                        env=_clean_env(**SRUN_TASK, PATH="/nonexistent:" + os.environ["PATH"]),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -170,10 +170,10 @@ def test_cli_exec_runs_command_with_mapping():
 
 
 def test_cli_errors_are_one_line():
-    r = subprocess.run([PY, "-m", "videobert_ds.launch", "exec", "--", "/no/such/binary"], cwd=REPO,
+    r = subprocess.run([PY, "-m", "videobert_ds.cli.launch", "exec", "--", "/no/such/binary"], cwd=REPO,
                        env=_clean_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("videobert-launch: error: cannot run")
-    r = subprocess.run([PY, "-m", "videobert_ds.launch", "hostfile"], cwd=REPO, env=_clean_env(),
+    r = subprocess.run([PY, "-m", "videobert_ds.cli.launch", "hostfile"], cwd=REPO, env=_clean_env(),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.strip() == (
         "videobert-launch: error: not inside a SLURM allocation (no SLURM_JOB_NODELIST); run it under sbatch or salloc")
@@ -190,7 +190,7 @@ def test_mpirun_ranks_meet_through_the_mapping(tmp_path):
             "f'RESULT {dist.get_rank()} {dist.get_world_size()} {int(t.item())}'); dist.destroy_process_group()")
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "2", "-x", "MASTER_ADDR=127.0.0.1",
            "-x", "MASTER_PORT=" + str(_free_port()), "-x", "PATH", "-x", "OMP_NUM_THREADS=1",
-           PY, "-m", "videobert_ds.launch", "exec", "--", PY, "-c", code]
+           PY, "-m", "videobert_ds.cli.launch", "exec", "--", PY, "-c", code]
     r = subprocess.run(cmd, cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     results = sorted(f.read_text().split()[1:] for f in tmp_path.glob("rank*.txt"))
@@ -276,7 +276,7 @@ def test_train_step_command_line(fake_slurm, tmp_path):
     out, _ = proc.communicate(timeout=30)
     args = (fake_slurm / "srun.args").read_text().splitlines()
     assert args[:2] == ["--cpus-per-task=3", "--kill-on-bad-exit=1"]  # CPUs passed on explicitly
-    assert Path(args[2]).name.startswith("python") and args[3:7] == ["-m", "videobert_ds.launch", "exec", "--"]
+    assert Path(args[2]).name.startswith("python") and args[3:7] == ["-m", "videobert_ds.cli.launch", "exec", "--"]
     train = args[args.index("videobert_ds/train.py"):]
     assert train == ["videobert_ds/train.py", "--deepspeed", "ds_configs/zero3_cpu.json", "--config", "teacher_tiny",
                      "--resume", "auto", f"run.dir={tmp_path / 'run'}", "data.shards=/data/shards",

@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
-from videobert_ds.generate import beam_decode, greedy_decode
-from videobert_ds.metrics import (
+from videobert_ds.inference.decoding import beam_decode, greedy_decode
+from videobert_ds.eval.metrics import (
     caption_scores, caption_scores_many, majority_topk_accuracy, median_rank, median_rank_chance, most_frequent,
     recall_at_k, recall_chance, topk_accuracy, topk_chance,
 )
@@ -129,7 +129,7 @@ def test_single_system_matches_many(caption_systems):
 
 @needs_java
 def test_without_java_meteor_is_left_out_and_the_rest_agree(caption_systems, monkeypatch, caplog):
-    import videobert_ds.metrics as metrics
+    import videobert_ds.eval.metrics as metrics
 
     monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
     systems = {"exact": {k: v[0] for k, v in REFS.items()}, "shouted": {k: v[0].upper() + "." for k, v in REFS.items()},

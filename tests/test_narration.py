@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from tests.distributed import free_port
-from videobert_ds.stages.video_encoder import random_shift
-from videobert_ds.video.narration import NarrationEncoder, gather_across_ranks, hash_words, mil_nce_loss
+from videobert_ds.stages.pretrain_video_encoder import random_shift
+from videobert_ds.visual.narration import NarrationEncoder, gather_across_ranks, hash_words, mil_nce_loss
 
 
 def test_hash_words_is_stable_and_ignores_case_and_punctuation():

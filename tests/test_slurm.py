@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.distributed import write_ds_config
-from videobert_ds.config import PACKAGE_CONFIGS
+from videobert_ds.core.config import PACKAGE_CONFIGS
 
 pytestmark = pytest.mark.multiproc
 
@@ -196,7 +196,7 @@ def teacher_ref(pipeline, ds_config, tmp_path_factory):
 
 
 def test_srun_tasks_get_the_torch_distributed_env(cluster):
-    r = subprocess.run(["srun", "--label", *TWO_NODES, sys.executable, "-m", "videobert_ds.launch", "env"], cwd=REPO,
+    r = subprocess.run(["srun", "--label", *TWO_NODES, sys.executable, "-m", "videobert_ds.cli.launch", "env"], cwd=REPO,
                        env=job_env(MASTER_ADDR="stale"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     by_task: dict[str, dict[str, str]] = {}
@@ -207,7 +207,7 @@ def test_srun_tasks_get_the_torch_distributed_env(cluster):
         assert (b["WORLD_SIZE"], b["LOCAL_RANK"], b["MASTER_ADDR"]) == ("2", "0", "n1")
         assert 10000 <= int(b["MASTER_PORT"]) < 30000
     # scontrol's hostlist expansion and the pure-Python one (for containers without scontrol) agree
-    from videobert_ds.launch import expand_hostlist
+    from videobert_ds.cli.launch import expand_hostlist
 
     expr = "n[1-2],gpu[001-003,010],r[1-2]x[7-8]"
     scontrol = subprocess.run(["scontrol", "show", "hostnames", expr], capture_output=True, text=True).stdout.split()
@@ -219,7 +219,7 @@ def test_hostfile_from_the_allocation(cluster, tmp_path):
 
     hostfile = tmp_path / "hostfile"
     r = subprocess.run(["sbatch", "--wait", *TWO_NODES, f"--output={tmp_path / 'out'}",
-                        f"--wrap={sys.executable} -m videobert_ds.launch hostfile --out {hostfile}"],
+                        f"--wrap={sys.executable} -m videobert_ds.cli.launch hostfile --out {hostfile}"],
                        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (tmp_path / "out").read_text()
     assert hostfile.read_text() == "n1 slots=1\nn2 slots=1\n"
@@ -375,7 +375,7 @@ def test_universal_checkpoint_resumes_two_ranks_on_one(pipeline, ds_config, tmp_
     assert 0 < moved <= bound, (moved, bound)
     import torch
 
-    from videobert_ds.video.autoencoder import ClipAutoencoder
+    from videobert_ds.visual.autoencoder import ClipAutoencoder
 
     fresh = ClipAutoencoder.from_pretrained(source / "final")
     torch.manual_seed(0)

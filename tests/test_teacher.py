@@ -10,8 +10,8 @@ import torch
 
 from tests.distributed import launch_env, read_metrics, run_training, write_ds_config
 from tests.tiny import SP, tiny_model
-from videobert_ds.models.videobert import VideoBertForPreTraining
-from videobert_ds.objectives import (
+from videobert_ds.model.videobert import VideoBertForPreTraining
+from videobert_ds.objectives.pretraining import (
     ClipSample,
     ObjectiveConfig,
     attention_mask,
@@ -197,7 +197,7 @@ def test_default_config_is_the_teacher_and_builds_bert_large_partitioned(tiny_te
 
 def test_vocabulary_mismatch_is_a_one_line_error(tiny_teacher, tiny_vocab, tiny_encoder, pipeline_shards, tmp_path, capsys):
     from videobert_ds.train import main
-    from videobert_ds.video.autoencoder import ClipAutoencoder, ClipAutoencoderConfig
+    from videobert_ds.visual.autoencoder import ClipAutoencoder, ClipAutoencoderConfig
 
     base = ["--deepspeed", str(REPO / "ds_configs" / "zero3_cpu.json"), "--config", "teacher_tiny",
             f"data.shards={pipeline_shards}", f"visual.vocab={tiny_vocab / 'vocab.safetensors'}"]

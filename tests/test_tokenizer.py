@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from videobert_ds.video.s3d import S3DEncoder, s3d_features
-from videobert_ds.video.tokenizer import VisualTokenizer
-from videobert_ds.video.vocab import VisualVocabulary
+from videobert_ds.visual.s3d import S3DEncoder, s3d_features
+from videobert_ds.visual.tokenizer import VisualTokenizer
+from videobert_ds.visual.vocab import VisualVocabulary
 
 FPC = 8  # frames per clip: S3D's minimum (temporal stride 8), keeps the CPU cost small
 # sha256 of the sorted "key:[shape]" lines of torchvision 0.28's S3D state dict without the classifier

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from videobert_ds.video.vocab import VisualVocabulary
+from videobert_ds.visual.vocab import VisualVocabulary
 
 pytestmark = pytest.mark.multiproc
 
 
 def test_build_vocab_stage_writes_vocabulary_and_words_carry_attributes(tiny_vocab, tiny_encoder):
-    from videobert_ds.video.autoencoder import AutoencoderClipEncoder
+    from videobert_ds.visual.autoencoder import AutoencoderClipEncoder
 
     vocab = VisualVocabulary.load(tiny_vocab / "vocab.safetensors")
     assert vocab.size == 64 and vocab.depth == 3 and vocab.branching == 4

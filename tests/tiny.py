@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import BertConfig
 
-from videobert_ds.models.videobert import VideoBertForPreTraining, videobert_config
-from videobert_ds.objectives import Specials
+from videobert_ds.model.videobert import VideoBertForPreTraining, videobert_config
+from videobert_ds.objectives.pretraining import Specials
 
 SP = Specials(cls=2, sep=3, mask=4, pad=0, video_sep=5, text_vocab_size=40, visual_vocab_size=16, first_regular_text=6)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from videobert_ds.video.kmeans import KMeansTree, fit_kmeans_tree
+from videobert_ds.visual.kmeans import KMeansTree, fit_kmeans_tree
 
 
 def mixture(n: int, dim: int, modes: int, seed: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from videobert_ds.demo import REPO, train_cmd
+from videobert_ds.cli.demo import REPO, train_cmd
 
 
 def run(demo: Path, zero_stage: int, steps: int, ranks: int, work: Path, micro_batch: int | None = None) -> dict:

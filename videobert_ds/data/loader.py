@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from videobert_ds.data.dali_loader import DaliClipDecoder, dali_can_decode
-from videobert_ds.data.pyav_loader import PyAVClipDecoder
+from videobert_ds.data.decoders.dali import DaliClipDecoder, dali_can_decode
+from videobert_ds.data.decoders.pyav import PyAVClipDecoder
 from videobert_ds.data.sampling import RawSample, ShardInfo, batch_stream, steps_per_epoch
 
 log = logging.getLogger(__name__)

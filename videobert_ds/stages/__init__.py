@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib
 
-from videobert_ds.config import ConfigError
+from videobert_ds.core.config import ConfigError
 
 STAGES = {
-    "pretrain_video_encoder": "videobert_ds.stages.video_encoder:VideoEncoderStage",
+    "pretrain_video_encoder": "videobert_ds.stages.pretrain_video_encoder:VideoEncoderStage",
     "build_vocab": "videobert_ds.stages.build_vocab:BuildVocabStage",
-    "pretrain_teacher": "videobert_ds.stages.teacher:TeacherStage",
-    "distill_student": "videobert_ds.stages.student:StudentStage",
+    "pretrain_teacher": "videobert_ds.stages.pretrain_teacher:TeacherStage",
+    "distill_student": "videobert_ds.stages.distill_student:StudentStage",
     "finetune": "videobert_ds.stages.finetune:FinetuneStage",
     "evaluate": "videobert_ds.stages.evaluate:EvalStage",
 }

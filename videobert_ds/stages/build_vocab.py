@@ -23,8 +23,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from videobert_ds.config import ConfigError, StageConfig
-from videobert_ds.stages.base import Stage
+from videobert_ds.core.config import ConfigError, StageConfig
+from videobert_ds.train.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,13 @@ class EncodedClips:
 
 def load_clip_encoder(cfg: EncoderConfig):
     if cfg.type == "autoencoder":
-        from videobert_ds.video.autoencoder import AutoencoderClipEncoder
+        from videobert_ds.visual.autoencoder import AutoencoderClipEncoder
 
         if not (Path(cfg.path) / "config.json").is_file():
             raise ConfigError(f"encoder.path: no exported clip autoencoder at {cfg.path}")
         return AutoencoderClipEncoder.from_pretrained(cfg.path)
     if cfg.type == "s3d":
-        from videobert_ds.video.s3d import S3DEncoder
+        from videobert_ds.visual.s3d import S3DEncoder
 
         try:
             return S3DEncoder(cfg.path)
@@ -128,7 +128,7 @@ class BuildVocabStage(Stage):
     def encode_split(self, encoder, rank: int, world: int, device: torch.device) -> EncodedClips:
         """This rank's valid clips: features, labels, identities and middle-frame thumbnails."""
         from videobert_ds.data.loader import build_clip_loader
-        from videobert_ds.video.keyframes import thumbnails
+        from videobert_ds.visual.keyframes import thumbnails
 
         d = self.cfg.data
         loader = build_clip_loader(d.shards, d.train_split, self.cfg.encode_batch_size, d.num_frames, rank=rank,
@@ -159,8 +159,8 @@ class BuildVocabStage(Stage):
         return EncodedClips(x, labels, clips, t)
 
     def run(self, run_dir: Path, rank: int, world: int, device: torch.device) -> dict[str, Any]:
-        from videobert_ds.video.keyframes import keyframes_path, select_keyframes
-        from videobert_ds.video.vocab import VisualVocabulary
+        from videobert_ds.visual.keyframes import keyframes_path, select_keyframes
+        from videobert_ds.visual.vocab import VisualVocabulary
 
         started = time.perf_counter()
         encoder = load_clip_encoder(self.cfg.encoder).to(device)

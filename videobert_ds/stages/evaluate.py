@@ -2,7 +2,7 @@
 
     deepspeed videobert_ds/train.py --config eval_tiny model.dir=runs/demo/teacher/final eval.out=eval.json
 
-The work is videobert_ds.evaluate; this module holds its typed config and the stage wrapper.
+The work is videobert_ds.eval.run; this module holds its typed config and the stage wrapper.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from videobert_ds.config import ConfigError, StageConfig
-from videobert_ds.stages.base import Stage
+from videobert_ds.core.config import ConfigError, StageConfig
+from videobert_ds.train.stage import Stage
 
 
 @dataclass
@@ -107,7 +107,7 @@ class EvalStage(Stage):
         check_eval_config(self.cfg)
 
     def run(self, run_dir: Path, rank: int, world: int, device: torch.device) -> dict[str, Any]:
-        from videobert_ds.evaluate import run_evaluation, write_report
+        from videobert_ds.eval.run import run_evaluation, write_report
 
         report = run_evaluation(self.cfg, device)
         if rank == 0:

@@ -3,7 +3,7 @@
 `model.init` is any exported VideoBERT model dir (a teacher's or a student's `final/`); it brings its text
 tokenizer, visual vocabulary and clip encoder, so the fine-tuned dir is self-contained too. The tasks
 (`finetune.tasks`: classification, caption, qa, retrieval; one or several trained together) and their
-losses are in `videobert_ds.finetune`; labels, questions and answers come from the samples' json (the
+losses are in `videobert_ds.objectives.finetuning`; labels, questions and answers come from the samples' json (the
 manifest's `labels` and `qa`, carried by videobert-prepare).
 """
 
@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from videobert_ds.config import ConfigError, StageConfig
-from videobert_ds.finetune import TASKS, FinetuneObjective, TaskConfig, TaskSample, build_task_batch, task_tensors
-from videobert_ds.objectives import Specials, to_device
-from videobert_ds.stages.base import Stage
-from videobert_ds.stages.teacher import load_visual_tokenizer, text_ids_and_clip_counts, vocab_metadata
+from videobert_ds.core.config import ConfigError, StageConfig
+from videobert_ds.objectives.finetuning import TASKS, FinetuneObjective, TaskConfig, TaskSample, build_task_batch, task_tensors
+from videobert_ds.objectives.pretraining import Specials, to_device
+from videobert_ds.train.stage import Stage
+from videobert_ds.stages.pretrain_teacher import load_visual_tokenizer, text_ids_and_clip_counts, vocab_metadata
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def discover_label_sets(shards: str | Path, split: str, wanted: list[str]) -> di
     videobert-prepare), or for shards prepared before it recorded them, from every sample json of the split
     (read once, videos not decoded). `wanted` = [] takes every label key found."""
     from videobert_ds.data.loader import read_shard_manifest
-    from videobert_ds.eval_data import split_meta
+    from videobert_ds.eval.items import split_meta
 
     recorded = read_shard_manifest(shards).get("labels")
     values: dict[str, set[str]] = {}
@@ -153,7 +153,7 @@ class FinetuneStage(Stage):
     def build_module(self) -> nn.Module:
         from transformers import BertConfig
 
-        from videobert_ds.models.heads import VideoBertForFinetuning
+        from videobert_ds.model.finetuning import VideoBertForFinetuning
 
         config = BertConfig.from_pretrained(self.cfg.model.init, local_files_only=True)
         if not hasattr(self, "label_sets"):  # export rebuilds the module without check(): the run dir has them

@@ -20,10 +20,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from videobert_ds.config import ConfigError, StageConfig
+from videobert_ds.core.config import ConfigError, StageConfig
 from videobert_ds.data.text import load_tokenizer, shard_texts, train_wordpiece
-from videobert_ds.models.videobert import VideoBertForPreTraining, videobert_config
-from videobert_ds.objectives import (
+from videobert_ds.model.videobert import VideoBertForPreTraining, videobert_config
+from videobert_ds.objectives.pretraining import (
     ClipSample,
     ObjectiveConfig,
     Specials,
@@ -32,7 +32,7 @@ from videobert_ds.objectives import (
     pretraining_losses,
     to_device,
 )
-from videobert_ds.stages.base import Stage
+from videobert_ds.train.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,9 @@ def vocab_metadata(path: str | Path) -> dict[str, Any]:
 
 def load_visual_tokenizer(encoder_dir: str | Path, vocab_path: str | Path, device: torch.device, clips_per_batch: int = 256):
     """Frozen encoder + vocabulary on `device`; a mismatch between them is a one-line ValueError."""
-    from videobert_ds.video.autoencoder import AutoencoderClipEncoder
-    from videobert_ds.video.tokenizer import VisualTokenizer
-    from videobert_ds.video.vocab import VisualVocabulary
+    from videobert_ds.visual.autoencoder import AutoencoderClipEncoder
+    from videobert_ds.visual.tokenizer import VisualTokenizer
+    from videobert_ds.visual.vocab import VisualVocabulary
 
     encoder = AutoencoderClipEncoder.from_pretrained(str(encoder_dir))
     vocab = VisualVocabulary.load(vocab_path)
@@ -200,7 +200,7 @@ class TeacherStage(Stage):
 
     def load_keyframes(self, rank: int):
         """The vocabulary's key frames for the text -> video grids, or None (then no grids are drawn)."""
-        from videobert_ds.video.keyframes import KeyFrames, keyframes_path
+        from videobert_ds.visual.keyframes import KeyFrames, keyframes_path
 
         path = keyframes_path(self.cfg.visual.vocab)
         if not path.is_file():
@@ -248,7 +248,7 @@ class TeacherStage(Stage):
         own fp32 partitions and would overwrite anything written into the parameters at the first step."""
         model = VideoBertForPreTraining._from_config(self.model_config())
         if self.cfg.model.init_text_from:
-            from videobert_ds.models.init import copy_text_weights
+            from videobert_ds.model.init_weights import copy_text_weights
 
             copy_text_weights(self.cfg.model.init_text_from, model)
         if self.cfg.visual.init_from_centroids and hasattr(self, "vocab"):  # a resumed run loads its checkpoint
@@ -289,7 +289,7 @@ class TeacherStage(Stage):
         runs the same `generate.num_words` forward passes (all prompts in one batch), as ZeRO-3 needs."""
         if getattr(self, "keyframes", None) is None:  # set by setup; None when the vocabulary has none
             return {}
-        from videobert_ds.text_to_video import prompt_ids, prompt_tag, render_grid, sample_visual_words
+        from videobert_ds.inference.text_to_video import prompt_ids, prompt_tag, render_grid, sample_visual_words
 
         g = self.cfg.generate
         prompts = list(g.prompts) or list(dict.fromkeys(t for t in inputs.get("_texts", []) if t.strip()))[:4] or [""]
@@ -303,7 +303,7 @@ class TeacherStage(Stage):
     def export(self, module: nn.Module, out_dir: Path) -> None:
         """A self-contained model dir: weights + config, the text tokenizer, the visual vocabulary (with its
         key frames when build_vocab wrote them) and the clip encoder that turns frames into its visual words."""
-        from videobert_ds.video.keyframes import keyframes_path
+        from videobert_ds.visual.keyframes import keyframes_path
 
         module.model.save_pretrained(out_dir, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)

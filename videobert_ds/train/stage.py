@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from videobert_ds.config import StageConfig
+from videobert_ds.core.config import StageConfig
 
 
 class Stage(abc.ABC):
@@ -34,7 +34,7 @@ class Stage(abc.ABC):
         """Samples per rank per batch of the training-split loader (None: the stage reads no training split)."""
         if not self.trains:
             return None
-        from videobert_ds.engine import micro_batch_size
+        from videobert_ds.train.trainer import micro_batch_size
 
         return micro_batch_size(ds_config, world_size)
 

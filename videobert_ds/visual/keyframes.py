@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import safe_open
-from videobert_ds.atomic import save_safetensors
+from videobert_ds.core.atomic import save_safetensors
 
 FORMAT = "videobert-keyframes-v1"
 _TILE_ELEMS = 1 << 24  # distance-matrix elements per tile (bounded memory whatever N and V are)

@@ -1,6 +1,6 @@
 """The demo report: stage timings and both models' evaluations in one Markdown page and one JSON file.
 
-    python -m videobert_ds.report --demo-dir runs/demo
+    python -m videobert_ds.eval.report --demo-dir runs/demo
 
 reads   DEMO/timings.json       {STAGE: {"seconds": S, ...throughput fields}}   (the demo script's)
         DEMO/eval_teacher.json  videobert-eval reports
@@ -305,7 +305,7 @@ def write(demo_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m videobert_ds.report", description="Assemble the demo report.")
+    p = argparse.ArgumentParser(prog="python -m videobert_ds.eval.report", description="Assemble the demo report.")
     p.add_argument("--demo-dir", default="runs/demo", help="the demo's run dir (default: %(default)s)")
     args = p.parse_args(argv)
     demo_dir = Path(args.demo_dir)

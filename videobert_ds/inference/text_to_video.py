@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from videobert_ds.objectives import REPLACE_MASK, Row, Specials, layout_rows, to_device
+from videobert_ds.objectives.pretraining import REPLACE_MASK, Row, Specials, layout_rows, to_device
 
 PROG = "videobert-generate"
 KEYFRAMES_FILE = "visual_vocab_keyframes.safetensors"  # keyframes_path(MODEL_DIR / "visual_vocab.safetensors")
@@ -153,8 +153,8 @@ class UsageError(Exception):
 def load_generator(model_dir: Path, device: torch.device) -> tuple[nn.Module, Any, Specials, Any]:
     """-> (model in eval mode on device, text tokenizer, Specials, KeyFrames) from an exported model dir."""
     from videobert_ds.data.text import load_tokenizer
-    from videobert_ds.models.videobert import VideoBertForPreTraining
-    from videobert_ds.video.keyframes import KeyFrames
+    from videobert_ds.model.videobert import VideoBertForPreTraining
+    from videobert_ds.visual.keyframes import KeyFrames
 
     if not (model_dir / "config.json").is_file():
         raise UsageError(f"--model: no exported VideoBERT model dir at {model_dir} (config.json missing)")

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from videobert_ds.eval_data import EvalItem
-from videobert_ds.metrics import majority_topk_accuracy, topk_chance
-from videobert_ds.scoring import FilledTemplate, Vocab, joint_batch, score, template_scores
-from videobert_ds.sharding import sharded
+from videobert_ds.eval.items import EvalItem
+from videobert_ds.eval.metrics import majority_topk_accuracy, topk_chance
+from videobert_ds.inference.scoring import FilledTemplate, Vocab, joint_batch, score, template_scores
+from videobert_ds.core.distributed import sharded
 
 
 def finetuned_label_sets(config: Any) -> dict[str, list[str]]:

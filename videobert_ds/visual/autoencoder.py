@@ -22,7 +22,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
 
-from videobert_ds.video.encoders import ClipEncoder
+from videobert_ds.visual.encoders import ClipEncoder
 
 
 class ClipAutoencoderConfig(PretrainedConfig):

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from videobert_ds.video.encoders import ClipEncoder
-from videobert_ds.video.kmeans import KMeansTree
-from videobert_ds.video.vocab import AUTO_EXACT_MAX_WORDS, VisualVocabulary  # noqa: F401 (re-exported)
+from videobert_ds.visual.encoders import ClipEncoder
+from videobert_ds.visual.kmeans import KMeansTree
+from videobert_ds.visual.vocab import AUTO_EXACT_MAX_WORDS, VisualVocabulary  # noqa: F401 (re-exported)
 
 
 class VisualTokenizer(nn.Module):

@@ -1,8 +1,8 @@
 """From a SLURM or MPI launch to the torch.distributed environment, and DeepSpeed hostfiles.
 
-    python -m videobert_ds.launch exec -- CMD ...   run CMD with RANK, WORLD_SIZE, ... set (one srun task per GPU)
-    python -m videobert_ds.launch env               print that mapping as `export K=V` lines
-    python -m videobert_ds.launch hostfile [--out FILE] [--slots N]
+    python -m videobert_ds.cli.launch exec -- CMD ...   run CMD with RANK, WORLD_SIZE, ... set (one srun task per GPU)
+    python -m videobert_ds.cli.launch env               print that mapping as `export K=V` lines
+    python -m videobert_ds.cli.launch hostfile [--out FILE] [--slots N]
                                                     DeepSpeed hostfile of this allocation (`deepspeed --hostfile`)
 
 Where the mapping comes from, first match wins:

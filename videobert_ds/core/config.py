@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 class ConfigError(ValueError):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import BertConfig
 
-from videobert_ds.models.videobert import VideoBertForPreTraining
+from videobert_ds.model.videobert import VideoBertForPreTraining
 
 
 class VideoBertForFinetuning(VideoBertForPreTraining):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from videobert_ds.objectives import SEG_PAD, SEG_TEXT, SEG_VIDEO, attention_mask
+from videobert_ds.objectives.pretraining import SEG_PAD, SEG_TEXT, SEG_VIDEO, attention_mask
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,8 @@ def encode_items(
     num_threads: int = 2,
 ) -> tuple[list[EvalItem], float]:
     """This rank's items, and the seconds spent turning decoded frames into visual words."""
-    from videobert_ds.data.dali_loader import DaliClipDecoder
-    from videobert_ds.data.pyav_loader import PyAVClipDecoder
+    from videobert_ds.data.decoders.dali import DaliClipDecoder
+    from videobert_ds.data.decoders.pyav import PyAVClipDecoder
 
     batches = _batches(rank_samples(shard_dir, split, rank, world_size), batch_size)
     if not batches:

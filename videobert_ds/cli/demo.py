@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -192,7 +192,7 @@ class Demo:
                        lambda tuned=tuned, out=out, name=name: self.evaluate(tuned / "final", shards, out,
                                                                              f"eval_finetune_{name}"))
 
-        self.sh([sys.executable, "-m", "videobert_ds.report", "--demo-dir", str(self.root)], "report")
+        self.sh([sys.executable, "-m", "videobert_ds.eval.report", "--demo-dir", str(self.root)], "report")
         self.summary()
 
     def summary(self) -> None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videobert_ds.video.encoders import ClipEncoder
+from videobert_ds.visual.encoders import ClipEncoder
 
 MEAN = (0.43216, 0.394666, 0.37645)
 STD = (0.22803, 0.22145, 0.216989)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from videobert_ds.atomic import save_safetensors
+from videobert_ds.core.atomic import save_safetensors
 
-from videobert_ds.video.encoders import ClipEncoder
-from videobert_ds.video.kmeans import KMeansTree, fit_kmeans_tree
+from videobert_ds.visual.encoders import ClipEncoder
+from videobert_ds.visual.kmeans import KMeansTree, fit_kmeans_tree
 
 FORMAT = "videobert-visual-vocab-v1"
 # Word assignment: exact nearest leaf up to this many words, hierarchical descent above (the faster one

@@ -76,7 +76,7 @@ def init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> lis
     """DistilBERT's initialisation for a student as wide as its teacher: embeddings, pooler and heads
     copied, student layer j from teacher layer j*N/M. Works on ZeRO-3-partitioned models (copy_param
     gathers both sides). Returns the teacher layers used."""
-    from videobert_ds.models.init import copy_module, copy_param
+    from videobert_ds.model.init_weights import copy_module, copy_param
 
     sources = init_layer_sources(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     for j, k in enumerate(sources):
@@ -174,7 +174,7 @@ def distillation_losses(student: torch.nn.Module, teacher: torch.nn.Module, stud
     masked words and captioning, the visual words for masked visual words. Alignment is compared on the
     rows that carry an alignment label (joint, non-captioning rows), where the teacher was trained on it.
     """
-    from videobert_ds.objectives import IGNORE
+    from videobert_ds.objectives.pretraining import IGNORE
 
     text_vocab, vocab = student.config.text_vocab_size, student.config.vocab_size
     s_h, t_h = student_out.last_hidden_state, teacher_out.last_hidden_state

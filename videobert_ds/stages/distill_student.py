@@ -5,7 +5,7 @@ student (the same class at a smaller size) are built under the ZeRO-3 constructi
 partitioned across ranks and a teacher that does not fit on one device still works; only the student and
 the hidden-state projection reach the optimizer. Each step, one masked batch (the teacher stage's batch
 pipeline: tokenizer, visual words, masking) runs through the teacher without grad and through the student;
-the loss is the ground-truth pretraining losses plus the distillation terms of `videobert_ds.distill`.
+the loss is the ground-truth pretraining losses plus the distillation terms of `videobert_ds.objectives.distillation`.
 
 The student reuses the teacher's text tokenizer, visual vocabulary and clip encoder (all in the teacher's
 model dir), so its exported dir is self-contained as well. `teacher.path` is that model dir, or a teacher
@@ -31,19 +31,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from videobert_ds.checkpoint import COMPLETE, CheckpointManager
-from videobert_ds.config import ConfigError, StageConfig, load_yaml
-from videobert_ds.distill import (
+from videobert_ds.train.checkpoint import COMPLETE, CheckpointManager
+from videobert_ds.core.config import ConfigError, StageConfig, load_yaml
+from videobert_ds.objectives.distillation import (
     DistillConfig,
     additive_mask,
     distillation_losses,
     init_from_teacher,
     resolve_layer_map,
 )
-from videobert_ds.models.videobert import VideoBertForPreTraining, videobert_config
-from videobert_ds.objectives import ObjectiveConfig, Specials, losses_from_outputs
-from videobert_ds.stages.teacher import TeacherStage, check_sequence_budget, load_visual_tokenizer, vocab_metadata
-from videobert_ds.video.keyframes import keyframes_path
+from videobert_ds.model.videobert import VideoBertForPreTraining, videobert_config
+from videobert_ds.objectives.pretraining import ObjectiveConfig, Specials, losses_from_outputs
+from videobert_ds.stages.pretrain_teacher import TeacherStage, check_sequence_budget, load_visual_tokenizer, vocab_metadata
+from videobert_ds.visual.keyframes import keyframes_path
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def teacher_sizes(source: TeacherSource) -> dict[str, Any]:
 
 def consolidate_teacher(source: TeacherSource, out_dir: Path) -> None:
     """Export a teacher checkpoint to a model dir once (a marker names the checkpoint it came from)."""
-    from videobert_ds.export import export_run
+    from videobert_ds.train.export import export_run
 
     marker = out_dir / "source.json"
     wanted = {"run": str(source.path.resolve()), "tag": source.tag}

@@ -20,16 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from videobert_ds.config import ConfigError, StageConfig
-from videobert_ds.stages.base import Stage
-from videobert_ds.video.autoencoder import (
+from videobert_ds.core.config import ConfigError, StageConfig
+from videobert_ds.train.stage import Stage
+from videobert_ds.visual.autoencoder import (
     ClipAutoencoder,
     ClipAutoencoderConfig,
     denormalize_frames,
     normalize_frames,
     reconstruction_loss,
 )
-from videobert_ds.video.narration import NarrationEncoder, gather_across_ranks, hash_words, mil_nce_loss
+from videobert_ds.visual.narration import NarrationEncoder, gather_across_ranks, hash_words, mil_nce_loss
 
 
 @dataclass

@@ -14,8 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from videobert_ds.checkpoint import CheckpointManager
-from videobert_ds.config import ConfigError, from_dict, load_yaml
+from videobert_ds.train.checkpoint import CheckpointManager
+from videobert_ds.core.config import ConfigError, from_dict, load_yaml
 from videobert_ds.stages import stage_class
 
 log = logging.getLogger(__name__)
