@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from videobert_ds.core.config import ConfigError, apply_overrides, from_dict, load_stage_config, resolve_config_path
-from videobert_ds.train.trainer import lr_multiplier
+from videobert_ds.training.trainer import lr_multiplier
 from videobert_ds.stages.pretrain_video_encoder import VideoEncoderStageConfig
 from videobert_ds.train import main as train_main
 

@@ -250,7 +250,7 @@ def held_out_masked_loss(run_dir: Path, splits: tuple[str, ...] = ("val", "test"
     masked position, over several random maskings of every sample (the run's own batch pipeline): the
     engine's validation sees 16 samples masked once, too few positions to separate two students."""
     from videobert_ds.data.loader import build_clip_loader
-    from videobert_ds.train.export import load_run_stage
+    from videobert_ds.training.export import load_run_stage
     from videobert_ds.objectives.pretraining import IGNORE, pretraining_losses
 
     cpu = torch.device("cpu")

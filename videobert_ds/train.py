@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. Join the process group; 3. train (resuming if a checkpoint exists).
     import torch.distributed as dist
-    from videobert_ds.train.trainer import Trainer, init_distributed
+    from videobert_ds.training.trainer import Trainer, init_distributed
 
     env = init_distributed()
     batch_size = stage.loader_batch_size(ds_config, env.world_size)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. Export the consolidated model once training has finished.
     if not stopped_early and not args.no_export and env.rank == 0:
-        from videobert_ds.train.export import export_run
+        from videobert_ds.training.export import export_run
 
         export_run(cfg.run.dir, Path(cfg.run.dir) / "final")
     dist.barrier()

@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        from videobert_ds.train.trainer import init_distributed
+        from videobert_ds.training.trainer import init_distributed
 
         device = init_distributed().device
     else:

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from videobert_ds.core.config import ConfigError, StageConfig
-from videobert_ds.train.stage import Stage
+from videobert_ds.training.stage import Stage
 
 log = logging.getLogger(__name__)
 

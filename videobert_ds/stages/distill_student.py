@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from videobert_ds.train.checkpoint import COMPLETE, CheckpointManager
+from videobert_ds.training.checkpoint import COMPLETE, CheckpointManager
 from videobert_ds.core.config import ConfigError, StageConfig, load_yaml
 from videobert_ds.objectives.distillation import (
     DistillConfig,
@@ -137,7 +137,7 @@ def teacher_sizes(source: TeacherSource) -> dict[str, Any]:
 
 def consolidate_teacher(source: TeacherSource, out_dir: Path) -> None:
     """Export a teacher checkpoint to a model dir once (a marker names the checkpoint it came from)."""
-    from videobert_ds.train.export import export_run
+    from videobert_ds.training.export import export_run
 
     marker = out_dir / "source.json"
     wanted = {"run": str(source.path.resolve()), "tag": source.tag}

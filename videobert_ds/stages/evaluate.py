@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from videobert_ds.core.config import ConfigError, StageConfig
-from videobert_ds.train.stage import Stage
+from videobert_ds.training.stage import Stage
 
 
 @dataclass

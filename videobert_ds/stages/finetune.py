@@ -23,7 +23,7 @@ from torch import nn
 from videobert_ds.core.config import ConfigError, StageConfig
 from videobert_ds.objectives.finetuning import TASKS, FinetuneObjective, TaskConfig, TaskSample, build_task_batch, task_tensors
 from videobert_ds.objectives.pretraining import Specials, to_device
-from videobert_ds.train.stage import Stage
+from videobert_ds.training.stage import Stage
 from videobert_ds.stages.pretrain_teacher import load_visual_tokenizer, text_ids_and_clip_counts, vocab_metadata
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from videobert_ds.objectives.pretraining import (
     pretraining_losses,
     to_device,
 )
-from videobert_ds.train.stage import Stage
+from videobert_ds.training.stage import Stage
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from videobert_ds.core.config import ConfigError, StageConfig
-from videobert_ds.train.stage import Stage
+from videobert_ds.training.stage import Stage
 from videobert_ds.visual.autoencoder import (
     ClipAutoencoder,
     ClipAutoencoderConfig,

@@ -21,11 +21,11 @@ import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
-from videobert_ds.train.checkpoint import CheckpointManager
+from videobert_ds.training.checkpoint import CheckpointManager
 from videobert_ds.core.config import StageConfig, save_config
 from videobert_ds.data.loader import build_clip_loader
-from videobert_ds.train.monitor import Monitor, StepTimer
-from videobert_ds.train.stage import Stage
+from videobert_ds.training.monitor import Monitor, StepTimer
+from videobert_ds.training.stage import Stage
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ class Stage(abc.ABC):
         """Samples per rank per batch of the training-split loader (None: the stage reads no training split)."""
         if not self.trains:
             return None
-        from videobert_ds.train.trainer import micro_batch_size
+        from videobert_ds.training.trainer import micro_batch_size
 
         return micro_batch_size(ds_config, world_size)
 

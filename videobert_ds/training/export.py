@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from videobert_ds.train.checkpoint import CheckpointManager
+from videobert_ds.training.checkpoint import CheckpointManager
 from videobert_ds.core.config import ConfigError, from_dict, load_yaml
 from videobert_ds.stages import stage_class
 
