@@ -22,17 +22,31 @@ DEFAULT_CONFIG = "teacher"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="videobert-train", description="Train one VideoBERT-DS stage under DeepSpeed.")
-    parser.add_argument("--deepspeed", "--deepspeed_config", dest="deepspeed", default="ds_configs/zero3.json",
-                        help="DeepSpeed JSON (batch sizes, optimizer, precision, ZeRO)")
-    parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help="stage YAML: a path or a packaged config name (default: %(default)s)")
-    parser.add_argument("--resume", default="auto",
-                        help="'auto' (newest complete checkpoint in the run dir, if any), 'none', or a checkpoint tag dir")
+    parser = argparse.ArgumentParser(
+        prog="videobert-train", description="Train one VideoBERT-DS stage under DeepSpeed."
+    )
+    parser.add_argument(
+        "--deepspeed",
+        "--deepspeed_config",
+        dest="deepspeed",
+        default="ds_configs/zero3.json",
+        help="DeepSpeed JSON (batch sizes, optimizer, precision, ZeRO)",
+    )
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="stage YAML: a path or a packaged config name (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--resume",
+        default="auto",
+        help="'auto' (newest complete checkpoint in the run dir, if any), 'none', or a checkpoint tag dir",
+    )
     parser.add_argument("--no-export", action="store_true", help="skip exporting RUN_DIR/final at the end")
-    parser.add_argument("--build-only", action="store_true",
-                        help="build the model under the DeepSpeed config, write RUN_DIR/partition_rank*.json "
-                             "(parameters held and peak memory per rank), and exit: a dry run before a big job")
+    parser.add_argument(
+        "--build-only",
+        action="store_true",
+        help="build the model under the DeepSpeed config, write RUN_DIR/partition_rank*.json "
+        "(parameters held and peak memory per rank), and exit: a dry run before a big job",
+    )
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. schedule.max_steps=100")
     return parser.parse_intermixed_args(argv)  # overrides may come before or after options
@@ -52,9 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     import torch
-    from videobert_ds.core.config import (ConfigError, check_against_deepspeed, check_paths, check_train_split,
-                                     load_deepspeed_config, load_stage_config, load_yaml, resolve_config_path,
-                                     save_config)
+
+    from videobert_ds.core.config import (
+        ConfigError,
+        check_against_deepspeed,
+        check_paths,
+        load_deepspeed_config,
+        load_stage_config,
+        load_yaml,
+        resolve_config_path,
+        save_config,
+    )
     from videobert_ds.stages import stage_class
 
     # 1. Validate config, DeepSpeed config and paths on every rank before any rank starts work.
@@ -74,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. Join the process group; 3. train (resuming if a checkpoint exists).
     import torch.distributed as dist
-    from videobert_ds.training.trainer import Trainer, init_distributed
+
+    from videobert_ds.core.distributed import init_distributed
+    from videobert_ds.training.preflight import check_train_split
+    from videobert_ds.training.trainer import Trainer
 
     env = init_distributed()
     batch_size = stage.loader_batch_size(ds_config, env.world_size)
@@ -106,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. Export the consolidated model once training has finished.
     if not stopped_early and not args.no_export and env.rank == 0:
-        from videobert_ds.training.export import export_run
+        from videobert_ds.stages import export_run
 
         export_run(cfg.run.dir, Path(cfg.run.dir) / "final")
     dist.barrier()

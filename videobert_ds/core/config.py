@@ -230,6 +230,14 @@ def load_deepspeed_config(path: str | Path) -> dict:
         raise ConfigError(f"{path}: invalid JSON ({err})") from None
 
 
+def micro_batch_size(ds_config: dict, world_size: int) -> int:
+    """Samples per rank per forward: set directly, or derived from the global batch and accumulation."""
+    if "train_micro_batch_size_per_gpu" in ds_config:
+        return int(ds_config["train_micro_batch_size_per_gpu"])
+    gas = int(ds_config.get("gradient_accumulation_steps", 1))
+    return int(ds_config["train_batch_size"]) // (gas * world_size)
+
+
 def check_against_deepspeed(cfg: StageConfig, ds_config: dict, has_gpu: bool) -> None:
     """Contradictions between the stage config and the DeepSpeed config, as one-line errors."""
     if "train_micro_batch_size_per_gpu" not in ds_config and "train_batch_size" not in ds_config:
@@ -256,21 +264,6 @@ def check_paths(cfg: StageConfig) -> None:
     manifest = Path(cfg.data.shards) / "manifest.json"
     if not manifest.is_file():
         raise ConfigError(f"data.shards: no shard directory at {cfg.data.shards} (missing manifest.json)")
-
-
-def check_train_split(cfg: StageConfig, batch_size: int, world_size: int) -> None:
-    """The training split must give every rank at least one full batch (the loaders drop a ragged tail)."""
-    from videobert_ds.data.loader import read_shard_manifest, split_shards
-    from videobert_ds.data.sampling import steps_per_epoch
-
-    try:
-        shards = split_shards(cfg.data.shards, read_shard_manifest(cfg.data.shards), cfg.data.train_split)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"data.train_split: {err}") from None
-    counts = [s.num_samples for s in shards]
-    if steps_per_epoch(counts, world_size, batch_size) == 0:
-        raise ConfigError(f"data.train_split: {cfg.data.train_split!r} of {cfg.data.shards} has {sum(counts)} samples "
-                          f"in {len(counts)} shard(s): too few for {world_size} rank(s) x batch size {batch_size}")
 
 
 def load_stage_config(cls: type, path: Path, overrides: list[str]) -> StageConfig:

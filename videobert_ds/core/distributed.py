@@ -1,15 +1,60 @@
-"""Evaluation work split evenly across ranks, with every rank making the same number of calls (ZeRO-3-safe)."""
+"""The process group: joining it (`init_distributed`), who this rank is, and work split evenly across ranks
+with every rank making the same number of calls (ZeRO-3-safe)."""
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import torch
 import torch.distributed as dist
 
 R = TypeVar("R")
+
+
+@dataclass
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def skip_cpu_shm_allreduce() -> None:
+    """On the CPU accelerator DeepSpeed JIT-compiles a shared-memory all-reduce op at process-group set-up
+    (a minute of g++, and a py-cpuinfo probe that can spin forever in some VMs) and maps a 64 MiB
+    /dev/shm buffer per rank that it never unlinks: every run leaks RAM until the host runs dry. Training
+    does not use it (ZeRO's collectives go through gloo; it serves inference all-reduce only), so mark the
+    op incompatible in DeepSpeed's op table, which DeepSpeed caches and consults before building it."""
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != "cpu":
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def init_distributed() -> DistEnv:
+    """Join the process group (env:// from the launcher or SLURM mapping, or MPI discovery)."""
+    # DeepSpeed is imported here, not at the top: the rank/sharding helpers below serve code that never joins.
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    skip_cpu_shm_allreduce()
+    deepspeed.init_distributed(auto_mpi_discovery=True)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    accel = get_accelerator()
+    if accel.device_name() == "cuda":
+        accel.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
 def rank_world() -> tuple[int, int]:

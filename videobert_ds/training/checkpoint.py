@@ -4,6 +4,9 @@ DeepSpeed writes each rank's shards under `checkpoints/<tag>/`. Only after every
 (a barrier) does rank 0 drop a `COMPLETE` marker into the tag and atomically replace `latest`, so a
 job killed mid-write resumes from the previous complete checkpoint. Each rank also stores its RNG
 state beside its shards, so a resumed run draws the same dropout and masking as an uninterrupted one.
+
+The manager also decides *when* a training run saves (`save`: every `schedule.checkpoint_every` steps, at the
+last step, or when a stop signal forces it) and where it resumes from (`resume`).
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import os
 import random
 import shutil
 import signal
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from videobert_ds.core.atomic import write_text
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +64,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class Stateful(Protocol):
+    """What a checkpoint carries besides the engine and RNG (e.g. the training loader's data position)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class CheckpointManager:
-    def __init__(self, directory: Path, keep: int = 2) -> None:
+    def __init__(self, directory: Path, keep: int = 2, every: int | None = None) -> None:
         self.dir = Path(directory)
         self.keep = keep
+        self.every = every  # steps between saves; None: only the last step's or a forced one
         self.rank = dist.get_rank() if dist.is_initialized() else 0
 
     # -- saving --------------------------------------------------------------------------------
-    def save(self, engine: Any, step: int, client_state: dict[str, Any]) -> Path:
+    def save(
+        self, engine: Any, step: int, states: Mapping[str, Stateful], last_step: bool = False, force: bool = False
+    ) -> Path | None:
+        """Save if this step is due (every `every` steps, the last step, or forced: a stop signal); -> the
+        checkpoint dir, or None when nothing was saved. Call on every rank at every step."""
+        if not (force or last_step or (self.every and step % self.every == 0)):
+            return None
+        return self.write(engine, step, {"step": step, **{name: obj.state_dict() for name, obj in states.items()}})
+
+    def write(self, engine: Any, step: int, client_state: dict[str, Any]) -> Path:
         tag = tag_for_step(step)
         engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
         torch.save(rng_state(), self.dir / tag / f"rng_rank{self.rank}.pt")
@@ -76,9 +100,7 @@ class CheckpointManager:
             dist.barrier()
         if self.rank == 0:
             (self.dir / tag / COMPLETE).write_text(f"{step}\n")
-            tmp = self.dir / f".{LATEST}.tmp"
-            tmp.write_text(tag)
-            os.replace(tmp, self.dir / LATEST)
+            write_text(self.dir / LATEST, tag)
             self._prune(keep_tag=tag)
         if dist.is_initialized():
             dist.barrier()
@@ -108,6 +130,26 @@ class CheckpointManager:
         return tags[-1] if tags else None
 
     # -- loading -------------------------------------------------------------------------------
+    def resume(self, engine: Any, how: str, states: Mapping[str, Stateful]) -> int:
+        """Restore the engine, RNG and `states` as `how` says: 'auto' (the newest complete checkpoint here, if
+        any), 'none', or a checkpoint tag dir anywhere; -> the step to continue from (0: a fresh start)."""
+        if how == "none":
+            return 0
+        if how == "auto":
+            source, tag = self, self.resume_tag()
+            if tag is None:
+                return 0
+        else:
+            path = Path(how)
+            source, tag = CheckpointManager(path.parent, keep=self.keep), path.name
+        state = source.load(engine, tag)
+        for name, obj in states.items():
+            obj.load_state_dict(state[name])
+        if self.rank == 0:
+            restored = ", ".join(f"{name} position {state[name]}" for name in states)
+            log.info("resumed from %s at step %d (%s)", source.dir / tag, state["step"], restored)
+        return int(state["step"])
+
     def load(self, engine: Any, tag: str, load_optimizer: bool = True) -> dict[str, Any]:
         # DeepSpeed reads universal checkpoints (ds_to_universal's output, any world size) only with
         # checkpoint.load_universal set, and then reads *every* checkpoint as universal. Decide per
@@ -126,5 +168,7 @@ class CheckpointManager:
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=True))
         else:
-            log.warning("no RNG state for rank %d in %s (world size changed?); continuing with fresh RNG", self.rank, tag)
+            log.warning(
+                "no RNG state for rank %d in %s (world size changed?); continuing with fresh RNG", self.rank, tag
+            )
         return client_state

@@ -1,6 +1,6 @@
 """What a person watches: TensorBoard scalars and images, a metrics.jsonl, throughput, data wait, MFU.
 
-Only rank 0 writes. Scalars arrive already reduced across ranks (the engine reduces them once per
+Only rank 0 writes. Scalars arrive already reduced across ranks (training/metrics.py reduces them once per
 log interval, never inside a step), so this module does no communication of its own.
 """
 
@@ -94,7 +94,7 @@ class Monitor:
 
             self.tb_dir = run_dir / "tb"
             self.writer = SummaryWriter(str(self.tb_dir))
-            self.metrics_file = open(run_dir / "metrics.jsonl", "a", buffering=1)
+            self.metrics_file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 (open for the run)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.rank != 0:

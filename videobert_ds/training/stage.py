@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from videobert_ds.core.config import StageConfig
+from videobert_ds.core.config import StageConfig, micro_batch_size
 
 
 class Stage(abc.ABC):
@@ -27,15 +27,13 @@ class Stage(abc.ABC):
     def __init__(self, cfg: StageConfig) -> None:
         self.cfg = cfg
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 (optional hook)
         """Stage-specific validation before any rank starts work (raise ConfigError)."""
 
     def loader_batch_size(self, ds_config: dict, world_size: int) -> int | None:
         """Samples per rank per batch of the training-split loader (None: the stage reads no training split)."""
         if not self.trains:
             return None
-        from videobert_ds.training.trainer import micro_batch_size
-
         return micro_batch_size(ds_config, world_size)
 
     @abc.abstractmethod
@@ -46,7 +44,7 @@ class Stage(abc.ABC):
     def make_inputs(self, batch: Any, device: torch.device) -> dict[str, Any]:
         """Loader batch -> inputs for the training module, on `device`."""
 
-    def setup(self, run_dir: Path, rank: int, device: torch.device) -> None:
+    def setup(self, run_dir: Path, rank: int, device: torch.device) -> None:  # noqa: B027 (optional hook)
         """Work before the model is built, on every rank (e.g. rank 0 trains a tokenizer); a barrier follows.
         Frozen helper models belong here: it runs before the ZeRO-3 construction context exists, so they
         load whole instead of partitioned."""
@@ -63,7 +61,7 @@ class Stage(abc.ABC):
         passes: under ZeRO-3 every rank must make the same calls."""
         return {}
 
-    def on_train_start(self, module: nn.Module, device: torch.device) -> None:
+    def on_train_start(self, module: nn.Module, device: torch.device) -> None:  # noqa: B027 (optional hook)
         """Hook after DeepSpeed initialisation (e.g. load frozen helpers onto the device)."""
 
     def run(self, run_dir: Path, rank: int, world: int, device: torch.device) -> dict[str, Any]:
