@@ -36,4 +36,4 @@ if [ -f "$SHARDS/manifest.json" ]; then
 fi
 vb_log "preparing $MANIFEST -> $SHARDS on $SLURM_NTASKS MPI ranks"
 # shellcheck disable=SC2086  # PREPARE_ARGS is a word list
-vb_mpi "$PYTHON" -m videobert_ds.data.prepare --manifest "$MANIFEST" --out "$SHARDS" ${PREPARE_ARGS:-} "${extra[@]}" "$@"
+vb_mpi "$PYTHON" -m videobert_ds.cli.prepare --manifest "$MANIFEST" --out "$SHARDS" ${PREPARE_ARGS:-} "${extra[@]}" "$@"

@@ -9,7 +9,7 @@
     state = loader.state_dict()       # {"epoch": e, "batches_in_epoch": n}; load_state_dict resumes there
 
 Which samples each rank gets, and in which order, is sampling.py; decoding is DALI
-(dali_loader.py) or PyAV (pyav_loader.py).
+(decoders/dali.py) or PyAV (decoders/pyav.py), behind one contract (decoders/base.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from videobert_ds.data.decoders.base import PAD_MODES, ClipDecoder
 from videobert_ds.data.decoders.dali import DaliClipDecoder, dali_can_decode
 from videobert_ds.data.decoders.pyav import PyAVClipDecoder
 from videobert_ds.data.sampling import RawSample, ShardInfo, batch_stream, steps_per_epoch
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTS = ("webm", "mp4", "mkv", "avi", "mov")
 BACKENDS = ("auto", "dali", "pyav")
-PAD_MODES = ("constant", "edge")
+# The ClipDecoder constructor's keywords: the loader holds each under the same name.
+_DECODER_SETTINGS = ("batch_size", "num_frames", "device", "num_threads", "prefetch", "pad_mode")
 
 
 @dataclass
@@ -77,20 +79,42 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def choose_backend(backend: str, codec: str, device: torch.device) -> str:
-    """"dali" or "pyav" for this codec and device; auto prefers DALI where its decoder reads the codec."""
+    """ "dali" or "pyav" for this codec and device; auto prefers DALI where its decoder reads the codec."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     readable = dali_can_decode(codec, device)
     if backend == "dali" and not readable:
-        raise ValueError(f"DALI's {device.type} video decoder cannot decode {codec} (on CPU only VP8/VP9/MJPEG); "
-                         "use backend='pyav' or a GPU")
+        raise ValueError(
+            f"DALI's {device.type} video decoder cannot decode {codec} (on CPU only VP8/VP9/MJPEG); "
+            "use backend='pyav' or a GPU"
+        )
     if backend == "auto":
         if readable:
             return "dali"
-        log.warning("clip loader: DALI's %s video decoder cannot decode %s (on CPU only VP8/VP9/MJPEG); "
-                    "decoding with PyAV instead", device.type, codec)
+        log.warning(
+            "clip loader: DALI's %s video decoder cannot decode %s (on CPU only VP8/VP9/MJPEG); "
+            "decoding with PyAV instead",
+            device.type,
+            codec,
+        )
         return "pyav"
     return backend
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """Which share of a split one rank reads, in which order, and how it is decoded (see ClipLoader)."""
+
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    shuffle: bool = True
+    backend: str = "auto"  # "auto" (DALI where it reads the codec), "dali" or "pyav"
+    device: str | torch.device | None = None  # None: the current CUDA device, else the CPU
+    num_threads: int = 2
+    prefetch: int = 2
+    shuffle_buffer: int = 64
+    pad_mode: str = "constant"
 
 
 class ClipLoader:
@@ -102,44 +126,40 @@ class ClipLoader:
         split: str,
         batch_size: int,
         num_frames: int,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        shuffle: bool = True,
-        backend: str = "auto",
-        device: str | torch.device | None = None,
-        num_threads: int = 2,
-        prefetch: int = 2,
-        shuffle_buffer: int = 64,
-        pad_mode: str = "constant",
+        options: LoaderOptions = LoaderOptions(),
     ) -> None:
+        o = options
         if batch_size < 1 or num_frames < 1:
             raise ValueError(f"batch_size and num_frames must be >= 1, got {batch_size} and {num_frames}")
-        if num_threads < 1 or prefetch < 1 or shuffle_buffer < 0:
-            raise ValueError(f"need num_threads >= 1, prefetch >= 1, shuffle_buffer >= 0; got "
-                             f"{num_threads}, {prefetch}, {shuffle_buffer}")
-        if pad_mode not in PAD_MODES:
-            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        if o.num_threads < 1 or o.prefetch < 1 or o.shuffle_buffer < 0:
+            raise ValueError(
+                f"need num_threads >= 1, prefetch >= 1, shuffle_buffer >= 0; got "
+                f"{o.num_threads}, {o.prefetch}, {o.shuffle_buffer}"
+            )
+        if o.pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {o.pad_mode!r}")
+        if not 0 <= o.rank < o.world_size:
+            raise ValueError(f"rank {o.rank} is outside world size {o.world_size}")
         manifest = read_shard_manifest(shard_dir)
         self.shards = split_shards(shard_dir, manifest, split)
         self.split = split
         self.codec: str = manifest.get("codec", "vp9")
         self.batch_size = batch_size
         self.num_frames = num_frames
-        self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
-        self.device = resolve_device(device)
-        self.backend = choose_backend(backend, self.codec, self.device)
-        self.num_threads, self.prefetch, self.shuffle_buffer, self.pad_mode = num_threads, prefetch, shuffle_buffer, pad_mode
-        self.steps_per_epoch = steps_per_epoch([s.num_samples for s in self.shards], world_size, batch_size)
+        self.rank, self.world_size, self.seed, self.shuffle = o.rank, o.world_size, o.seed, o.shuffle
+        self.device = resolve_device(o.device)
+        self.backend = choose_backend(o.backend, self.codec, self.device)
+        self.num_threads, self.prefetch, self.shuffle_buffer = o.num_threads, o.prefetch, o.shuffle_buffer
+        self.pad_mode = o.pad_mode
+        self.steps_per_epoch = steps_per_epoch([s.num_samples for s in self.shards], o.world_size, batch_size)
         if self.steps_per_epoch == 0:
             total = sum(s.num_samples for s in self.shards)
-            raise ValueError(f"split {split!r} has {total} samples: too few for {world_size} rank(s) x batch size {batch_size}")
+            raise ValueError(
+                f"split {split!r} has {total} samples: too few for {o.world_size} rank(s) x batch size {batch_size}"
+            )
         self._epoch = 0
         self._batches = 0  # delivered to the trainer in this epoch
-        self._decoder: DaliClipDecoder | PyAVClipDecoder | None = None  # positioned at (_epoch, _batches)
+        self._decoder: ClipDecoder | None = None  # positioned at (_epoch, _batches)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -189,23 +209,26 @@ class ClipLoader:
             self._epoch, self._batches = self._epoch + 1, 0
 
     def _encoded_batches(self) -> Iterator[tuple[list[bytes], list[dict[str, Any]]]]:
-        for samples in batch_stream(
-            self.shards, seed=self.seed, rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
-            shuffle=self.shuffle, buffer_size=self.shuffle_buffer, start_epoch=self._epoch, skip_batches=self._batches,
-        ):
+        # Which samples and in which order (sampling.py), from the position the trainer has reached.
+        plan = {name: getattr(self, name) for name in ("seed", "rank", "world_size", "batch_size", "shuffle")}
+        stream = batch_stream(
+            self.shards, **plan, buffer_size=self.shuffle_buffer, start_epoch=self._epoch, skip_batches=self._batches
+        )
+        for samples in stream:
             yield [_video_bytes(s) for s in samples], [_sample_meta(s) for s in samples]
 
-    def _make_decoder(self) -> DaliClipDecoder | PyAVClipDecoder:
-        cls = DaliClipDecoder if self.backend == "dali" else PyAVClipDecoder
-        return cls(self._encoded_batches(), batch_size=self.batch_size, num_frames=self.num_frames,
-                   device=self.device, num_threads=self.num_threads, prefetch=self.prefetch, pad_mode=self.pad_mode)
+    def _make_decoder(self) -> ClipDecoder:
+        cls: type[ClipDecoder] = DaliClipDecoder if self.backend == "dali" else PyAVClipDecoder
+        return cls(self._encoded_batches(), **{name: getattr(self, name) for name in _DECODER_SETTINGS})
 
 
 def _video_bytes(sample: RawSample) -> bytes:
     for ext in VIDEO_EXTS:
         if ext in sample:
             return sample[ext]
-    raise RuntimeError(f"sample {sample['__key__']} in {sample.get('__url__')} has no video member ({', '.join(VIDEO_EXTS)})")
+    raise RuntimeError(
+        f"sample {sample['__key__']} in {sample.get('__url__')} has no video member ({', '.join(VIDEO_EXTS)})"
+    )
 
 
 def _sample_meta(sample: RawSample) -> dict[str, Any]:
@@ -215,23 +238,8 @@ def _sample_meta(sample: RawSample) -> dict[str, Any]:
 
 
 def build_clip_loader(
-    shard_dir: str | Path,
-    split: str,
-    batch_size: int,
-    num_frames: int,
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    seed: int = 0,
-    shuffle: bool = True,
-    backend: str = "auto",
-    device: str | torch.device | None = None,
-    num_threads: int = 2,
-    prefetch: int = 2,
-    shuffle_buffer: int = 64,
-    pad_mode: str = "constant",
+    shard_dir: str | Path, split: str, batch_size: int, num_frames: int, **options: Any
 ) -> ClipLoader:
-    """A ClipLoader for one rank of ``split`` in ``shard_dir`` (see the module docstring)."""
-    return ClipLoader(shard_dir, split, batch_size, num_frames, rank=rank, world_size=world_size, seed=seed,
-                      shuffle=shuffle, backend=backend, device=device, num_threads=num_threads, prefetch=prefetch,
-                      shuffle_buffer=shuffle_buffer, pad_mode=pad_mode)
+    """A ClipLoader for one rank of ``split`` in ``shard_dir`` (see the module docstring); ``options`` are the
+    fields of LoaderOptions, by keyword (rank=, world_size=, seed=, shuffle=, backend=, device=, ...)."""
+    return ClipLoader(shard_dir, split, batch_size, num_frames, LoaderOptions(**options))

@@ -137,7 +137,9 @@ def epoch_samples(plan: EpochPlan, *, seed: int, shuffle: bool, buffer_size: int
         n += 1
         yield sample
     if n != plan.num_samples:
-        raise RuntimeError(f"epoch {plan.epoch} rank {plan.rank}: the shards gave {n} samples, plan needs {plan.num_samples}")
+        raise RuntimeError(
+            f"epoch {plan.epoch} rank {plan.rank}: the shards gave {n} samples, plan needs {plan.num_samples}"
+        )
 
 
 def batch_stream(
@@ -158,11 +160,14 @@ def batch_stream(
     """
     epoch = start_epoch
     while True:
-        plan = plan_epoch(shards, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
-                          batch_size=batch_size, shuffle=shuffle)
+        plan = plan_epoch(
+            shards, seed=seed, epoch=epoch, rank=rank, world_size=world_size, batch_size=batch_size, shuffle=shuffle
+        )
         if plan.num_samples == 0:
-            raise ValueError(f"{sum(s.num_samples for s in shards)} samples are too few for "
-                             f"{world_size} rank(s) x batch size {batch_size}")
+            raise ValueError(
+                f"{sum(s.num_samples for s in shards)} samples are too few for "
+                f"{world_size} rank(s) x batch size {batch_size}"
+            )
         samples = epoch_samples(plan, seed=seed, shuffle=shuffle, buffer_size=buffer_size)
         if epoch == start_epoch and skip_batches:
             # read (the shuffle buffer depends on them), never decoded

@@ -16,6 +16,8 @@ from typing import Any
 
 from wds2idx import IndexCreator  # ships with the DALI wheel
 
+from videobert_ds.core.atomic import atomic_path
+
 __all__ = [
     "MANIFEST",
     "REPORT",
@@ -44,18 +46,15 @@ class ShardRecord:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp name in the same folder, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write JSON (UTF-8, non-ASCII text kept as is: ids, cues and labels) whole or not at all."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _write_index(tar: Path, idx: Path) -> None:
-    """DALI's wds2idx index, written to a temp name and renamed."""
-    tmp = idx.with_name(idx.name + ".part")
-    with IndexCreator(str(tar), str(tmp), verbose=False) as creator:
+    """DALI's wds2idx index, whole or not at all."""
+    with atomic_path(idx) as tmp, IndexCreator(str(tar), str(tmp), verbose=False) as creator:
         creator.create_index()
-    os.replace(tmp, idx)
 
 
 class SplitShardWriter:
@@ -152,4 +151,3 @@ def publish(out: Path, records: list[ShardRecord], meta: dict[str, Any]) -> dict
     }
     write_json_atomic(out / MANIFEST, manifest)
     return manifest
-

@@ -1,8 +1,8 @@
 """Synthetic raw corpus: narrated videos of coloured shapes moving across a tinted background.
 
-`videobert-synth --out DIR --num-videos N --seed S` writes what a real raw corpus looks like
-(H.264 mp4 of assorted sizes and frame rates, some with audio, SRT transcripts, a JSONL
-manifest), so every later stage can run on it and measure learning: each video is a
+`videobert-synth --out DIR --num-videos N --seed S` (command line: videobert_ds/cli/synth.py) writes
+what a real raw corpus looks like (H.264 mp4 of assorted sizes and frame rates, some with audio, SRT
+transcripts, a JSONL manifest), so every later stage can run on it and measure learning: each video is a
 sequence of events, and each event's narration names exactly the colour, shape and motion
 that the pixels show.
 
@@ -12,13 +12,11 @@ manifest and transcripts and the same decoded frames; a video does not depend on
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import contextlib
 import functools
 import json
 import multiprocessing
-import os
 import platform
 import sys
 from collections.abc import Iterator
@@ -30,6 +28,8 @@ import av
 import av.video.reformatter
 import numpy as np
 from tqdm import tqdm
+
+from videobert_ds.core.atomic import atomic_path, write_text
 
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
@@ -150,7 +150,8 @@ def _plan_event(rng: np.random.Generator, start: float, end: float, prev: EventP
             break
     v3, vb, ving = _VERBS[int(rng.integers(len(_VERBS)))]
     framings = _FRAMES if prev is None else _FRAMES + _FRAMES_LATER
-    sentence = _pick(rng, framings).format(c=colour, s=shape, v3=v3, vb=vb, ving=ving, m=_pick(rng, _MOTION_PHRASES[motion]))
+    template = _pick(rng, framings)  # drawn before the motion phrase: the order fixes the seed's corpus
+    sentence = template.format(c=colour, s=shape, v3=v3, vb=vb, ving=ving, m=_pick(rng, _MOTION_PHRASES[motion]))
     cue_start = round(start + float(rng.uniform(0, CUE_JITTER_S)), 3)
     cue_end = round(end - float(rng.uniform(0, CUE_JITTER_S)), 3)
     return EventPlan(
@@ -321,8 +322,17 @@ def _encode_tone(container: av.container.OutputContainer, stream: av.AudioStream
 
 # x264's name for each x86 feature it uses, keyed by the Linux /proc/cpuinfo flag; AVX-512 is left out.
 _X264_ASM_NAMES: dict[str, str] = {
-    "sse": "MMX2,SSE", "sse2": "SSE2", "pni": "SSE3", "ssse3": "SSSE3", "sse4_1": "SSE4.1",
-    "sse4_2": "SSE4.2", "avx": "AVX", "fma": "FMA3", "bmi1": "BMI1", "bmi2": "BMI2", "avx2": "AVX2",
+    "sse": "MMX2,SSE",
+    "sse2": "SSE2",
+    "pni": "SSE3",
+    "ssse3": "SSSE3",
+    "sse4_1": "SSE4.1",
+    "sse4_2": "SSE4.2",
+    "avx": "AVX",
+    "fma": "FMA3",
+    "bmi1": "BMI1",
+    "bmi2": "BMI2",
+    "avx2": "AVX2",
     "abm": "LZCNT",
 }
 
@@ -351,44 +361,33 @@ def _x264_params() -> str | None:
 
 def write_video(plan: VideoPlan, path: Path, seed: int, index: int) -> None:
     """Encode the video (H.264 yuv420p, plus AAC when planned) to `path`, via a temp name."""
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        with av.open(str(tmp), "w", format="mp4") as container:
-            video = container.add_stream("libx264", rate=plan.fps)
-            video.width, video.height, video.pix_fmt = plan.width, plan.height, "yuv420p"
-            video.codec_context.gop_size = round(2 * plan.fps)
-            # One thread keeps the bitstream identical run to run; the frames are tiny anyway.
-            video.codec_context.thread_count = 1
-            # ultrafast: a third less encode time than veryfast, files about 4x larger (still ~1 MB a video).
-            video.options = {"preset": "ultrafast", "crf": "20", "threads": "1"}
-            if _x264_params() is not None:
-                video.options = {**video.options, "x264-params": _x264_params()}
-            # Every stream must exist before the first packet is muxed (that writes the header).
-            audio = container.add_stream("aac", rate=AUDIO_RATE, layout="mono") if plan.has_audio else None
-            reformatter = av.video.reformatter.VideoReformatter()  # reused: keeps one swscale context
-            for i, rgb in enumerate(render_frames(plan, seed, index)):
-                frame = reformatter.reformat(av.VideoFrame.from_ndarray(rgb, format="rgb24"), format="yuv420p")
-                frame.pts = i
-                container.mux(video.encode(frame))
-            container.mux(video.encode(None))
-            if audio is not None:
-                _encode_tone(container, audio, plan.num_frames / plan.fps, 220.0 * (1 + (seed + index) % 4))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=plan.fps)
+        video.width, video.height, video.pix_fmt = plan.width, plan.height, "yuv420p"
+        video.codec_context.gop_size = round(2 * plan.fps)
+        # One thread keeps the bitstream identical run to run; the frames are tiny anyway.
+        video.codec_context.thread_count = 1
+        # ultrafast: a third less encode time than veryfast, files about 4x larger (still ~1 MB a video).
+        video.options = {"preset": "ultrafast", "crf": "20", "threads": "1"}
+        if _x264_params() is not None:
+            video.options = {**video.options, "x264-params": _x264_params()}
+        # Every stream must exist before the first packet is muxed (that writes the header).
+        audio = container.add_stream("aac", rate=AUDIO_RATE, layout="mono") if plan.has_audio else None
+        reformatter = av.video.reformatter.VideoReformatter()  # reused: keeps one swscale context
+        for i, rgb in enumerate(render_frames(plan, seed, index)):
+            frame = reformatter.reformat(av.VideoFrame.from_ndarray(rgb, format="rgb24"), format="yuv420p")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        if audio is not None:
+            _encode_tone(container, audio, plan.num_frames / plan.fps, 220.0 * (1 + (seed + index) % 4))
 
 
 def _write_one(out_dir: Path, seed: int, index: int, split: str) -> dict:
     """Render, encode and write video `index` and its SRT; returns its manifest record (a worker's whole job)."""
     plan = plan_video(seed, index)
     write_video(plan, out_dir / "videos" / f"{plan.id}.mp4", seed, index)
-    _write_text(out_dir / "transcripts" / f"{plan.id}.srt", srt_text(plan))
+    write_text(out_dir / "transcripts" / f"{plan.id}.srt", srt_text(plan))
     return manifest_record(plan, split)
 
 
@@ -412,57 +411,15 @@ def synthesize(out_dir: Path, num_videos: int, seed: int, progress: bool | None 
         mapper = map
         if workers > 1:
             # spawn, not fork: the parent may hold libav / OpenMP threads that a forked child would inherit stuck.
-            mapper = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
-                min(workers, num_videos), mp_context=multiprocessing.get_context("spawn"))).map
+            mapper = stack.enter_context(
+                concurrent.futures.ProcessPoolExecutor(
+                    min(workers, num_videos), mp_context=multiprocessing.get_context("spawn")
+                )
+            ).map
         # In index order either way; a worker's error is re-raised here.
-        records = list(tqdm(mapper(job, *args), total=num_videos, desc="synth videos", unit="video",
-                            disable=not progress))
+        records = list(
+            tqdm(mapper(job, *args), total=num_videos, desc="synth videos", unit="video", disable=not progress)
+        )
     manifest = out_dir / "manifest.jsonl"
-    _write_text(manifest, "".join(json.dumps(r) + "\n" for r in records))
+    write_text(manifest, "".join(json.dumps(r) + "\n" for r in records))
     return manifest
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-class _OneLineErrorParser(argparse.ArgumentParser):
-    """Bad arguments give one line, `videobert-synth: error: ...`, and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _OneLineErrorParser(
-        prog="videobert-synth",
-        description="Write a synthetic narrated video corpus (mp4 + SRT + manifest.jsonl).",
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--num-videos", required=True, type=_positive_int, help="number of videos (>= 1)")
-    parser.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
-    parser.add_argument("--workers", type=_positive_int, default=1,
-                        help="encoding processes (default 1; the output does not depend on it)")
-    args = parser.parse_args(argv)
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} exists and is not a directory")
-    manifest = synthesize(args.out, args.num_videos, args.seed, workers=args.workers)
-    print(manifest)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

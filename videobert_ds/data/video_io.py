@@ -9,6 +9,7 @@ the length of the source.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -182,10 +183,8 @@ def _frames(container, stream, stats: DecodeStats) -> Iterator[av.VideoFrame]:
     except av.error.FFmpegError as e:
         stats.stopped_early = True
         stats.error = str(e)
-        try:  # frames already inside the decoder are still good
+        with contextlib.suppress(av.error.FFmpegError):  # frames already inside the decoder are still good
             yield from stream.decode(None)
-        except av.error.FFmpegError:
-            pass
 
 
 def stream_segments(

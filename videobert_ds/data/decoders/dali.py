@@ -8,11 +8,12 @@ callback DALI calls in this thread, in order, ``prefetch`` batches ahead of what
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+
+from videobert_ds.data.decoders.base import ClipDecoder, EncodedBatches
 
 # What DALI's libavcodec-based CPU decoder reads; everything else needs the GPU ("mixed") decoder.
 CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
@@ -24,45 +25,36 @@ def dali_can_decode(codec: str, device: torch.device) -> bool:
     return codec.lower() in (GPU_CODECS if device.type == "cuda" else CPU_CODECS)
 
 
-class DaliClipDecoder:
-    """Iterator of (frames uint8 (B,T,H,W,C) on ``device``, payload) for each (encoded clips, payload) input.
+class DaliClipDecoder(ClipDecoder):
+    """A ClipDecoder running one DALI pipeline: ``fn.external_source`` feeds it, ``fn.decoders.video`` decodes
+    (on the CPU, or "mixed" on a CUDA device) and DLPack hands the frames to torch without a copy."""
 
-    ``payload`` is carried alongside, unchanged (the loader's sample metadata). Frames past a clip's
-    end are padded as ``pad_mode`` says ("constant" = zeros, "edge" = repeat the last frame).
-    """
-
-    def __init__(
-        self,
-        batches: Iterator[tuple[list[bytes], Any]],
-        *,
-        batch_size: int,
-        num_frames: int,
-        device: torch.device,
-        num_threads: int = 2,
-        prefetch: int = 2,
-        pad_mode: str = "constant",
-    ) -> None:
+    def _start(self, batches: EncodedBatches) -> None:
         from nvidia.dali import fn, types
         from nvidia.dali.pipeline import Pipeline
 
-        self._device = device
+        device = self.device
         # The feeder holds no reference back to this object, so dropping it frees the pipeline at once.
         self._feeder = _Feeder(batches)
         on_gpu = device.type == "cuda"
         device_id = (device.index if device.index is not None else torch.cuda.current_device()) if on_gpu else None
         # exec_dynamic: outputs stay valid while referenced, so DLPack hands them to torch without a copy.
-        self._pipe = Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                              prefetch_queue_depth=prefetch, exec_dynamic=True)
+        self._pipe = Pipeline(
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            device_id=device_id,
+            prefetch_queue_depth=self.prefetch,
+            exec_dynamic=True,
+        )
         with self._pipe:
-            encoded, tag = fn.external_source(source=self._feeder, num_outputs=2, batch=True,
-                                              dtype=[types.UINT8, types.INT64])
-            video = fn.decoders.video(encoded, device="mixed" if on_gpu else "cpu",
-                                      sequence_length=num_frames, pad_mode=pad_mode)
+            encoded, tag = fn.external_source(
+                source=self._feeder, num_outputs=2, batch=True, dtype=[types.UINT8, types.INT64]
+            )
+            video = fn.decoders.video(
+                encoded, device="mixed" if on_gpu else "cpu", sequence_length=self.num_frames, pad_mode=self.pad_mode
+            )
             self._pipe.set_outputs(video, tag)
         self._pipe.build()
-
-    def __iter__(self) -> DaliClipDecoder:
-        return self
 
     def __next__(self) -> tuple[torch.Tensor, Any]:
         video, tag = self._pipe.run()
@@ -72,7 +64,7 @@ class DaliClipDecoder:
         if not video.is_dense_tensor():
             shapes = sorted({tuple(video[i].shape()) for i in range(len(video))})
             raise RuntimeError(f"clips of one batch decode to different shapes {shapes}; shards must share one size")
-        with self._device:
+        with self.device:
             frames = torch.from_dlpack(video.as_tensor())
         return frames, payload
 
@@ -84,7 +76,7 @@ class DaliClipDecoder:
 class _Feeder:
     """The external_source callback: the next batch of encoded clips, remembering its payload."""
 
-    def __init__(self, batches: Iterator[tuple[list[bytes], Any]]) -> None:
+    def __init__(self, batches: EncodedBatches) -> None:
         self.batches = batches
         self.payloads: deque[tuple[int, Any]] = deque()
         self.fed = 0

@@ -1,14 +1,13 @@
 """Decode batches of encoded clips with PyAV (libavcodec) in a small thread pool.
 
-The fallback for codecs DALI's CPU decoder cannot read (H.264, HEVC, AV1, MPEG-4). Same input
-and output as DaliClipDecoder, so the loader treats both alike.
+The fallback for codecs DALI's CPU decoder cannot read (H.264, HEVC, AV1, MPEG-4). Same contract
+(base.ClipDecoder) as DaliClipDecoder, so the loader treats both alike.
 """
 
 from __future__ import annotations
 
 import io
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -16,6 +15,8 @@ import av
 import numpy as np
 import torch
 from av.video.reformatter import Interpolation
+
+from videobert_ds.data.decoders.base import ClipDecoder, EncodedBatches
 
 # DALI converts with libswscale's exact path (bilinear chroma, accurate rounding); PyAV's default
 # fast path uses nearest chroma and truncates (about 1.2 darker, off at edges). With these flags
@@ -40,56 +41,37 @@ def decode_clip(data: bytes, num_frames: int) -> np.ndarray:
     return np.stack(frames)
 
 
-class PyAVClipDecoder:
-    """Iterator of (frames uint8 (B,T,H,W,C) on ``device``, payload) for each (encoded clips, payload) input.
+class PyAVClipDecoder(ClipDecoder):
+    """A ClipDecoder keeping ``prefetch`` batches decoding ahead in ``num_threads`` threads (libavcodec
+    releases the GIL); clips are padded on the CPU, then the batch moves to the device."""
 
-    Keeps ``prefetch`` batches decoding ahead in ``num_threads`` threads (libavcodec releases the GIL).
-    Frames past a clip's end are padded as ``pad_mode`` says ("constant" = zeros, "edge" = last frame).
-    """
-
-    def __init__(
-        self,
-        batches: Iterator[tuple[list[bytes], Any]],
-        *,
-        batch_size: int,
-        num_frames: int,
-        device: torch.device,
-        num_threads: int = 2,
-        prefetch: int = 2,
-        pad_mode: str = "constant",
-    ) -> None:
-        if pad_mode not in ("constant", "edge"):
-            raise ValueError(f"pad_mode must be 'constant' or 'edge', got {pad_mode!r}")
+    def _start(self, batches: EncodedBatches) -> None:
         self._batches = batches
-        self._num_frames = num_frames
-        self._device = device
-        self._pad_mode = pad_mode
-        self._prefetch = max(1, prefetch)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, num_threads), thread_name_prefix="pyav-decode")
+        self._ahead = max(1, self.prefetch)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, self.num_threads), thread_name_prefix="pyav-decode")
         self._pending: deque[tuple[list[Future[np.ndarray]], Any]] = deque()
 
     def _submit(self) -> None:
         clips, payload = next(self._batches)
-        self._pending.append(([self._pool.submit(decode_clip, c, self._num_frames) for c in clips], payload))
-
-    def __iter__(self) -> PyAVClipDecoder:
-        return self
+        self._pending.append(([self._pool.submit(decode_clip, c, self.num_frames) for c in clips], payload))
 
     def __next__(self) -> tuple[torch.Tensor, Any]:
-        while len(self._pending) < self._prefetch + 1:
+        while len(self._pending) < self._ahead + 1:
             self._submit()
         futures, payload = self._pending.popleft()
         clips = [f.result() for f in futures]
         shapes = {c.shape[1:] for c in clips}
         if len(shapes) != 1:
-            raise RuntimeError(f"clips of one batch decode to different shapes {sorted(shapes)}; shards must share one size")
-        out = torch.zeros((len(clips), self._num_frames, *shapes.pop()), dtype=torch.uint8)
+            raise RuntimeError(
+                f"clips of one batch decode to different shapes {sorted(shapes)}; shards must share one size"
+            )
+        out = torch.zeros((len(clips), self.num_frames, *shapes.pop()), dtype=torch.uint8)
         for i, clip in enumerate(clips):
             n = len(clip)
             out[i, :n] = torch.from_numpy(clip)
-            if self._pad_mode == "edge" and n < self._num_frames:
+            if self.pad_mode == "edge" and n < self.num_frames:
                 out[i, n:] = out[i, n - 1]
-        return out.to(self._device), payload
+        return out.to(self.device), payload
 
     def close(self) -> None:
         """Stop the decode threads (pending decodes are dropped)."""

@@ -1,0 +1,60 @@
+"""What the clip loader asks of a decoder: batches of encoded clips in, batches of uint8 frames on the device out.
+
+Two decoders keep this contract: DaliClipDecoder (dali.py; VP8/VP9/MJPEG on CPU, more codecs on a GPU) and
+PyAVClipDecoder (pyav.py; any codec libavcodec reads, on the CPU). The loader picks one per codec and device.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+PAD_MODES = ("constant", "edge")
+
+# What a decoder reads: (encoded clips of one batch, payload), the payload carried to its output unchanged.
+EncodedBatches = Iterator[tuple[list[bytes], Any]]
+
+
+class ClipDecoder(ABC):
+    """Iterator of (frames uint8 (B,T,H,W,C) on ``device``, payload) for each (encoded clips, payload) input.
+
+    ``payload`` is carried alongside, unchanged (the loader's sample metadata). Each clip gives its first
+    ``num_frames`` frames; frames past a clip's end are padded as ``pad_mode`` says ("constant" = zeros,
+    "edge" = repeat the last frame). ``num_threads`` threads decode up to ``prefetch`` batches ahead of
+    the one delivered, so a decoder may pull more inputs than it has handed out.
+    """
+
+    def __init__(
+        self,
+        batches: EncodedBatches,
+        *,
+        batch_size: int,
+        num_frames: int,
+        device: torch.device,
+        num_threads: int = 2,
+        prefetch: int = 2,
+        pad_mode: str = "constant",
+    ) -> None:
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be 'constant' or 'edge', got {pad_mode!r}")
+        self.batch_size, self.num_frames, self.device = batch_size, num_frames, device
+        self.num_threads, self.prefetch, self.pad_mode = num_threads, prefetch, pad_mode
+        self._start(batches)
+
+    @abstractmethod
+    def _start(self, batches: EncodedBatches) -> None:
+        """Set up decoding of ``batches`` (a pipeline, a thread pool) with the options the constructor stored."""
+
+    def __iter__(self) -> ClipDecoder:
+        return self
+
+    @abstractmethod
+    def __next__(self) -> tuple[torch.Tensor, Any]:
+        """The next batch: (frames uint8 (B, T, H, W, C) on the device, its payload)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop decoding now (threads, pipeline); batches decoded ahead are dropped."""
