@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SETUP_STAMP := .venv/.setup-stamp
 
-.PHONY: setup demo demo-clean test bench bench-data bench-kmeans bench-train tensorboard clean
+.PHONY: setup demo demo-clean test lint format bench bench-data bench-kmeans bench-train tensorboard clean
 
 setup: $(SETUP_STAMP)
 
@@ -15,9 +15,20 @@ demo: setup
 demo-clean:
 	rm -rf runs/demo
 
+# Lint first: a style slip fails in seconds instead of after the multi-rank tests.
 # .venv/bin first on PATH: one ninja for every process, so DeepSpeed's JIT ops are built once.
-test: setup
+test: setup lint
 	PATH="$(CURDIR)/.venv/bin:$$PATH" $(PY) -m pytest -q tests
+
+# What CI checks: ruff's lint rules and formatting (settings in pyproject.toml).
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+# Rewrite the tree to pass `make lint` (safe fixes only, then the formatter).
+format: setup
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
 
 # One table of every CPU-sized benchmark (loaders, visual-word assignment, ZeRO-3 vs ZeRO-0 step and memory).
 bench: demo

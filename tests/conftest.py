@@ -1,4 +1,5 @@
-"""Shared fixtures: one small synthetic corpus and its shards per test session (built for real)."""
+"""Shared fixtures for tests/unit and tests/integration: one small synthetic corpus and its shards per test session
+(built for real), and the tiny pipeline's stages as real 2-rank runs (built on demand)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = REPO / ".venv" / "bin"
+# The helpers hold assertions (shard checks): give them pytest's detailed failure messages too.
+pytest.register_assert_rewrite("tests.helpers")
+
+from tests.helpers import REPO  # noqa: E402
 
 # Keep the 2-core machine responsive when several ranks run at once.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -51,10 +54,11 @@ def pipeline_shards(tmp_path_factory) -> Path:
 
 
 def _run_stage(config: str, run_dir: Path, overrides: dict, ds_config: str = "zero3_cpu.json") -> Path:
-    from tests.distributed import run_training
+    from tests.helpers.distributed import run_training
 
-    proc = run_training(REPO / "ds_configs" / ds_config, config,
-                        [f"run.dir={run_dir}", *(f"{k}={v}" for k, v in overrides.items())])
+    proc = run_training(
+        REPO / "ds_configs" / ds_config, config, [f"run.dir={run_dir}", *(f"{k}={v}" for k, v in overrides.items())]
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir
 
@@ -62,24 +66,43 @@ def _run_stage(config: str, run_dir: Path, overrides: dict, ds_config: str = "ze
 @pytest.fixture(scope="session")
 def tiny_encoder(pipeline_shards) -> Path:
     """Stage 1: the exported clip autoencoder dir."""
-    run = _run_stage("video_encoder_tiny", pipeline_shards.parent / "encoder",
-                     {"data.shards": pipeline_shards, "schedule.max_steps": 150, "schedule.warmup_steps": 15,
-                      "schedule.val_every": 150, "schedule.checkpoint_every": 150})
+    run = _run_stage(
+        "video_encoder_tiny",
+        pipeline_shards.parent / "encoder",
+        {
+            "data.shards": pipeline_shards,
+            "schedule.max_steps": 150,
+            "schedule.warmup_steps": 15,
+            "schedule.val_every": 150,
+            "schedule.checkpoint_every": 150,
+        },
+    )
     return run / "final"
 
 
 @pytest.fixture(scope="session")
 def tiny_vocab(pipeline_shards, tiny_encoder) -> Path:
     """Stage 2: the vocabulary run dir (vocab.safetensors, vocab_report.json)."""
-    return _run_stage("vocab_tiny", pipeline_shards.parent / "vocab",
-                      {"data.shards": pipeline_shards, "encoder.path": tiny_encoder})
+    return _run_stage(
+        "vocab_tiny", pipeline_shards.parent / "vocab", {"data.shards": pipeline_shards, "encoder.path": tiny_encoder}
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_teacher(pipeline_shards, tiny_encoder, tiny_vocab) -> Path:
     """Stage 3: a tiny teacher run dir (checkpoints, tb, metrics.jsonl, final/)."""
-    return _run_stage("teacher_tiny", pipeline_shards.parent / "teacher",
-                      {"data.shards": pipeline_shards, "visual.encoder": tiny_encoder,
-                       "visual.vocab": tiny_vocab / "vocab.safetensors", "schedule.max_steps": 120,
-                       "schedule.warmup_steps": 12, "schedule.log_every": 10, "schedule.val_every": 60,
-                       "schedule.checkpoint_every": 60}, ds_config="zero3_cpu_bert.json")
+    return _run_stage(
+        "teacher_tiny",
+        pipeline_shards.parent / "teacher",
+        {
+            "data.shards": pipeline_shards,
+            "visual.encoder": tiny_encoder,
+            "visual.vocab": tiny_vocab / "vocab.safetensors",
+            "schedule.max_steps": 120,
+            "schedule.warmup_steps": 12,
+            "schedule.log_every": 10,
+            "schedule.val_every": 60,
+            "schedule.checkpoint_every": 60,
+        },
+        ds_config="zero3_cpu_bert.json",
+    )

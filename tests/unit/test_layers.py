@@ -55,9 +55,13 @@ def test_every_folder_is_a_known_layer():
 
 
 def test_imports_flow_from_later_layers_to_earlier_ones():
-    wrong = [f"{src} ({LAYERS[layer(src)] if layer(src) < ENTRY else 'entry'}) imports {dst} "
-             f"({LAYERS[layer(dst)] if layer(dst) < ENTRY else 'entry'})"
-             for src, targets in import_graph().items() for dst in targets if layer(dst) > layer(src)]
+    wrong = [
+        f"{src} ({LAYERS[layer(src)] if layer(src) < ENTRY else 'entry'}) imports {dst} "
+        f"({LAYERS[layer(dst)] if layer(dst) < ENTRY else 'entry'})"
+        for src, targets in import_graph().items()
+        for dst in targets
+        if layer(dst) > layer(src)
+    ]
     assert not wrong, "imports against the layer order:\n" + "\n".join(sorted(wrong))
 
 
@@ -71,7 +75,7 @@ def test_no_import_circles():
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                circles.append(path[path.index(nxt):] + [nxt])
+                circles.append(path[path.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = 2
@@ -85,4 +89,5 @@ def test_no_import_circles():
 def test_the_graph_sees_function_level_imports():
     """Guard the guard: train.py imports the trainer inside main(), and the graph must see it."""
     assert "videobert_ds.training.trainer" in import_graph()["videobert_ds.train"] or any(
-        t.startswith("videobert_ds.training.") for t in import_graph()["videobert_ds.train"])
+        t.startswith("videobert_ds.training.") for t in import_graph()["videobert_ds.train"]
+    )

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed import write_ds_config
+from tests.helpers import REPO
+from tests.helpers.distributed import write_ds_config
 from videobert_ds.core.config import PACKAGE_CONFIGS
 
 pytestmark = pytest.mark.multiproc
 
-REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "launcher" / "local_cluster.sh"
 
 # The script and tiny config the teacher tests submit (the issue's `sbatch slurm/pretrain_teacher.sh`).
@@ -51,8 +51,11 @@ PIPELINE_STAGES = {
 def available_stages() -> list[str]:
     from videobert_ds.stages import STAGES
 
-    return ["prepare"] + [s for s, (name, cfg) in PIPELINE_STAGES.items()
-                          if name in STAGES and (PACKAGE_CONFIGS / f"{cfg}.yaml").is_file()]
+    return ["prepare"] + [
+        s
+        for s, (name, cfg) in PIPELINE_STAGES.items()
+        if name in STAGES and (PACKAGE_CONFIGS / f"{cfg}.yaml").is_file()
+    ]
 
 
 def words(d: dict) -> str:
@@ -63,8 +66,9 @@ def teacher_env(runs: Path, ds_config: Path, run_dir: Path, **extra: str) -> dic
     """The teacher runs share the pipeline's encoder, vocabulary and text tokenizer (training a WordPiece
     tokenizer is not bit-reproducible, so runs that each trained their own would not be comparable)."""
     overrides = {**TEACHER_RUN, "text.tokenizer": runs / "teacher" / "tokenizer"}
-    return job_env(CONFIG=TEACHER_CONFIG, DS_CONFIG=ds_config, RUNS=runs, RUN_DIR=run_dir,
-                   OVERRIDES=words(overrides), **extra)
+    return job_env(
+        CONFIG=TEACHER_CONFIG, DS_CONFIG=ds_config, RUNS=runs, RUN_DIR=run_dir, OVERRIDES=words(overrides), **extra
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,14 +168,26 @@ def pipeline(cluster, synth_corpus, ds_config, tmp_path_factory):
     """slurm/pipeline.sh --wait over every stage that exists, on 2 nodes, tiny configs."""
     runs = tmp_path_factory.mktemp("slurm_runs")
     stages = available_stages()
-    env = job_env(MANIFEST=synth_corpus, RUNS=runs, CONFIG_SUFFIX="_tiny", DS_CONFIG=ds_config,
-                  PREPARE_ARGS="--fps 8 --size 32 --samples-per-shard 8 --decode-threads 1",
-                  OVERRIDES=words({**SHORT, "schedule.max_steps": 6, "schedule.checkpoint_every": 3,
-                                   "schedule.val_every": 3}),
-                  VOCAB_OVERRIDES="encode_batch_size=4", SBATCH_ARGS=" ".join(TWO_NODES), PIPELINE_POLL=1)
+    env = job_env(
+        MANIFEST=synth_corpus,
+        RUNS=runs,
+        CONFIG_SUFFIX="_tiny",
+        DS_CONFIG=ds_config,
+        PREPARE_ARGS="--fps 8 --size 32 --samples-per-shard 8 --decode-threads 1",
+        OVERRIDES=words({**SHORT, "schedule.max_steps": 6, "schedule.checkpoint_every": 3, "schedule.val_every": 3}),
+        VOCAB_OVERRIDES="encode_batch_size=4",
+        SBATCH_ARGS=" ".join(TWO_NODES),
+        PIPELINE_POLL=1,
+    )
     started = time.time()
-    proc = subprocess.run(["bash", str(REPO / "slurm" / "pipeline.sh"), "--stages", " ".join(stages), "--wait"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=len(stages) * JOB_TIMEOUT)
+    proc = subprocess.run(
+        ["bash", str(REPO / "slurm" / "pipeline.sh"), "--stages", " ".join(stages), "--wait"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=len(stages) * JOB_TIMEOUT,
+    )
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((runs / "logs").glob("*.out")))
     print(f"pipeline ({' '.join(stages)}): {time.time() - started:.0f} s")
     return runs, stages, proc, logs
@@ -196,8 +212,14 @@ def teacher_ref(pipeline, ds_config, tmp_path_factory):
 
 
 def test_srun_tasks_get_the_torch_distributed_env(cluster):
-    r = subprocess.run(["srun", "--label", *TWO_NODES, sys.executable, "-m", "videobert_ds.cli.launch", "env"], cwd=REPO,
-                       env=job_env(MASTER_ADDR="stale"), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        ["srun", "--label", *TWO_NODES, sys.executable, "-m", "videobert_ds.cli.launch", "env"],
+        cwd=REPO,
+        env=job_env(MASTER_ADDR="stale"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     by_task: dict[str, dict[str, str]] = {}
     for task, key, value in re.findall(r"^\s*(\d+): export (\w+)=(\S+)$", r.stdout, re.M):
@@ -218,9 +240,20 @@ def test_hostfile_from_the_allocation(cluster, tmp_path):
     from deepspeed.launcher.runner import fetch_hostfile
 
     hostfile = tmp_path / "hostfile"
-    r = subprocess.run(["sbatch", "--wait", *TWO_NODES, f"--output={tmp_path / 'out'}",
-                        f"--wrap={sys.executable} -m videobert_ds.cli.launch hostfile --out {hostfile}"],
-                       cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            "sbatch",
+            "--wait",
+            *TWO_NODES,
+            f"--output={tmp_path / 'out'}",
+            f"--wrap={sys.executable} -m videobert_ds.cli.launch hostfile --out {hostfile}",
+        ],
+        cwd=REPO,
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, (tmp_path / "out").read_text()
     assert hostfile.read_text() == "n1 slots=1\nn2 slots=1\n"
     assert dict(fetch_hostfile(str(hostfile))) == {"n1": 1, "n2": 1}
@@ -295,7 +328,9 @@ def test_preempted_job_checkpoints_requeues_and_finishes(teacher_ref, pipeline, 
     wait_until("the requeued run to resume", lambda: log.is_file() and resumed_steps(log.read_text()))
     first_stop = resumed_steps(log.read_text())[0]
     assert 2 <= first_stop < 24
-    wait_until("a step after the resume", lambda: last_step(run_dir) > first_stop or job_info(job)["JobState"] == "COMPLETED")
+    wait_until(
+        "a step after the resume", lambda: last_step(run_dir) > first_stop or job_info(job)["JobState"] == "COMPLETED"
+    )
     assert job_info(job)["JobState"] != "COMPLETED", "the job finished before the second interruption"
     subprocess.run(["scontrol", "requeue", job], check=True)
 
@@ -319,7 +354,9 @@ def test_killed_rank_fails_fast_and_resubmission_resumes(teacher_ref, pipeline, 
     becomes the resume point, and resubmitting the same script resumes from step 6 and finishes."""
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     fault = tmp_path / "kill_rank1_in_checkpoint.sh"
-    fault.write_text('#!/bin/bash\n[ "$SLURM_PROCID" = 1 ] && export VIDEOBERT_FAULT_KILL_IN_CHECKPOINT_STEP=12\nexec "$@"\n')
+    fault.write_text(
+        '#!/bin/bash\n[ "$SLURM_PROCID" = 1 ] && export VIDEOBERT_FAULT_KILL_IN_CHECKPOINT_STEP=12\nexec "$@"\n'
+    )
     fault.chmod(0o755)
     env = teacher_env(pipeline[0], ds_config, run_dir)
     faulty = {**env, "TASK_PREFIX": str(fault)}
@@ -349,17 +386,39 @@ def test_universal_checkpoint_resumes_two_ranks_on_one(pipeline, ds_config, tmp_
 
     source = pipeline[0] / "video_encoder"
     universal = tmp_path / "universal" / "step00000006_universal"
-    r = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                        str(source / "checkpoints" / "step00000006"), "--output_folder", str(universal),
-                        "--num_extract_workers", "1", "--num_merge_workers", "1"],
-                       env=job_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder",
+            str(source / "checkpoints" / "step00000006"),
+            "--output_folder",
+            str(universal),
+            "--num_extract_workers",
+            "1",
+            "--num_merge_workers",
+            "1",
+        ],
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     cfg = json.loads(ds_config.read_text())
 
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
-    env = job_env(CONFIG="video_encoder_tiny", DS_CONFIG=ds_config, RUNS=pipeline[0], RUN_DIR=run_dir,
-                  RESUME=universal, OVERRIDES=words({**SHORT, "schedule.max_steps": 8, "schedule.val_every": 1000,
-                                                     "schedule.checkpoint_every": 1000}))
+    env = job_env(
+        CONFIG="video_encoder_tiny",
+        DS_CONFIG=ds_config,
+        RUNS=pipeline[0],
+        RUN_DIR=run_dir,
+        RESUME=universal,
+        OVERRIDES=words(
+            {**SHORT, "schedule.max_steps": 8, "schedule.val_every": 1000, "schedule.checkpoint_every": 1000}
+        ),
+    )
     rc, _ = submit("pretrain_video_encoder.sh", env, [*ONE_RANK, f"--output={log}"], wait=True)
     text = log.read_text()
     assert rc == 0, text[-6000:]
@@ -383,9 +442,15 @@ def test_universal_checkpoint_resumes_two_ranks_on_one(pipeline, ds_config, tmp_
     assert max((fresh[k] - v).abs().max().item() for k, v in two_ranks.items() if k in fresh) > 10 * bound
 
     # The requeue: same run dir, `--resume auto`, ordinary config -> the step-8 checkpoint it wrote itself.
-    env = job_env(CONFIG="video_encoder_tiny", DS_CONFIG=ds_config, RUNS=pipeline[0], RUN_DIR=run_dir,
-                  OVERRIDES=words({**SHORT, "schedule.max_steps": 9, "schedule.val_every": 1000,
-                                   "schedule.checkpoint_every": 1000}))
+    env = job_env(
+        CONFIG="video_encoder_tiny",
+        DS_CONFIG=ds_config,
+        RUNS=pipeline[0],
+        RUN_DIR=run_dir,
+        OVERRIDES=words(
+            {**SHORT, "schedule.max_steps": 9, "schedule.val_every": 1000, "schedule.checkpoint_every": 1000}
+        ),
+    )
     log = tmp_path / "requeued.out"
     rc, _ = submit("pretrain_video_encoder.sh", env, [*ONE_RANK, f"--output={log}"], wait=True)
     text = log.read_text()

@@ -1,23 +1,24 @@
-"""Fine-tuning: the task batch, every head in every backward, and a real 2-rank ZeRO-3 run of all four tasks
-from the tiny teacher, evaluated on the synthetic test split beside chance."""
+"""Fine-tuning in one process: the task batch, every head in every backward, and where label sets come from
+(the real 2-rank run is in tests/integration/test_finetune.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.distributed import read_metrics, run_training, write_ds_config
-from tests.tiny import SP, tiny_config
-from videobert_ds.objectives.finetuning import TASKS, FinetuneObjective, TaskConfig, TaskSample, build_task_batch, task_tensors
-from videobert_ds.objectives.pretraining import IGNORE, to_device
+from tests.helpers.tiny import SP, tiny_config
+from videobert_ds.objectives.finetuning import (
+    TASKS,
+    FinetuneObjective,
+    TaskConfig,
+    TaskSample,
+    build_task_batch,
+    task_tensors,
+)
+from videobert_ds.objectives.layout import IGNORE, to_device
 
-REPO = Path(__file__).resolve().parents[1]
-EVAL = Path(sys.executable).parent / "videobert-eval"
 LABELS = {"colour": {"red": 0, "blue": 1}, "motion": {"left": 0, "right": 1, "up": 2}}
 
 
@@ -107,7 +108,6 @@ def test_every_head_is_in_every_backward(samples):
         assert model.alignment.weight.grad.abs().sum() > 0
 
 
-
 def test_label_sets_come_from_the_manifest_or_else_the_samples(prepared_shards, tmp_path):
     """videobert-prepare records each split's label values in manifest.json; shards prepared before it did
     are read sample by sample, with the same result."""
@@ -124,80 +124,3 @@ def test_label_sets_come_from_the_manifest_or_else_the_samples(prepared_shards, 
     (older / "manifest.json").write_text(json.dumps(manifest))
     assert discover_label_sets(older, "train", []) == recorded
     assert discover_label_sets(older, "train", ["motion"]) == {"motion": recorded["motion"]}
-
-# ---------------------------------------------------------------------------------------------
-# A real 2-rank run
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def finetuned(tiny_teacher, pipeline_shards, tmp_path_factory) -> Path:
-    """The tiny teacher fine-tuned on all four tasks (2 ranks, ZeRO-3)."""
-    tmp = tmp_path_factory.mktemp("finetune")
-    ds = write_ds_config(tmp / "zero3_cpu_finetune.json", micro_batch=8)
-    run = tmp / "run"
-    proc = run_training(ds, "finetune_tiny", [f"run.dir={run}", f"data.shards={pipeline_shards}",
-                                              f"model.init={tiny_teacher / 'final'}", "schedule.max_steps=150",
-                                              "schedule.warmup_steps=15", "schedule.val_every=75",
-                                              "schedule.checkpoint_every=75"], timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return run
-
-
-@pytest.mark.multiproc
-def test_finetune_trains_every_head_and_exports(finetuned):
-    from transformers import BertModel
-
-    from videobert_ds.model.finetuning import VideoBertForFinetuning
-
-    metrics = read_metrics(finetuned)
-    train = [m for _, m in sorted(metrics.items()) if "train/loss" in m]
-    first, last = train[0], train[-1]
-    for term in ("classification", "caption", "qa"):
-        assert last[f"train/{term}"] < first[f"train/{term}"], (term, first, last)
-    assert json.loads((finetuned / "partition_rank1.json").read_text())["world_size"] == 2
-    assert (finetuned / "checkpoints" / "latest").read_text() == "step00000150"
-    final = finetuned / "final"
-    model = VideoBertForFinetuning.from_pretrained(final)
-    assert model.label_sets == json.loads((finetuned / "label_sets.json").read_text())
-    assert set(model.label_sets) == {"colour", "shape", "motion"}
-    assert model.config.finetune_tasks == list(TASKS)
-    BertModel.from_pretrained(final)  # still a plain BERT encoder for anyone else
-    for f in ("tokenizer.json", "visual_vocab.safetensors", "clip_encoder/config.json"):
-        assert (final / f).is_file(), f
-
-
-@pytest.mark.multiproc
-def test_finetuned_heads_beat_chance_on_the_test_split(finetuned, pipeline_shards, tmp_path):
-    out = tmp_path / "eval.json"
-    r = subprocess.run([str(EVAL), "--config", "eval_tiny", "--model", str(finetuned / "final"), "--shards",
-                        str(pipeline_shards), "--split", "test", "--out", str(out)],
-                       cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    metrics = json.loads(out.read_text())["metrics"]
-    shown = {k: (round(v["value"], 3), round(v["chance"], 3)) for k, v in metrics.items()
-             if k.startswith(("finetune/", "retrieval/"))}
-    print("fine-tuned (value, chance):", shown)
-    assert metrics["finetune/classification/colour/top1"]["value"] > metrics["finetune/classification/colour/top1"]["chance"]
-    assert metrics["finetune/qa/accuracy"]["chance"] == pytest.approx(0.25)
-    assert metrics["finetune/qa/accuracy"]["value"] > 0.25, shown
-    cider = metrics["finetune/caption/CIDEr"]
-    assert cider["value"] > cider["chance"], shown  # the constant caption
-    for direction in ("t2v", "v2t"):  # the alignment head fine-tuned with in-batch hard negatives
-        recall, rank = metrics[f"finetune/retrieval/{direction}/R@5"], metrics[f"finetune/retrieval/{direction}/median_rank"]
-        assert recall["value"] > recall["chance"] and rank["value"] < rank["chance"], shown
-
-
-@pytest.mark.parametrize("overrides, message", [
-    (["finetune.tasks=[translation]"], "finetune.tasks"),
-    (["model.init=/no/such/model"], "is not an exported VideoBERT model dir"),
-    (["finetune.classification.label_sets=[mood]"], "no train sample has label(s) mood"),
-])
-def test_config_errors_are_one_line(tiny_teacher, pipeline_shards, tmp_path, capsys, overrides, message):
-    from videobert_ds.train import main
-
-    args = ["--deepspeed", "ds_configs/zero3_cpu.json", "--config", "finetune_tiny", f"run.dir={tmp_path}/run",
-            f"data.shards={pipeline_shards}", f"model.init={tiny_teacher / 'final'}", *overrides]
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and message in err, err

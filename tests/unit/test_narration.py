@@ -1,19 +1,16 @@
-"""Stage 1's narration objective: hashed words, the MIL-NCE loss, cross-rank negatives, the shift augmentation."""
+"""Stage 1's narration objective in one process: hashed words, the MIL-NCE loss, the shift augmentation."""
 
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from tests.distributed import free_port
-from videobert_ds.stages.pretrain_video_encoder import random_shift
-from videobert_ds.visual.narration import NarrationEncoder, gather_across_ranks, hash_words, mil_nce_loss
+from tests.helpers.vectors import aligned
+from videobert_ds.objectives.autoencoder import random_shift
+from videobert_ds.visual.narration import NarrationEncoder, hash_words, mil_nce_loss
 
 
 def test_hash_words_is_stable_and_ignores_case_and_punctuation():
@@ -27,16 +24,8 @@ def test_hash_words_is_stable_and_ignores_case_and_punctuation():
     assert ((ids >= 0) & (ids < 4096)).all()
 
 
-def _aligned(n_texts: int, clips_per_text: int, dim: int = 16, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    texts = F.normalize(torch.randn(n_texts, dim, generator=g), dim=-1)
-    owner = torch.arange(n_texts).repeat_interleave(clips_per_text)
-    clips = F.normalize(texts[owner] + 0.05 * torch.randn(len(owner), dim, generator=g), dim=-1)
-    return clips, owner, texts
-
-
 def test_mil_nce_is_low_for_matched_pairs_and_about_log_batch_for_unrelated_ones():
-    clips, owner, texts = _aligned(8, 3)
+    clips, owner, texts = aligned(8, 3)
     has = torch.ones(8, dtype=torch.bool)
     loss, acc = mil_nce_loss(clips, owner, texts, has, temperature=0.05)
     assert loss.item() < 0.05 and acc.item() == 1.0
@@ -47,7 +36,7 @@ def test_mil_nce_is_low_for_matched_pairs_and_about_log_batch_for_unrelated_ones
 
 
 def test_mil_nce_leaves_out_samples_without_narration():
-    clips, owner, texts = _aligned(6, 2)
+    clips, owner, texts = aligned(6, 2)
     has = torch.tensor([True, True, False, True, True, True])
     loss, _ = mil_nce_loss(clips, owner, texts, has, temperature=0.1)
     other = texts.clone()
@@ -77,47 +66,6 @@ def test_mil_nce_text_side_counts_all_clips_of_a_sample_as_positives():
     assert l_both.item() < l_one.item() < l_crossed.item()
 
 
-def _gather_worker(rank: int, world: int, port: int, clips, owner, texts, has, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        per_t, per_c = texts.shape[0] // world, clips.shape[0] // world
-        c = clips[rank * per_c:(rank + 1) * per_c].clone().requires_grad_(True)
-        t = texts[rank * per_t:(rank + 1) * per_t].clone().requires_grad_(True)
-        o = owner[rank * per_c:(rank + 1) * per_c] - rank * per_t
-        o = torch.where(owner[rank * per_c:(rank + 1) * per_c] >= 0, o, owner[rank * per_c:(rank + 1) * per_c])
-        ac, ao, at, ah = gather_across_ranks(c, o, t, has[rank * per_t:(rank + 1) * per_t])
-        real = ao >= 0
-        loss, _ = mil_nce_loss(ac[real], ao[real], at, ah, temperature=0.1)
-        loss.backward()
-        # Every rank computed the whole loss, so all_gather's backward hands each local input the sum of
-        # `world` copies of its gradient; the data-parallel average of the parameter gradients divides by world.
-        out[rank] = (loss.item(), c.grad.clone() / world, t.grad.clone() / world)
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.multiproc
-def test_negatives_gathered_across_two_ranks_give_the_global_batch_loss_and_gradients():
-    clips, owner, texts = _aligned(6, 2, seed=3)
-    clips = F.normalize(clips + 0.3 * torch.randn(clips.shape, generator=torch.Generator().manual_seed(4)), dim=-1)
-    owner = owner.clone()
-    owner[5] = -1  # a padded clip on rank 0, left out
-    has = torch.tensor([True, True, False, True, True, True])
-    out = mp.Manager().dict()
-    mp.spawn(_gather_worker, args=(2, free_port(), clips, owner, texts, has, out), nprocs=2, join=True)
-
-    c, t = clips.clone().requires_grad_(True), texts.clone().requires_grad_(True)
-    real = owner >= 0
-    ref, _ = mil_nce_loss(c[real], owner[real], t, has, temperature=0.1)
-    ref.backward()
-    for rank in (0, 1):
-        loss, gc, gt = out[rank]
-        assert loss == pytest.approx(ref.item(), rel=1e-5)
-        torch.testing.assert_close(gc, c.grad[rank * 6:(rank + 1) * 6])
-        torch.testing.assert_close(gt, t.grad[rank * 3:(rank + 1) * 3])
-
-
 def test_narration_encoder_gives_unit_vectors():
     enc = NarrationEncoder(64, 8)
     ids, offsets, _ = hash_words(["a red square", "down"], 64)
@@ -138,7 +86,7 @@ def test_random_shift_moves_every_frame_of_a_clip_by_the_same_offset():
     for n in range(16):
         pos = [(shifted[n, 0, t] == 1.0).nonzero().tolist() for t in range(4)]
         assert all(len(p) == 1 for p in pos), n  # the pixel stays whole (offsets within the pad)
-        (y0, x0), = pos[0]
+        ((y0, x0),) = pos[0]
         assert [p[0] for p in pos] == [[y0, x0 + t] for t in range(4)]
         offsets.add((y0 - 6, x0 - 3))
         assert abs(y0 - 6) <= 2 and abs(x0 - 3) <= 2

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 TENSORBOARD = Path(sys.executable).parent / "tensorboard"
 
 
@@ -21,8 +22,11 @@ def _write_run(run_dir: Path) -> dict[str, list[float]]:
     """A run dir shaped like the engine's (RUN/tb) with a few scalar curves."""
     from torch.utils.tensorboard import SummaryWriter
 
-    curves = {"train/loss": [2.0, 1.5, 1.2, 1.0, 0.9], "train/lr": [1e-4, 2e-4, 3e-4, 3e-4, 2e-4],
-              "val/loss": [1.8, 1.1]}
+    curves = {
+        "train/loss": [2.0, 1.5, 1.2, 1.0, 0.9],
+        "train/lr": [1e-4, 2e-4, 3e-4, 3e-4, 2e-4],
+        "val/loss": [1.8, 1.1],
+    }
     writer = SummaryWriter(str(run_dir / "tb"))
     for tag, values in curves.items():
         for step, value in enumerate(values):
@@ -40,7 +44,9 @@ def _start(logdir: Path) -> tuple[subprocess.Popen, str]:
     """TensorBoard on 127.0.0.1 with a port it picks itself; -> (process, base URL)."""
     proc = subprocess.Popen(
         [str(TENSORBOARD), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0", "--reload_interval", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + 120
     lines = []

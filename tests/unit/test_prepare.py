@@ -1,5 +1,5 @@
 """videobert-prepare, for real: shards from the synthetic corpus, real-world source formats,
-bad inputs, MPI ranks, interrupted runs and command-line errors."""
+bad inputs, interrupted runs and command-line errors (MPI ranks: tests/integration/test_prepare.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -18,39 +17,17 @@ import av
 import numpy as np
 import pytest
 
+from tests.helpers import VENV_BIN
+from tests.helpers.media import LEVELS, frame_index, make_video, write_srt
+from tests.helpers.shards import only_published_files, read_shards
 from videobert_ds.data.prepare import PrepareError, prepare_corpus
 from videobert_ds.data.video_io import DecodeStats, Segment, stream_segments
 
-sys.path.insert(0, str(Path(__file__).parent))
-from media import LEVELS, frame_index, make_video, write_srt  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = REPO / ".venv" / "bin"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 X265_QUIET = {"x265-params": "log-level=error"}
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def read_shards(out: Path) -> dict[str, dict]:
-    """Every sample of a shard dir, read with the webdataset library, checked against manifest.json."""
-    import webdataset as wds
-
-    man = json.loads((out / "manifest.json").read_text())
-    samples: dict[str, dict] = {}
-    for sh in man["shards"]:
-        n = 0
-        for s in wds.WebDataset([str(out / sh["file"])], shardshuffle=False):
-            meta = json.loads(s["json"])
-            assert meta["split"] == sh["split"], "one split per shard"
-            assert s["__key__"] not in samples
-            samples[s["__key__"]] = {"meta": meta, "clip": s[man["ext"]]}
-            n += 1
-        assert n == sh["num_samples"]
-        idx_lines = (out / sh["idx"]).read_text().splitlines()
-        assert idx_lines[0] == f"v1.2 {n}" and len(idx_lines) == n + 1
-    return samples
 
 
 def decode(clip: bytes) -> list[np.ndarray]:
@@ -61,12 +38,6 @@ def decode(clip: bytes) -> list[np.ndarray]:
 def expected_indices(start: float, n: int, fps: float, src_rate: Fraction) -> list[int]:
     """The rule: output frame k shows the last source frame with pts <= start + k/fps."""
     return [math.floor((start + k / fps) * src_rate + 1e-9) % LEVELS for k in range(n)]
-
-
-def only_published_files(out: Path) -> None:
-    names = {p.name for p in out.iterdir()}
-    assert {"manifest.json", "report.json"} <= names
-    assert all(n in ("manifest.json", "report.json") or n.startswith("shard-") for n in names), names
 
 
 def write_manifest(path: Path, records: list) -> Path:
@@ -110,23 +81,6 @@ def test_synth_round_trip(prepared_shards: Path) -> None:
         assert meta["qa"]["choices"][meta["qa"]["answer"]]
 
 
-@pytest.mark.multiproc
-def test_mpirun_two_ranks_gives_same_samples(synth_corpus: Path, prepared_shards: Path, tmp_path: Path) -> None:
-    out = tmp_path / "mpi"
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "2", "-x", "OMP_NUM_THREADS",
-           str(BIN / "videobert-prepare"), "--manifest", str(synth_corpus), "--out", str(out),
-           "--fps", "8", "--size", "32", "--samples-per-shard", "8", "--decode-threads", "1"]
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    only_published_files(out)
-    report = json.loads((out / "report.json").read_text())
-    assert report["ranks"] == 2
-    mpi, single = read_shards(out), read_shards(prepared_shards)
-    assert {k: v["meta"] for k, v in mpi.items()} == {k: v["meta"] for k, v in single.items()}
-    names = sorted(p.name for p in out.glob("shard-*.tar"))
-    assert names == [f"shard-{i:06d}.tar" for i in range(len(names))]
-
-
 def test_plain_run_never_initialises_mpi(tmp_path: Path) -> None:
     video = make_video(tmp_path / "v.mp4", seconds=1.0)
     manifest = write_manifest(tmp_path / "m.jsonl", [{"video": video.name, "caption": "c"}])
@@ -136,14 +90,28 @@ def test_plain_run_never_initialises_mpi(tmp_path: Path) -> None:
         "assert 'mpi4py.MPI' not in sys.modules, 'MPI initialised'"
     )
     env = {k: v for k, v in ENV.items() if not k.startswith(("OMPI_", "PMI", "PMIX"))}
-    r = subprocess.run([str(BIN / "python"), "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([str(VENV_BIN / "python"), "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_killed_run_leaves_no_shard_and_rerun_recovers(synth_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
-    cmd = [str(BIN / "videobert-prepare"), "--manifest", str(synth_corpus), "--out", str(out),
-           "--fps", "8", "--size", "32", "--samples-per-shard", "1", "--decode-threads", "1", "--no-progress"]
+    cmd = [
+        str(VENV_BIN / "videobert-prepare"),
+        "--manifest",
+        str(synth_corpus),
+        "--out",
+        str(out),
+        "--fps",
+        "8",
+        "--size",
+        "32",
+        "--samples-per-shard",
+        "1",
+        "--decode-threads",
+        "1",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and not list(out.glob(".partial-*/*.tar")):
@@ -256,8 +224,16 @@ def badrun(tmp_path_factory) -> tuple[Path, dict, dict]:
     d = tmp_path_factory.mktemp("bad")
     good = make_video(d / "good.mp4", seconds=3.0)
     make_video(d / "other.mkv", seconds=3.0)
-    write_srt(d / "good.srt", [(0.0, 1.0, "mix"), (1.2, 2.0, "fold"), (2.5, 4.0, "partly out"),
-                               (2.1, 2.2, "too short"), (10.0, 11.0, "outside")])
+    write_srt(
+        d / "good.srt",
+        [
+            (0.0, 1.0, "mix"),
+            (1.2, 2.0, "fold"),
+            (2.5, 4.0, "partly out"),
+            (2.1, 2.2, "too short"),
+            (10.0, 11.0, "outside"),
+        ],
+    )
     with (d / "good.srt").open("a", encoding="utf-8") as f:
         f.write("\n9\n00:00:bad --> 00:00:01,000\nmalformed block\n")
     write_srt(d / "outside.srt", [(20.0, 21.0, "nothing here")])
@@ -271,10 +247,17 @@ def badrun(tmp_path_factory) -> tuple[Path, dict, dict]:
     (d / "truncated.mp4").write_bytes(data[: len(data) // 2])  # moov atom at the end: unreadable
     good_qa = {"question": "what?", "choices": ["a", "b"], "answer": 1}
     recs = [
-        {"video": "good.mp4", "transcript": "good.srt", "id": "good", "labels": {"domain": "cooking"},
-         "annotations": [{"start": 0.0, "end": 1.1, "labels": {"step": "mix"}, "qa": good_qa},
-                         {"start": 1.1, "end": 2.3, "qa": {"question": "q", "choices": ["only one"], "answer": 0}},
-                         {"start": "x", "end": 1}]},
+        {
+            "video": "good.mp4",
+            "transcript": "good.srt",
+            "id": "good",
+            "labels": {"domain": "cooking"},
+            "annotations": [
+                {"start": 0.0, "end": 1.1, "labels": {"step": "mix"}, "qa": good_qa},
+                {"start": 1.1, "end": 2.3, "qa": {"question": "q", "choices": ["only one"], "answer": 0}},
+                {"start": "x", "end": 1},
+            ],
+        },
         {"video": "missing.mp4", "id": "missing"},
         {"video": "empty.mp4"},
         {"video": "random.mp4"},
@@ -293,8 +276,9 @@ def badrun(tmp_path_factory) -> tuple[Path, dict, dict]:
     ]
     manifest = write_manifest(d / "manifest.jsonl", recs)
     out = d / "shards"
-    report = prepare_corpus(manifest, out, fps=8, size=16, window=1.0, max_clip_seconds=2.0,
-                            samples_per_shard=3, progress=False)
+    report = prepare_corpus(
+        manifest, out, fps=8, size=16, window=1.0, max_clip_seconds=2.0, samples_per_shard=3, progress=False
+    )
     return out, report, read_shards(out)
 
 
@@ -304,17 +288,33 @@ def test_bad_inputs_skipped_with_reasons(badrun) -> None:
     assert report == json.loads((out / "report.json").read_text())
     skipped = {s["line"]: s["reason"] for s in report["inputs_skipped"]}
     assert skipped == {
-        2: "video_missing", 3: "video_empty", 4: "video_unreadable", 5: "video_unreadable",
-        11: "no_samples", 12: "manifest_line_malformed", 13: "manifest_line_malformed",
-        14: "duplicate_id", 15: "split_invalid",
+        2: "video_missing",
+        3: "video_empty",
+        4: "video_unreadable",
+        5: "video_unreadable",
+        11: "no_samples",
+        12: "manifest_line_malformed",
+        13: "manifest_line_malformed",
+        14: "duplicate_id",
+        15: "split_invalid",
     }
     assert report["inputs_seen"] == 16 and report["inputs_written"] == 7
     assert report["samples_written"] == len(samples) == json.loads((out / "manifest.json").read_text())["total"]
     reasons = report["reasons"]
-    for reason, n in {"cue_outside_video": 2, "cue_clipped": 1, "cue_too_short": 1, "cue_malformed": 1,
-                      "annotation_malformed": 1, "qa_malformed": 1, "transcript_missing": 1,
-                      "transcript_malformed": 1, "transcript_non_utf8": 1, "video_truncated": 1,
-                      "labels_malformed": 1, "annotations_malformed": 1}.items():
+    for reason, n in {
+        "cue_outside_video": 2,
+        "cue_clipped": 1,
+        "cue_too_short": 1,
+        "cue_malformed": 1,
+        "annotation_malformed": 1,
+        "qa_malformed": 1,
+        "transcript_missing": 1,
+        "transcript_malformed": 1,
+        "transcript_non_utf8": 1,
+        "video_truncated": 1,
+        "labels_malformed": 1,
+        "annotations_malformed": 1,
+    }.items():
         assert reasons.get(reason) == n, (reason, reasons)
 
 
@@ -336,7 +336,10 @@ def test_degraded_inputs_still_give_samples(badrun) -> None:
     assert windows == ["no_transcript_00000", "no_transcript_00001", "no_transcript_00002"]
     assert all(samples[k]["text"] == "" and samples[k]["num_frames"] == 8 for k in windows)
     assert sorted(k for k in samples if k.startswith("garbage_transcript_")) == [
-        "garbage_transcript_00000", "garbage_transcript_00001", "garbage_transcript_00002"]
+        "garbage_transcript_00000",
+        "garbage_transcript_00001",
+        "garbage_transcript_00002",
+    ]
     assert samples["garbage_transcript_00000"]["split"] == "val"
     assert samples["latin_00000"]["text"] == "Crème brûlée"
     cap_keys = [k for k in samples if k.startswith("caption_only_video_")]  # dots, spaces made key-safe
@@ -391,7 +394,9 @@ def test_cli_errors_are_one_line_exit_2(args: list[str], message: str, tmp_path:
     (done / "manifest.json").write_text("{}")
     paths = {"missing": tmp_path / "nope.jsonl", "manifest": manifest, "out": tmp_path / "o", "done": done}
     argv = [a.format(**paths) for a in args]
-    r = subprocess.run([str(BIN / "videobert-prepare"), *argv], env=ENV, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(VENV_BIN / "videobert-prepare"), *argv], env=ENV, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("videobert-prepare: error: ") and message in lines[0], r.stderr
@@ -402,10 +407,16 @@ def test_srun_without_mpi_is_refused(tmp_path: Path) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"video": "v.mp4"}\n')
     env = {**ENV, "SLURM_STEP_NUM_TASKS": "2"}
-    r = subprocess.run([str(BIN / "videobert-prepare"), "--manifest", str(manifest), "--out", str(tmp_path / "o")],
-                       env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(VENV_BIN / "videobert-prepare"), "--manifest", str(manifest), "--out", str(tmp_path / "o")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and r.stderr.strip() == (
-        "videobert-prepare: error: srun started several tasks without MPI: use srun --mpi=pmix (or pmi2)")
+        "videobert-prepare: error: srun started several tasks without MPI: use srun --mpi=pmix (or pmi2)"
+    )
 
 
 def test_sample_keys_are_safe_and_distinct() -> None:

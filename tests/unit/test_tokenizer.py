@@ -76,7 +76,10 @@ def test_s3d_features_shape_and_both_file_formats(weights, encoder):
         from_st = S3DEncoder(weights["b"], frames_per_clip=FPC)(frames)
     assert out.shape == (2, 2, 1024) and from_st.shape == (2, 2, 1024)
     assert out.std() > 1e-3  # calibrated random weights give informative features
-    assert encoder.identity()["weights_sha256"] != S3DEncoder(weights["b"], frames_per_clip=FPC).identity()["weights_sha256"]
+    assert (
+        encoder.identity()["weights_sha256"]
+        != S3DEncoder(weights["b"], frames_per_clip=FPC).identity()["weights_sha256"]
+    )
     # A whole torchvision-style state dict (classifier included) is accepted too.
     assert not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
 

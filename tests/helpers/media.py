@@ -12,7 +12,6 @@ from pathlib import Path
 import av
 import numpy as np
 
-
 LEVELS = 24  # distinct brightnesses before the pattern repeats
 
 
@@ -68,7 +67,9 @@ def make_video(
             step = 960
             for s in range(0, samples, step):
                 tone = (0.1 * np.sin(np.arange(s, s + step) / 20.0)).astype(np.float32)[None, :]
-                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(np.repeat(tone, 2, 0)), format="fltp", layout="stereo")
+                af = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(np.repeat(tone, 2, 0)), format="fltp", layout="stereo"
+                )
                 af.sample_rate = 48000
                 af.pts = s
                 af.time_base = Fraction(1, 48000)

@@ -1,6 +1,7 @@
 """The launcher without a cluster: SLURM/MPI -> torch.distributed mapping, hostfiles, the batch-script
 logic of launcher/slurm_env.sh (signal forwarding, requeue) and slurm/pipeline.sh's job chain, driven
-through fake `srun` / `sbatch` / `scontrol` on PATH; and a real 2-rank mpirun rendezvous."""
+through fake `srun` / `sbatch` / `scontrol` on PATH (the real 2-rank mpirun rendezvous is in
+tests/integration/test_launch.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import REPO
+from tests.helpers.distributed import clean_env
 from videobert_ds.cli.launch import (
     LaunchError,
     dist_env,
@@ -23,14 +26,23 @@ from videobert_ds.cli.launch import (
     write_hostfile,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-SCRIPTS = sorted((REPO / "slurm").glob("*.sh")) + [REPO / "launcher" / "slurm_env.sh", REPO / "launcher" / "local_cluster.sh"]
+SCRIPTS = sorted((REPO / "slurm").glob("*.sh")) + [
+    REPO / "launcher" / "slurm_env.sh",
+    REPO / "launcher" / "local_cluster.sh",
+]
 
 SRUN_TASK = {  # what srun gives task 3 of 4 (2 per node) in job 4242
-    "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
-    "SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "4", "SLURM_NODEID": "1",
-    "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_STEP_ID": "0",
+    "SLURM_PROCID": "3",
+    "SLURM_LOCALID": "1",
+    "SLURM_STEP_NUM_TASKS": "4",
+    "SLURM_NTASKS": "4",
+    "SLURM_NODEID": "1",
+    "SLURM_STEP_NODELIST": "gpu[07-08]",
+    "SLURM_JOB_NODELIST": "gpu[07-08]",
+    "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
 }
 
 
@@ -39,13 +51,16 @@ SRUN_TASK = {  # what srun gives task 3 of 4 (2 per node) in job 4242
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("expr, hosts", [
-    ("n1", ["n1"]),
-    ("n[1-2]", ["n1", "n2"]),
-    ("gpu[01-03,7],login1", ["gpu01", "gpu02", "gpu03", "gpu7", "login1"]),
-    ("r[1-2]n[08-09]", ["r1n08", "r1n09", "r2n08", "r2n09"]),
-    ("a-[9-11].ib", ["a-9.ib", "a-10.ib", "a-11.ib"]),
-])
+@pytest.mark.parametrize(
+    "expr, hosts",
+    [
+        ("n1", ["n1"]),
+        ("n[1-2]", ["n1", "n2"]),
+        ("gpu[01-03,7],login1", ["gpu01", "gpu02", "gpu03", "gpu7", "login1"]),
+        ("r[1-2]n[08-09]", ["r1n08", "r1n09", "r2n08", "r2n09"]),
+        ("a-[9-11].ib", ["a-9.ib", "a-10.ib", "a-11.ib"]),
+    ],
+)
 def test_expand_hostlist(expr, hosts):
     assert expand_hostlist(expr) == hosts
 
@@ -74,8 +89,15 @@ def test_srun_task_maps_to_torch_distributed():
     env = dict(SRUN_TASK, MASTER_ADDR="stale-host", MASTER_PORT="1")  # left over in the submitting shell
     source, v = dist_env(env)
     assert source == "slurm"
-    assert v == {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu07",
-                 "MASTER_PORT": str(10000 + 4242), "LOCAL_WORLD_SIZE": "2", "NODE_RANK": "1"}
+    assert v == {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "gpu07",
+        "MASTER_PORT": str(10000 + 4242),
+        "LOCAL_WORLD_SIZE": "2",
+        "NODE_RANK": "1",
+    }
 
 
 def test_explicit_master_and_single_visible_gpu():
@@ -115,8 +137,15 @@ def test_mpirun_maps_with_master_addr_else_defers_to_deepspeed():
 def test_srun_pmi2_is_slurm_and_hydra_proxies_are_mpi():
     pmi2 = dict(SRUN_TASK, PMI_RANK="3", PMI_SIZE="4")
     assert dist_env(pmi2)[0] == "slurm"
-    hydra = dict(SRUN_TASK, SLURM_PROCID="1", SLURM_STEP_NUM_TASKS="2", PMI_RANK="7", PMI_SIZE="16",
-                 MPI_LOCALRANKID="3", MASTER_ADDR="gpu07")
+    hydra = dict(
+        SRUN_TASK,
+        SLURM_PROCID="1",
+        SLURM_STEP_NUM_TASKS="2",
+        PMI_RANK="7",
+        PMI_SIZE="16",
+        MPI_LOCALRANKID="3",
+        MASTER_ADDR="gpu07",
+    )
     source, v = dist_env(hydra)
     assert (source, v["RANK"], v["WORLD_SIZE"], v["LOCAL_RANK"]) == ("mpi", "7", "16", "3")
 
@@ -126,13 +155,16 @@ def test_srun_pmi2_is_slurm_and_hydra_proxies_are_mpi():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra, slots, expected", [
-    ({"SLURM_GPUS_PER_NODE": "gpu:a100:8"}, None, [8, 8, 8]),
-    ({"SLURM_GPUS_ON_NODE": "4"}, None, [4, 4, 4]),
-    ({"SLURM_GPUS_PER_NODE": "0", "SLURM_TASKS_PER_NODE": "2(x2),1"}, None, [2, 2, 1]),
-    ({}, None, [1, 1, 1]),
-    ({"SLURM_GPUS_PER_NODE": "8"}, 2, [2, 2, 2]),
-])
+@pytest.mark.parametrize(
+    "extra, slots, expected",
+    [
+        ({"SLURM_GPUS_PER_NODE": "gpu:a100:8"}, None, [8, 8, 8]),
+        ({"SLURM_GPUS_ON_NODE": "4"}, None, [4, 4, 4]),
+        ({"SLURM_GPUS_PER_NODE": "0", "SLURM_TASKS_PER_NODE": "2(x2),1"}, None, [2, 2, 1]),
+        ({}, None, [1, 1, 1]),
+        ({"SLURM_GPUS_PER_NODE": "8"}, 2, [2, 2, 2]),
+    ],
+)
 def test_hostfile_lines(extra, slots, expected):
     env = {"SLURM_JOB_NODELIST": "gpu[01-02],big", **extra}
     assert hostfile_lines(env, slots) == [f"{h} slots={n}" for h, n in zip(["gpu01", "gpu02", "big"], expected)]
@@ -152,58 +184,45 @@ def test_hostfile_is_read_by_deepspeed(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "OMPI_", "PMI_", "PMIX_")) and k not in ("MASTER_ADDR", "MASTER_PORT", "RANK")}
-    env.update(extra)
-    return env
-
-
 def test_cli_exec_runs_command_with_mapping():
-    code = "import os; print(os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['MASTER_ADDR'], os.environ['MASTER_PORT'])"
-    r = subprocess.run([PY, "-m", "videobert_ds.cli.launch", "exec", "--", PY, "-c", code], cwd=REPO,
-                       env=_clean_env(**SRUN_TASK, PATH="/nonexistent:" + os.environ["PATH"]),
-                       capture_output=True, text=True, timeout=60)
+    code = (
+        "import os; "
+        "print(os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['MASTER_ADDR'], os.environ['MASTER_PORT'])"
+    )
+    r = subprocess.run(
+        [PY, "-m", "videobert_ds.cli.launch", "exec", "--", PY, "-c", code],
+        cwd=REPO,
+        env=clean_env(**SRUN_TASK, PATH="/nonexistent:" + os.environ["PATH"]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["3", "4", "gpu07", str(10000 + 4242)]
     assert "[launch] slurm: rank 3/4 local_rank 1" in r.stderr
 
 
 def test_cli_errors_are_one_line():
-    r = subprocess.run([PY, "-m", "videobert_ds.cli.launch", "exec", "--", "/no/such/binary"], cwd=REPO,
-                       env=_clean_env(), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [PY, "-m", "videobert_ds.cli.launch", "exec", "--", "/no/such/binary"],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("videobert-launch: error: cannot run")
-    r = subprocess.run([PY, "-m", "videobert_ds.cli.launch", "hostfile"], cwd=REPO, env=_clean_env(),
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [PY, "-m", "videobert_ds.cli.launch", "hostfile"],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and r.stderr.strip() == (
-        "videobert-launch: error: not inside a SLURM allocation (no SLURM_JOB_NODELIST); run it under sbatch or salloc")
-
-
-@pytest.mark.multiproc
-def test_mpirun_ranks_meet_through_the_mapping(tmp_path):
-    """Two mpirun ranks on loopback: the exec wrapper's RANK/WORLD_SIZE/MASTER_* (all five set, so DeepSpeed
-    skips its own MPI discovery) join them into one gloo group through env://."""
-    # Results go to files: Open MPI's stdout forwarding can drop the last line of a rank that exits at once.
-    code = ("import torch, torch.distributed as dist; dist.init_process_group('gloo', init_method='env://'); "
-            "t = torch.ones(1) * (dist.get_rank() + 1); dist.all_reduce(t); "
-            f"open(f'{tmp_path}/rank{{dist.get_rank()}}.txt', 'w').write("
-            "f'RESULT {dist.get_rank()} {dist.get_world_size()} {int(t.item())}'); dist.destroy_process_group()")
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "2", "-x", "MASTER_ADDR=127.0.0.1",
-           "-x", "MASTER_PORT=" + str(_free_port()), "-x", "PATH", "-x", "OMP_NUM_THREADS=1",
-           PY, "-m", "videobert_ds.cli.launch", "exec", "--", PY, "-c", code]
-    r = subprocess.run(cmd, cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    results = sorted(f.read_text().split()[1:] for f in tmp_path.glob("rank*.txt"))
-    assert results == [["0", "2", "3"], ["1", "2", "3"]]
-    assert "mpi: rank 1/2" in r.stderr
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        "videobert-launch: error: not inside a SLURM allocation (no SLURM_JOB_NODELIST); run it under sbatch or salloc"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,12 +237,26 @@ def test_scripts_parse(script):
 
 
 def test_stage_script_outside_slurm_says_so():
-    r = subprocess.run(["bash", str(REPO / "slurm" / "pretrain_teacher.sh")], cwd=REPO, env=_clean_env(),
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["bash", str(REPO / "slurm" / "pretrain_teacher.sh")],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
-    assert r.stderr.strip() == "pretrain_teacher.sh: error: not inside a SLURM job: submit it with sbatch (see docs/cluster.md)"
-    r = subprocess.run(["bash", str(REPO / "slurm" / "pretrain_teacher.sh")], cwd="/",
-                       env=_clean_env(SLURM_JOB_ID="1", VIDEOBERT_REPO="/nonexistent"), capture_output=True, text=True)
+    assert (
+        r.stderr.strip()
+        == "pretrain_teacher.sh: error: not inside a SLURM job: submit it with sbatch (see docs/cluster.md)"
+    )
+    r = subprocess.run(
+        ["bash", str(REPO / "slurm" / "pretrain_teacher.sh")],
+        cwd="/",
+        env=clean_env(SLURM_JOB_ID="1", VIDEOBERT_REPO="/nonexistent"),
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "no VideoBERT-DS checkout at /nonexistent" in r.stderr
 
 
@@ -253,13 +286,24 @@ def fake_slurm(tmp_path):
 
 def _batch(fake: Path, run_dir: Path, script_args: str = "", **extra: str) -> subprocess.Popen:
     """A stage script's body (as sbatch would run it), with the fake srun/scontrol first on PATH."""
-    env = _clean_env(FAKE=str(fake), PATH=f"{fake / 'bin'}:{os.environ['PATH']}", SLURM_JOB_ID="77",
-                     SLURM_CPUS_PER_TASK="3", SLURM_SUBMIT_DIR=str(REPO), CONFIG="teacher_tiny",
-                     DS_CONFIG="ds_configs/zero3_cpu.json", RUN_DIR=str(run_dir), SHARDS="/data/shards",
-                     OVERRIDES="schedule.max_steps=5 data.num_threads=1", LINK_OVERRIDES="", **extra)
+    env = clean_env(
+        FAKE=str(fake),
+        PATH=f"{fake / 'bin'}:{os.environ['PATH']}",
+        SLURM_JOB_ID="77",
+        SLURM_CPUS_PER_TASK="3",
+        SLURM_SUBMIT_DIR=str(REPO),
+        CONFIG="teacher_tiny",
+        DS_CONFIG="ds_configs/zero3_cpu.json",
+        RUN_DIR=str(run_dir),
+        SHARDS="/data/shards",
+        OVERRIDES="schedule.max_steps=5 data.num_threads=1",
+        LINK_OVERRIDES="",
+        **extra,
+    )
     script = f"source {REPO}/launcher/slurm_env.sh; vb_setup; vb_train {script_args}"
-    return subprocess.Popen(["bash", "-c", script], cwd="/", env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        ["bash", "-c", script], cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _wait_for(path: Path, timeout: float = 30) -> None:
@@ -277,10 +321,21 @@ def test_train_step_command_line(fake_slurm, tmp_path):
     args = (fake_slurm / "srun.args").read_text().splitlines()
     assert args[:2] == ["--cpus-per-task=3", "--kill-on-bad-exit=1"]  # CPUs passed on explicitly
     assert Path(args[2]).name.startswith("python") and args[3:7] == ["-m", "videobert_ds.cli.launch", "exec", "--"]
-    train = args[args.index("videobert_ds/train.py"):]
-    assert train == ["videobert_ds/train.py", "--deepspeed", "ds_configs/zero3_cpu.json", "--config", "teacher_tiny",
-                     "--resume", "auto", f"run.dir={tmp_path / 'run'}", "data.shards=/data/shards",
-                     "schedule.max_steps=5", "data.num_threads=1", "schedule.max_steps=9"]  # the script's args win
+    train = args[args.index("videobert_ds/train.py") :]
+    assert train == [
+        "videobert_ds/train.py",
+        "--deepspeed",
+        "ds_configs/zero3_cpu.json",
+        "--config",
+        "teacher_tiny",
+        "--resume",
+        "auto",
+        f"run.dir={tmp_path / 'run'}",
+        "data.shards=/data/shards",
+        "schedule.max_steps=5",
+        "data.num_threads=1",
+        "schedule.max_steps=9",
+    ]  # the script's args win
     # TERM reaches the tasks as USR1 (srun would SIGKILL them on TERM); Slurm itself decides about
     # requeueing after a TERM, so no scontrol call.
     assert (fake_slurm / "srun.signals").read_text().split() == ["USR1"]
@@ -339,35 +394,68 @@ echo "$n;cluster"
 def _pipeline(fake: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     (fake / "bin" / "sbatch").write_text(FAKE_SBATCH)
     (fake / "bin" / "sbatch").chmod(0o755)
-    e = _clean_env(FAKE=str(fake), PATH=f"{fake / 'bin'}:{os.environ['PATH']}", **env)
-    return subprocess.run(["bash", str(REPO / "slurm" / "pipeline.sh"), *args], cwd=fake, env=e,
-                          capture_output=True, text=True, timeout=60)
+    e = clean_env(FAKE=str(fake), PATH=f"{fake / 'bin'}:{os.environ['PATH']}", **env)
+    return subprocess.run(
+        ["bash", str(REPO / "slurm" / "pipeline.sh"), *args],
+        cwd=fake,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_pipeline_chains_stages_with_afterok(fake_slurm, tmp_path):
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text("{}\n")
-    r = _pipeline(fake_slurm, "--stages", "teacher prepare vocab video_encoder", MANIFEST=str(manifest),
-                  RUNS="runs", CONFIG_SUFFIX="_tiny", TEACHER_CONFIG="my_teacher.yaml", RUN_DIR="/leak", CONFIG="leak",
-                  OVERRIDES="schedule.max_steps=6", VOCAB_OVERRIDES="encode_batch_size=4",
-                  SBATCH_ARGS="--nodes=2 --gpus-per-node=0", TEACHER_SBATCH_ARGS="--time=5", DEPENDENCY="afterok:99")
+    r = _pipeline(
+        fake_slurm,
+        "--stages",
+        "teacher prepare vocab video_encoder",
+        MANIFEST=str(manifest),
+        RUNS="runs",
+        CONFIG_SUFFIX="_tiny",
+        TEACHER_CONFIG="my_teacher.yaml",
+        RUN_DIR="/leak",
+        CONFIG="leak",
+        OVERRIDES="schedule.max_steps=6",
+        VOCAB_OVERRIDES="encode_batch_size=4",
+        SBATCH_ARGS="--nodes=2 --gpus-per-node=0",
+        TEACHER_SBATCH_ARGS="--time=5",
+        DEPENDENCY="afterok:99",
+    )
     assert r.returncode == 0, r.stderr
     calls = [line.split("|") for line in (fake_slurm / "sbatch.calls").read_text().splitlines()]
     runs = (fake_slurm / "runs").resolve()
     assert [c[0] for c in calls] == ["101", "102", "103", "104"]
-    assert [c[1] for c in calls] == ["CONFIG=", "CONFIG=video_encoder_tiny", "CONFIG=vocab_tiny", "CONFIG=my_teacher.yaml"]
+    assert [c[1] for c in calls] == [
+        "CONFIG=",
+        "CONFIG=video_encoder_tiny",
+        "CONFIG=vocab_tiny",
+        "CONFIG=my_teacher.yaml",
+    ]
     assert all(c[2] == "RUN_DIR=" for c in calls)  # the caller's RUN_DIR must not leak into every stage
     assert calls[2][3].split() == ["OVERRIDES=schedule.max_steps=6", "encode_batch_size=4"]
     deps = [next((a for a in c[4].split() if a.startswith("--dependency=")), None) for c in calls]
-    assert deps == ["--dependency=afterok:99", "--dependency=afterok:101", "--dependency=afterok:102",
-                    "--dependency=afterok:103"]
+    assert deps == [
+        "--dependency=afterok:99",
+        "--dependency=afterok:101",
+        "--dependency=afterok:102",
+        "--dependency=afterok:103",
+    ]
     assert all("--kill-on-invalid-dep=yes" in c[4] for c in calls)
     assert all(f"--output={runs}/logs/%x-%j.out" in c[4] and "--nodes=2" in c[4] for c in calls)
     assert "--time=5" in calls[3][4] and "--time=5" not in calls[2][4]
-    assert [c[4].split()[-1] for c in calls] == [str(REPO / "slurm" / s) for s in (
-        "prepare_shards.sh", "pretrain_video_encoder.sh", "build_vocab.sh", "pretrain_teacher.sh")]
-    assert (runs / "logs" / "pipeline.jobs").read_text().split() == ["prepare:101", "video_encoder:102", "vocab:103",
-                                                                      "teacher:104"]
+    assert [c[4].split()[-1] for c in calls] == [
+        str(REPO / "slurm" / s)
+        for s in ("prepare_shards.sh", "pretrain_video_encoder.sh", "build_vocab.sh", "pretrain_teacher.sh")
+    ]
+    assert (runs / "logs" / "pipeline.jobs").read_text().split() == [
+        "prepare:101",
+        "video_encoder:102",
+        "vocab:103",
+        "teacher:104",
+    ]
 
 
 def test_pipeline_skips_finished_stages_and_checks_inputs(fake_slurm):
@@ -383,6 +471,9 @@ def test_pipeline_skips_finished_stages_and_checks_inputs(fake_slurm):
     assert len(calls) == 1 and "--dependency" not in calls[0] and "build_vocab.sh" in calls[0]
 
     r = _pipeline(fake_slurm, "--stages", "prepare", RUNS=str(fake_slurm / "empty"))
-    assert r.returncode == 2 and r.stderr.strip() == "pipeline.sh: error: set MANIFEST (input manifest.jsonl) for the prepare stage"
+    assert (
+        r.returncode == 2
+        and r.stderr.strip() == "pipeline.sh: error: set MANIFEST (input manifest.jsonl) for the prepare stage"
+    )
     r = _pipeline(fake_slurm, "--stages", "teacher bogus")
     assert r.returncode == 2 and "unknown stage 'bogus'" in r.stderr

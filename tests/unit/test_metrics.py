@@ -7,11 +7,19 @@ import shutil
 import pytest
 import torch
 
-from videobert_ds.inference.decoding import beam_decode, greedy_decode
 from videobert_ds.eval.metrics import (
-    caption_scores, caption_scores_many, majority_topk_accuracy, median_rank, median_rank_chance, most_frequent,
-    recall_at_k, recall_chance, topk_accuracy, topk_chance,
+    caption_scores,
+    caption_scores_many,
+    majority_topk_accuracy,
+    median_rank,
+    median_rank_chance,
+    most_frequent,
+    recall_at_k,
+    recall_chance,
+    topk_accuracy,
+    topk_chance,
 )
+from videobert_ds.inference.decoding import beam_decode, greedy_decode
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's METEOR needs java")
 
@@ -91,13 +99,20 @@ REFS = {
 @pytest.fixture(scope="module")
 def caption_systems() -> dict[str, dict[str, float]]:
     """Several systems scored in one pycocoevalcap run (each JVM start costs seconds)."""
-    return caption_scores_many(REFS, {
-        "exact": {k: v[0] for k, v in REFS.items()},
-        "shouted": {k: v[0].upper() + "." for k, v in REFS.items()},
-        "unrelated": {k: "zebra xylophone quartz" for k in REFS},
-        "partial": {"a": "a red circle moves right", "b": "the blue square goes up", "c": "a green cross",
-                    "d": "now the yellow triangle slides to the right"},
-    })
+    return caption_scores_many(
+        REFS,
+        {
+            "exact": {k: v[0] for k, v in REFS.items()},
+            "shouted": {k: v[0].upper() + "." for k, v in REFS.items()},
+            "unrelated": {k: "zebra xylophone quartz" for k in REFS},
+            "partial": {
+                "a": "a red circle moves right",
+                "b": "the blue square goes up",
+                "c": "a green cross",
+                "d": "now the yellow triangle slides to the right",
+            },
+        },
+    )
 
 
 @needs_java
@@ -132,9 +147,16 @@ def test_without_java_meteor_is_left_out_and_the_rest_agree(caption_systems, mon
     import videobert_ds.eval.metrics as metrics
 
     monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
-    systems = {"exact": {k: v[0] for k, v in REFS.items()}, "shouted": {k: v[0].upper() + "." for k, v in REFS.items()},
-               "partial": {"a": "a red circle moves right", "b": "the blue square goes up", "c": "a green cross",
-                           "d": "now the yellow triangle slides to the right"}}
+    systems = {
+        "exact": {k: v[0] for k, v in REFS.items()},
+        "shouted": {k: v[0].upper() + "." for k, v in REFS.items()},
+        "partial": {
+            "a": "a red circle moves right",
+            "b": "the blue square goes up",
+            "c": "a green cross",
+            "d": "now the yellow triangle slides to the right",
+        },
+    }
     with caplog.at_level("WARNING"):
         no_java = caption_scores_many(REFS, systems)
     assert "no java" in caplog.text
@@ -207,7 +229,9 @@ def test_banned_tokens_and_unfinished_captions():
 
 
 def test_beam_of_one_is_greedy():
-    assert beam_decode(ToyLM(), 2, max_len=5, end_id=END, beam_size=1) == greedy_decode(ToyLM(), 2, max_len=5, end_id=END)
+    assert beam_decode(ToyLM(), 2, max_len=5, end_id=END, beam_size=1) == greedy_decode(
+        ToyLM(), 2, max_len=5, end_id=END
+    )
 
 
 def test_length_penalty_prefers_longer_captions():

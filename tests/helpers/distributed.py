@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 
 
@@ -26,6 +27,17 @@ def launch_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment minus any outer SLURM job, MPI launch or rendezvous, plus `extra`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "OMPI_", "PMI_", "PMIX_")) and k not in ("MASTER_ADDR", "MASTER_PORT", "RANK")
+    }
+    env.update(extra)
+    return env
+
+
 def write_ds_config(path: Path, micro_batch: int = 2, **overrides) -> Path:
     """The shipped CPU ZeRO-3 config with a test-sized micro-batch."""
     cfg = json.loads((REPO / "ds_configs" / "zero3_cpu.json").read_text())
@@ -37,16 +49,38 @@ def write_ds_config(path: Path, micro_batch: int = 2, **overrides) -> Path:
 
 def deepspeed_cmd(ds_config: Path, config: str, overrides: list[str], num_ranks: int = 2) -> list[str]:
     return [
-        str(DEEPSPEED), "--num_gpus", str(num_ranks), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        str(REPO / "videobert_ds" / "train.py"), "--deepspeed", str(ds_config), "--config", config, *overrides,
+        str(DEEPSPEED),
+        "--num_gpus",
+        str(num_ranks),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(REPO / "videobert_ds" / "train.py"),
+        "--deepspeed",
+        str(ds_config),
+        "--config",
+        config,
+        *overrides,
     ]
 
 
-def run_training(ds_config: Path, config: str, overrides: list[str], *, num_ranks: int = 2, timeout: int = 600,
-                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_training(
+    ds_config: Path,
+    config: str,
+    overrides: list[str],
+    *,
+    num_ranks: int = 2,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        deepspeed_cmd(ds_config, config, overrides, num_ranks), cwd=REPO, env=env or launch_env(),
-        capture_output=True, text=True, timeout=timeout,
+        deepspeed_cmd(ds_config, config, overrides, num_ranks),
+        cwd=REPO,
+        env=env or launch_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

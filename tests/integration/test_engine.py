@@ -13,7 +13,8 @@ import psutil
 import pytest
 import torch
 
-from tests.distributed import deepspeed_cmd, launch_env, read_metrics, run_training, write_ds_config
+from tests.helpers import REPO
+from tests.helpers.distributed import deepspeed_cmd, launch_env, read_metrics, run_training, write_ds_config
 
 pytestmark = pytest.mark.multiproc
 
@@ -22,9 +23,17 @@ CONFIG = "video_encoder_tiny"
 
 def overrides(run_dir: Path, shards: Path, **extra) -> list[str]:
     base = {
-        "run.dir": run_dir, "data.shards": shards, "data.num_threads": 1, "data.log_sample_keys": "true",
-        "schedule.max_steps": 8, "schedule.warmup_steps": 2, "schedule.log_every": 1, "schedule.val_every": 4,
-        "schedule.val_batches": 1, "schedule.checkpoint_every": 4, "schedule.keep_checkpoints": 3,
+        "run.dir": run_dir,
+        "data.shards": shards,
+        "data.num_threads": 1,
+        "data.log_sample_keys": "true",
+        "schedule.max_steps": 8,
+        "schedule.warmup_steps": 2,
+        "schedule.log_every": 1,
+        "schedule.val_every": 4,
+        "schedule.val_batches": 1,
+        "schedule.checkpoint_every": 4,
+        "schedule.keep_checkpoints": 3,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
@@ -62,8 +71,17 @@ def test_loss_falls_and_logs(full_run):
     losses = [metrics[s]["train/l_video"] for s in sorted(metrics) if "train/l_video" in metrics[s]]
     assert len(losses) == 8
     assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses
-    for key in ("train/loss", "train/l_nce", "train/acc_narration", "train/lr", "train/grad_norm",
-                "perf/samples_per_s", "perf/data_wait_frac", "perf/memory_gib", "perf/tflops_per_device"):
+    for key in (
+        "train/loss",
+        "train/l_nce",
+        "train/acc_narration",
+        "train/lr",
+        "train/grad_norm",
+        "perf/samples_per_s",
+        "perf/data_wait_frac",
+        "perf/memory_gib",
+        "perf/tflops_per_device",
+    ):
         assert key in metrics[8], key
     assert "val/loss" in metrics[4] and "val/loss" in metrics[8]
 
@@ -117,7 +135,8 @@ def test_resume_matches_uninterrupted_run(full_run, prepared_shards, ds_config, 
     for rank in (0, 1):
         keys = sample_keys(run_dir, rank)
         (run_dir / f"samples_rank{rank}.jsonl").write_text(
-            "".join(json.dumps({"step": s, "keys": k}) + "\n" for s, k in keys.items() if s < 4))
+            "".join(json.dumps({"step": s, "keys": k}) + "\n" for s, k in keys.items() if s < 4)
+        )
 
     proc = run_training(ds_config, CONFIG, overrides(run_dir, prepared_shards))
     ok(proc)
@@ -138,8 +157,9 @@ def test_resume_matches_uninterrupted_run(full_run, prepared_shards, ds_config, 
 
 def test_kill_during_checkpoint_resumes_from_previous(prepared_shards, ds_config, tmp_path):
     run_dir = tmp_path / "killed"
-    args = overrides(run_dir, prepared_shards, **{"schedule.max_steps": 6, "schedule.checkpoint_every": 2,
-                                                   "schedule.val_every": 100})
+    args = overrides(
+        run_dir, prepared_shards, **{"schedule.max_steps": 6, "schedule.checkpoint_every": 2, "schedule.val_every": 100}
+    )
     proc = run_training(ds_config, CONFIG, args, env=launch_env(VIDEOBERT_FAULT_KILL_IN_CHECKPOINT_STEP="4"))
     assert proc.returncode != 0
     ckpts = run_dir / "checkpoints"
@@ -156,10 +176,19 @@ def test_kill_during_checkpoint_resumes_from_previous(prepared_shards, ds_config
 
 def test_sigusr1_checkpoints_and_exits_cleanly(prepared_shards, ds_config, tmp_path):
     run_dir = tmp_path / "signalled"
-    args = overrides(run_dir, prepared_shards, **{"schedule.max_steps": 10000, "schedule.val_every": 10000,
-                                                   "schedule.checkpoint_every": 10000})
-    launcher = subprocess.Popen(deepspeed_cmd(ds_config, CONFIG, args), cwd=Path(__file__).parents[1],
-                                env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = overrides(
+        run_dir,
+        prepared_shards,
+        **{"schedule.max_steps": 10000, "schedule.val_every": 10000, "schedule.checkpoint_every": 10000},
+    )
+    launcher = subprocess.Popen(
+        deepspeed_cmd(ds_config, CONFIG, args),
+        cwd=REPO,
+        env=launch_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -169,8 +198,11 @@ def test_sigusr1_checkpoints_and_exits_cleanly(prepared_shards, ds_config, tmp_p
             time.sleep(0.5)
         else:
             pytest.fail("training never started")
-        ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True) 
-                 if any(a.startswith("--local_rank") for a in p.cmdline())]
+        ranks = [
+            p
+            for p in psutil.Process(launcher.pid).children(recursive=True)
+            if any(a.startswith("--local_rank") for a in p.cmdline())
+        ]
         assert len(ranks) == 2
         for p in ranks:  # as SLURM does: every task gets the warning signal
             p.send_signal(signal.SIGUSR1)
