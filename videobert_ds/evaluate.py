@@ -2,7 +2,7 @@
 
     deepspeed --num_gpus 8 videobert_ds/evaluate.py --model MODEL_DIR --zero3
 
-The same as `videobert-eval`; the work is in videobert_ds.eval.run.
+The same as `videobert-eval` (videobert_ds/cli/eval.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by the deepspeed launcher
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from videobert_ds.eval.run import main
+from videobert_ds.cli.eval import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,7 +27,7 @@ from videobert_ds.bench.train import run as run_training_bench
 def bench_assignment(demo: Path, batches: int = 20) -> float:
     """Clip features per second through the VisualTokenizer (encode + nearest word), demo sizes."""
     from videobert_ds.data.loader import build_clip_loader
-    from videobert_ds.stages.pretrain_teacher import load_visual_tokenizer
+    from videobert_ds.visual.loading import load_visual_tokenizer
 
     tok, _ = load_visual_tokenizer(demo / "video_encoder" / "final", demo / "vocab" / "vocab.safetensors",
                                    torch.device("cpu"))

@@ -23,7 +23,9 @@ import torch
 
 from videobert_ds.eval.items import EvalItem
 from videobert_ds.eval.metrics import majority_topk_accuracy, topk_chance
-from videobert_ds.inference.scoring import FilledTemplate, Vocab, joint_batch, score, template_scores
+from videobert_ds.inference.scoring import FilledTemplate, score, template_scores
+from videobert_ds.model.specials import Specials
+from videobert_ds.objectives.layout import joint_inputs
 from videobert_ds.core.distributed import sharded
 
 
@@ -31,13 +33,13 @@ def finetuned_label_sets(config: Any) -> dict[str, list[str]]:
     return dict(getattr(config, "finetune_label_sets", None) or {})
 
 
-def label_logits(heads: Any, items: Sequence[EvalItem], with_text: bool, vocab: Vocab, max_len: int,
+def label_logits(heads: Any, items: Sequence[EvalItem], with_text: bool, vocab: Specials, max_len: int,
                  device: torch.device, batch_size: int) -> np.ndarray:
     """(items, sum of label-set sizes): every label head's logits on each item's video (and text)."""
 
     def fn(idx: list[int]) -> list[list[float]]:
         texts = [items[i].text_ids if with_text else [] for i in idx]
-        batch = joint_batch(texts, [items[i].visual_ids for i in idx], vocab, caption_mode=False, max_len=max_len,
+        batch = joint_inputs(texts, [items[i].visual_ids for i in idx], vocab, caption_mode=False, max_len=max_len,
                             device=device)
         _, _, logits = score(heads, batch, torch.zeros((len(idx), 1), dtype=torch.long, device=device))
         return logits.tolist()
@@ -67,7 +69,7 @@ def classification_metrics(items: Sequence[EvalItem], logits: np.ndarray, label_
     return out
 
 
-def qa_rows(items: Sequence[EvalItem], tokenizer: Any, vocab: Vocab, max_text_tokens: int) -> list[tuple[int, int, FilledTemplate, list[int]]]:
+def qa_rows(items: Sequence[EvalItem], tokenizer: Any, vocab: Specials, max_text_tokens: int) -> list[tuple[int, int, FilledTemplate, list[int]]]:
     """(item, choice, question + [MASK] slot, the choice's pieces) for every candidate answer."""
     rows = []
     for i, it in enumerate(items):
@@ -84,7 +86,7 @@ def qa_rows(items: Sequence[EvalItem], tokenizer: Any, vocab: Vocab, max_text_to
     return rows
 
 
-def qa_metrics(heads: Any, items: Sequence[EvalItem], tokenizer: Any, vocab: Vocab, max_len: int, max_text_tokens: int,
+def qa_metrics(heads: Any, items: Sequence[EvalItem], tokenizer: Any, vocab: Specials, max_len: int, max_text_tokens: int,
                device: torch.device, batch_size: int) -> dict[str, dict[str, Any]]:
     rows = qa_rows(items, tokenizer, vocab, max_text_tokens)
     if not rows:

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 
 from videobert_ds.data.loader import VIDEO_EXTS, choose_backend, read_shard_manifest, split_shards
-from videobert_ds.data.sampling import RawSample, read_shards
+from videobert_ds.data.sampling import RawSample
+from videobert_ds.data.splits import rank_samples
 
 
 @dataclass
@@ -34,18 +35,6 @@ class EvalItem:
     visual_ids: list[int]
     labels: dict[str, str] = field(default_factory=dict)
     qa: dict[str, Any] | None = None  # question, choices, answer (validated by videobert-prepare)
-
-
-def split_meta(shard_dir: str | Path, split: str) -> list[dict[str, Any]]:
-    """The json of every sample of a split, in manifest order (video bytes are read but never decoded)."""
-    shards = split_shards(shard_dir, read_shard_manifest(shard_dir), split)
-    return [json.loads(s["json"]) for s in read_shards(shards)]
-
-
-def rank_samples(shard_dir: str | Path, split: str, rank: int, world_size: int) -> Iterator[RawSample]:
-    """This rank's samples of the split: those with index % world_size == rank (all of them, no tail dropped)."""
-    shards = split_shards(shard_dir, read_shard_manifest(shard_dir), split)
-    return islice(read_shards(shards), rank, None, world_size)
 
 
 def _video(sample: RawSample) -> bytes:

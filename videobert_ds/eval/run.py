@@ -1,8 +1,7 @@
-"""videobert-eval: what a pretrained VideoBERT (teacher or student) does downstream, beside chance.
+"""The evaluation run: what a pretrained VideoBERT (teacher or student) does downstream, beside chance.
 
-    videobert-eval --model MODEL_DIR --shards SHARDS --split test --out REPORT.json
-    deepspeed --num_gpus 2 videobert_ds/evaluate.py --model ... (or torchrun / srun / mpirun): ranks share the work
-    deepspeed videobert_ds/train.py --config eval_tiny model.dir=... (the same, as the `evaluate` stage)
+Run by `videobert-eval` (cli/eval.py), by `videobert_ds/evaluate.py` under a launcher, and by the `evaluate`
+stage (`deepspeed videobert_ds/train.py --config eval_tiny model.dir=...`).
 
 The algorithm:
   1. every rank decodes its share of the split and maps frames to visual words with the model's own
@@ -44,7 +43,9 @@ import torch.distributed as dist
 from videobert_ds.eval.downstream import (
     as_finetuned, classification_metrics, finetuned_label_sets, label_logits, qa_metrics,
 )
-from videobert_ds.eval.items import EvalItem, encode_items, gather_items, split_meta
+from videobert_ds.data.splits import split_meta
+from videobert_ds.eval.items import EvalItem, encode_items, gather_items
+from videobert_ds.core.atomic import write_json
 from videobert_ds.core.distributed import all_gather, rank_world, sharded
 from videobert_ds.inference.decoding import beam_decode, greedy_decode
 from videobert_ds.eval.metrics import (
@@ -52,9 +53,11 @@ from videobert_ds.eval.metrics import (
     recall_at_k, recall_chance, topk_accuracy, topk_chance,
 )
 from videobert_ds.inference.scoring import (
-    EvalHeads, Vocab, alignment_scores, caption_step_fn, fill_template, label_pieces, template_scores,
+    EvalHeads, alignment_scores, caption_step_fn, fill_template, label_pieces, template_scores,
 )
-from videobert_ds.stages.evaluate import EvalStageConfig
+from videobert_ds.eval.config import EvalStageConfig
+from videobert_ds.model.model_dir import ENCODER_DIR, VOCAB_FILE
+from videobert_ds.model.specials import Specials, specials_from_config
 
 log = logging.getLogger("videobert_ds.eval.run")
 TOPK = (1, 5)
@@ -92,7 +95,7 @@ def load_model(model_dir: Path, device: torch.device, zero3: bool) -> tuple[Any,
 # ---------------------------------------------------------------------------------------------
 
 
-def zeroshot_scores(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, tokenizer: Any, vocab: Vocab,
+def zeroshot_scores(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, tokenizer: Any, vocab: Specials,
                     max_len: int, device: torch.device) -> dict[str, list[list[float]]]:
     """attribute -> per item (in `items` order) the score of each label word."""
     rows: list[tuple[int, str, int]] = []  # (item, attribute, WordPieces of the slot)
@@ -129,7 +132,7 @@ def retrieval_pools(n: int, pool_size: int, seed: int) -> np.ndarray:
     return pools
 
 
-def retrieval_metrics(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, vocab: Vocab, max_len: int,
+def retrieval_metrics(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, vocab: Specials, max_len: int,
                       device: torch.device) -> dict[str, dict[str, Any]]:
     n = len(items)
     pools = retrieval_pools(n, cfg.retrieval.pool_size, cfg.retrieval.seed)
@@ -158,7 +161,7 @@ def retrieval_metrics(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfi
     return out
 
 
-def generate_captions(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, tokenizer: Any, vocab: Vocab,
+def generate_captions(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, tokenizer: Any, vocab: Specials,
                       max_len: int, device: torch.device) -> list[tuple[str, str]]:
     """(greedy, beam) caption per item."""
     c = cfg.caption
@@ -176,7 +179,7 @@ def generate_captions(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfi
     return results
 
 
-def joint_throughput(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, vocab: Vocab, max_len: int,
+def joint_throughput(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, vocab: Specials, max_len: int,
                      device: torch.device) -> float:
     """Seconds (slowest rank) for one joint forward of every clip with its own text, after a warm-up call."""
     alignment_scores(heads, [items[0].text_ids], [items[0].visual_ids], vocab, max_len=max_len, device=device)
@@ -241,13 +244,13 @@ def caption_metrics(items: Sequence[EvalItem], captions: list[tuple[str, str]], 
 def run_evaluation(cfg: EvalStageConfig, device: torch.device) -> dict[str, Any] | None:
     """Every rank takes part; rank 0 returns the report, the others None."""
     from videobert_ds.data.text import load_tokenizer
-    from videobert_ds.stages.pretrain_teacher import load_visual_tokenizer
+    from videobert_ds.visual.loading import load_visual_tokenizer
 
     started = time.perf_counter()
     rank, world = rank_world()
     model_dir = Path(cfg.model.dir)
     tokenizer = load_tokenizer(model_dir)
-    visual_tokenizer, _ = load_visual_tokenizer(model_dir / "clip_encoder", model_dir / "visual_vocab.safetensors", device)
+    visual_tokenizer, _ = load_visual_tokenizer(model_dir / ENCODER_DIR, model_dir / VOCAB_FILE, device)
     encoder_params = sum(p.numel() for p in visual_tokenizer.encoder.parameters())
 
     # 1. The split as items, on every rank.
@@ -266,7 +269,7 @@ def run_evaluation(cfg: EvalStageConfig, device: torch.device) -> dict[str, Any]
                  len(captioned), world)
 
     heads, params, config, keep_alive = load_model(model_dir, device, cfg.model.zero3)
-    vocab = Vocab.from_config(config)
+    vocab = specials_from_config(config, tokenizer)
     max_len = cfg.eval.max_seq_len or int(config.max_position_embeddings)
     if cfg.eval.max_text_tokens + 4 > max_len or cfg.caption.max_len + 4 > max_len:
         raise ValueError(f"eval.max_text_tokens ({cfg.eval.max_text_tokens}) and caption.max_len "
@@ -328,92 +331,5 @@ def run_evaluation(cfg: EvalStageConfig, device: torch.device) -> dict[str, Any]
 def write_report(report: dict[str, Any] | None, path: Path) -> None:
     if report is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, report)
     log.info("wrote %s", path)
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-
-
-def _launched() -> bool:
-    return any(k in os.environ for k in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"))
-
-
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="videobert-eval", description=__doc__.split("\n")[0])
-    p.add_argument("--model", help="exported model dir (overrides model.dir)")
-    p.add_argument("--shards", help="shard directory made by videobert-prepare (overrides data.shards)")
-    p.add_argument("--split", help="split to evaluate (overrides eval.split)")
-    p.add_argument("--out", help="report JSON path (overrides eval.out)")
-    p.add_argument("--config", default="eval", help="eval YAML: a path or a packaged config name (default: %(default)s)")
-    p.add_argument("--zero3", action="store_true", help="partition the model across ranks with DeepSpeed ZeRO-3")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. caption.beam_size=3")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    rank_env = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.INFO if rank_env == "0" else logging.WARNING,
-                        format=f"%(asctime)s [rank{rank_env}] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from videobert_ds.core.config import ConfigError, load_stage_config, resolve_config_path
-    from videobert_ds.stages.evaluate import check_eval_config
-
-    overrides = list(args.overrides)
-    for flag, key in ((args.model, "model.dir"), (args.shards, "data.shards"), (args.split, "eval.split"),
-                      (args.out, "eval.out")):
-        if flag is not None:
-            overrides.append(f"{key}={json.dumps(flag)}")
-    if args.zero3:
-        overrides.append("model.zero3=true")
-    try:
-        cfg = load_stage_config(EvalStageConfig, resolve_config_path(args.config), overrides)
-        check_eval_config(cfg)
-    except ConfigError as err:
-        print(f"videobert-eval: error: {err}", file=sys.stderr)
-        return 2
-
-    distributed = _launched() or cfg.model.zero3
-    if distributed:
-        if not _launched():  # ZeRO-3 on one process still needs a process group
-            os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        from videobert_ds.training.trainer import init_distributed
-
-        device = init_distributed().device
-    else:
-        device = _device()
-    try:
-        report = run_evaluation(cfg, device)
-        out = Path(cfg.eval.out) if cfg.eval.out else Path(cfg.run.dir) / "eval.json"
-        write_report(report, out)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"videobert-eval: error: {err}", file=sys.stderr)
-        return 1
-    finally:
-        if distributed and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-if __name__ == "__main__":
-    sys.exit(main())

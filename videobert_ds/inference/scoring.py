@@ -1,6 +1,6 @@
 """VideoBERT sequences for evaluation and the one forward that scores them.
 
-Layout, as in pretraining (objectives.py): `[CLS] text [>] video [SEP]`, token type 0 for `[CLS] text`
+Layout, as in pretraining (objectives/layout.py, `joint_inputs`): `[CLS] text [>] video [SEP]`, token type 0 for `[CLS] text`
 and 1 from `[>]` on, visual word w as token id text_vocab_size + w. Bidirectional attention for
 template filling and alignment; captioning's sequence-to-sequence mask for generation, where the text
 position k (the `[CLS]` for k = 0) predicts text token k + 1 and the last one predicts `[>]`.
@@ -19,24 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from videobert_ds.objectives.pretraining import SEG_PAD, SEG_TEXT, SEG_VIDEO, attention_mask
-
-
-@dataclass(frozen=True)
-class Vocab:
-    """The ids evaluation needs, from a model dir's config.json."""
-
-    cls: int
-    sep: int
-    mask: int
-    pad: int
-    video_sep: int
-    text_vocab_size: int
-
-    @classmethod
-    def from_config(cls, config: Any) -> Vocab:
-        ids = config.special_token_ids
-        return cls(ids["cls"], ids["sep"], ids["mask"], ids["pad"], ids["video_sep"], int(config.text_vocab_size))
+from videobert_ds.model.specials import Specials
+from videobert_ds.objectives.layout import joint_inputs
 
 
 class EvalHeads(nn.Module):
@@ -58,34 +42,6 @@ class EvalHeads(nn.Module):
         return logits.float().log_softmax(-1), self.model.alignment_logits(hidden, pooled, input_ids, token_type_ids).float(), torch.cat(labels, -1)
 
 
-def joint_batch(texts: Sequence[Sequence[int]], videos: Sequence[Sequence[int]], vocab: Vocab, *, caption_mode: bool,
-                max_len: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """`[CLS] text [>] video [SEP]` rows, right-padded; video clips beyond max_len are cut (as in training)."""
-    rows, segs, types = [], [], []
-    for text, video in zip(texts, videos):
-        room = max_len - 3 - len(text)
-        if room < 0:
-            raise ValueError(f"a text of {len(text)} tokens does not fit a sequence of {max_len}")
-        video = list(video)[:room]
-        seq = [vocab.cls, *text, vocab.video_sep, *(vocab.text_vocab_size + w for w in video), vocab.sep]
-        n_text = 1 + len(text)
-        rows.append(seq)
-        segs.append([SEG_TEXT] * n_text + [SEG_VIDEO] * (len(seq) - n_text))
-        types.append([0] * n_text + [1] * (len(seq) - n_text))
-    length = max(len(r) for r in rows)
-    b = len(rows)
-    input_ids = torch.full((b, length), vocab.pad, dtype=torch.long)
-    segments = torch.full((b, length), SEG_PAD, dtype=torch.long)
-    token_type = torch.zeros((b, length), dtype=torch.long)
-    for i, (r, s, t) in enumerate(zip(rows, segs, types)):
-        input_ids[i, : len(r)] = torch.tensor(r)
-        segments[i, : len(r)] = torch.tensor(s)
-        token_type[i, : len(r)] = torch.tensor(t)
-    mode = torch.full((b,), caption_mode, dtype=torch.bool)
-    return {"input_ids": input_ids.to(device), "token_type_ids": token_type.to(device),
-            "attention_mask": attention_mask(segments, mode).to(device)}
-
-
 def score(heads: nn.Module, batch: dict[str, torch.Tensor],
           positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     with torch.no_grad():
@@ -105,7 +61,7 @@ class FilledTemplate:
     positions: list[int]
 
 
-def fill_template(template: str, target: str, n_pieces: int, tokenizer: Any, vocab: Vocab) -> FilledTemplate:
+def fill_template(template: str, target: str, n_pieces: int, tokenizer: Any, vocab: Specials) -> FilledTemplate:
     """`template` with `{target}` as n_pieces [MASK]s and every other `{slot}` as one [MASK]
     (VideoBERT masks both the verb and the noun of its template)."""
     ids: list[int] = []
@@ -135,12 +91,12 @@ def label_pieces(labels: Sequence[str], tokenizer: Any) -> list[list[int]]:
 
 
 def template_scores(heads: nn.Module, fills: Sequence[FilledTemplate], videos: Sequence[Sequence[int]],
-                    candidates: Sequence[Sequence[Sequence[int]]], vocab: Vocab, *, max_len: int,
+                    candidates: Sequence[Sequence[Sequence[int]]], vocab: Specials, *, max_len: int,
                     device: torch.device) -> list[list[float]]:
     """For each row: every candidate's mean log-probability over its pieces at the masked slot (all pieces
     masked at once, the video visible). `candidates[r]` lists the piece ids of the labels scored on row r,
     each exactly as long as `fills[r].positions`."""
-    batch = joint_batch([f.text_ids for f in fills], videos, vocab, caption_mode=False, max_len=max_len, device=device)
+    batch = joint_inputs([f.text_ids for f in fills], videos, vocab, caption_mode=False, max_len=max_len, device=device)
     width = max(len(f.positions) for f in fills)
     # +1: the text block starts after [CLS]; padded slots point at [CLS] and are never read.
     positions = torch.tensor([[1 + p for p in f.positions] + [0] * (width - len(f.positions)) for f in fills],
@@ -162,23 +118,23 @@ def template_scores(heads: nn.Module, fills: Sequence[FilledTemplate], videos: S
 # ---------------------------------------------------------------------------------------------
 
 
-def alignment_scores(heads: nn.Module, texts: Sequence[Sequence[int]], videos: Sequence[Sequence[int]], vocab: Vocab,
+def alignment_scores(heads: nn.Module, texts: Sequence[Sequence[int]], videos: Sequence[Sequence[int]], vocab: Specials,
                      *, max_len: int, device: torch.device) -> list[float]:
     """The alignment logit of each (text, video) pair."""
-    batch = joint_batch(texts, videos, vocab, caption_mode=False, max_len=max_len, device=device)
+    batch = joint_inputs(texts, videos, vocab, caption_mode=False, max_len=max_len, device=device)
     positions = torch.zeros((len(texts), 1), dtype=torch.long, device=device)
     _, align, _ = score(heads, batch, positions)
     return align.tolist()
 
 
-def caption_step_fn(heads: nn.Module, videos: Sequence[Sequence[int]], vocab: Vocab, *, max_len: int,
+def caption_step_fn(heads: nn.Module, videos: Sequence[Sequence[int]], vocab: Specials, *, max_len: int,
                     device: torch.device):
     """A generate.StepFn: the next-token log-probs of `[CLS] prefix [>] video [SEP]` in captioning mode."""
 
     def step(prefix: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         texts = prefix.tolist()
         rows = [videos[int(s)] for s in sources.tolist()]
-        batch = joint_batch(texts, rows, vocab, caption_mode=True, max_len=max_len, device=device)
+        batch = joint_inputs(texts, rows, vocab, caption_mode=True, max_len=max_len, device=device)
         positions = torch.full((len(texts), 1), prefix.shape[1], dtype=torch.long, device=device)
         logp, _, _ = score(heads, batch, positions)
         return logp[:, 0]

@@ -1,7 +1,5 @@
-"""videobert-generate: text -> video. Sample a sequence of visual words from a sentence and show each word
-as the key frame of its nearest training clip, as an image grid.
-
-    videobert-generate --model runs/teacher/final --text "a red circle moves left" --out grid.png
+"""Text -> video: sample a sequence of visual words from a sentence and show each word as the key frame of its
+nearest training clip, as an image grid (the `videobert-generate` command, cli/generate.py).
 
 The sequence is `[CLS] text [>] [MASK] * N [SEP]` (the pretraining layout, laid out by objectives.layout_rows);
 the N video positions are filled left to right, each drawn from the masked visual-word head's distribution
@@ -12,9 +10,7 @@ whatever it samples, so ranks stay matched under ZeRO-3 (the teacher's validatio
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,18 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from videobert_ds.objectives.pretraining import REPLACE_MASK, Row, Specials, layout_rows, to_device
+from videobert_ds.model.specials import Specials, specials_from_config
+from videobert_ds.objectives.layout import REPLACE_MASK, Row, layout_rows, to_device
 
-PROG = "videobert-generate"
 KEYFRAMES_FILE = "visual_vocab_keyframes.safetensors"  # keyframes_path(MODEL_DIR / "visual_vocab.safetensors")
-
-
-def specials_from_config(config: Any, tokenizer: Any) -> Specials:
-    """The special ids of an exported model (its config.json), as the training stages define them."""
-    ids = config.special_token_ids
-    return Specials(cls=ids["cls"], sep=ids["sep"], mask=ids["mask"], pad=ids["pad"], video_sep=ids["video_sep"],
-                    text_vocab_size=int(config.text_vocab_size), visual_vocab_size=int(config.visual_vocab_size),
-                    first_regular_text=max(tokenizer.all_special_ids) + 1)
 
 
 def max_words(config: Any) -> int:
@@ -146,8 +134,8 @@ def prompt_tag(prompt: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-class UsageError(Exception):
-    """A problem with the command line or its inputs: one line, exit code 2."""
+class GeneratorError(ValueError):
+    """A model dir that cannot generate (missing files, no key frames, mismatched sizes): one line."""
 
 
 def load_generator(model_dir: Path, device: torch.device) -> tuple[nn.Module, Any, Specials, Any]:
@@ -157,10 +145,10 @@ def load_generator(model_dir: Path, device: torch.device) -> tuple[nn.Module, An
     from videobert_ds.visual.keyframes import KeyFrames
 
     if not (model_dir / "config.json").is_file():
-        raise UsageError(f"--model: no exported VideoBERT model dir at {model_dir} (config.json missing)")
+        raise GeneratorError(f"no exported VideoBERT model dir at {model_dir} (config.json missing)")
     kf_path = model_dir / KEYFRAMES_FILE
     if not kf_path.is_file():
-        raise UsageError(f"--model: {model_dir} has no {KEYFRAMES_FILE}; its visual vocabulary must come from a "
+        raise GeneratorError(f"{model_dir} has no {KEYFRAMES_FILE}; its visual vocabulary must come from a "
                          "build_vocab run that wrote key frames (keyframe_size > 0), re-exported with the model")
     from transformers.utils import logging as hf_logging
 
@@ -170,66 +158,10 @@ def load_generator(model_dir: Path, device: torch.device) -> tuple[nn.Module, An
         tokenizer = load_tokenizer(model_dir)
         model = VideoBertForPreTraining.from_pretrained(str(model_dir), local_files_only=True).to(device).eval()
     except (OSError, ValueError) as err:
-        raise UsageError(f"--model: cannot load {model_dir}: {str(err).splitlines()[0]}") from None
+        raise GeneratorError(f"cannot load {model_dir}: {str(err).splitlines()[0]}") from None
     if not hasattr(model.config, "visual_vocab_size"):
-        raise UsageError(f"--model: {model_dir} is not a VideoBERT model dir (no visual_vocab_size in config.json)")
+        raise GeneratorError(f"{model_dir} is not a VideoBERT model dir (no visual_vocab_size in config.json)")
     if keyframes.num_words != model.config.visual_vocab_size:
-        raise UsageError(f"--model: {kf_path.name} holds {keyframes.num_words} key frames, the model "
+        raise GeneratorError(f"{kf_path.name} holds {keyframes.num_words} key frames, the model "
                          f"{model.config.visual_vocab_size} visual words")
     return model, tokenizer, specials_from_config(model.config, tokenizer), keyframes
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="exported model dir (teacher or student final/)")
-    p.add_argument("--text", required=True, help="the sentence to generate from")
-    p.add_argument("--out", required=True, help="PNG path for the image grid")
-    p.add_argument("--num-words", type=int, default=8, help="visual words to sample (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest words; 0 = all (default)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    return p.parse_args(argv)
-
-
-def run(args: argparse.Namespace) -> torch.Tensor:
-    from PIL import Image
-
-    if args.num_words < 1:
-        raise UsageError(f"--num-words must be >= 1, got {args.num_words}")
-    if args.temperature < 0 or args.top_k < 0:
-        raise UsageError(f"--temperature and --top-k must be >= 0, got {args.temperature} and {args.top_k}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"--out must name a .png file, got {out}")
-    model, tokenizer, sp, keyframes = load_generator(Path(args.model), device)
-    if args.num_words > max_words(model.config):
-        raise UsageError(f"--num-words {args.num_words} does not fit the model's positions (at most "
-                         f"{max_words(model.config)})")
-    text_ids = prompt_ids(tokenizer, [args.text], max_text_tokens(model.config, args.num_words))
-    words = sample_visual_words(model, sp, text_ids, num_words=args.num_words, temperature=args.temperature,
-                                top_k=args.top_k, seed=args.seed, device=device)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    Image.fromarray(render_grid(words, keyframes.frames)).save(tmp, format="PNG")
-    tmp.replace(out)
-    return words[0]
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        words = run(args)
-    except UsageError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    print(" ".join(str(w) for w in words.tolist()))
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

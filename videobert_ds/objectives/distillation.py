@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from videobert_ds.objectives.layout import ObjectiveConfig
+from videobert_ds.objectives.pretraining import losses_from_outputs
 
 
 @dataclass
@@ -174,7 +178,7 @@ def distillation_losses(student: torch.nn.Module, teacher: torch.nn.Module, stud
     masked words and captioning, the visual words for masked visual words. Alignment is compared on the
     rows that carry an alignment label (joint, non-captioning rows), where the teacher was trained on it.
     """
-    from videobert_ds.objectives.pretraining import IGNORE
+    from videobert_ds.objectives.layout import IGNORE
 
     text_vocab, vocab = student.config.text_vocab_size, student.config.vocab_size
     s_h, t_h = student_out.last_hidden_state, teacher_out.last_hidden_state
@@ -208,3 +212,49 @@ def distillation_losses(student: torch.nn.Module, teacher: torch.nn.Module, stud
     lambdas = cfg.kd_lambdas()
     out["loss_kd"] = sum(lambdas[k] * v for k, v in out.items())
     return out
+
+
+class DistillationObjective(nn.Module):
+    """Teacher (frozen, always in eval mode) + student + the projection student width -> teacher width."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, objective: ObjectiveConfig,
+                 distill: DistillConfig) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.projection = nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
+        self.objective = objective
+        self.distill = distill
+        self.layer_map = resolve_layer_map(distill.layer_map, student.config.num_hidden_layers,
+                                           teacher.config.num_hidden_layers)
+
+    def train(self, mode: bool = True) -> DistillationObjective:
+        super().train(mode)
+        self.teacher.eval()  # no dropout in the targets
+        return self
+
+    def _encode(self, model: nn.Module, inputs: dict[str, torch.Tensor], mask: torch.Tensor):
+        return model.bert(input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"], attention_mask=mask,
+                          output_hidden_states=True, output_attentions=self.distill.lambda_attention > 0)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mask = inputs["attention_mask"]
+        if self.distill.lambda_attention > 0:  # eager attention (for the probabilities) needs an additive mask
+            mask = additive_mask(mask, self.student.dtype)
+        with torch.no_grad():
+            t_out = self._encode(self.teacher, inputs, mask)
+        s_out = self._encode(self.student, inputs, mask)
+        out = losses_from_outputs(self.student, s_out.last_hidden_state, s_out.pooler_output, inputs, self.objective)
+        out["loss_gt"] = out.pop("loss")
+        kd = distillation_losses(self.student, self.teacher, s_out, t_out, inputs, self.distill, self.projection,
+                                 self.layer_map)
+        out["loss"] = out["loss_gt"] + kd["loss_kd"]
+        out.update({k: v.detach() for k, v in kd.items()})
+        out["loss_gt"] = out["loss_gt"].detach()
+        out["skipped_samples"] = inputs["skipped_samples"]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting and timing
+# ---------------------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videobert_ds.objectives.pretraining import IGNORE, HostBatch, Row, Specials, _masked_ce, layout_rows
+from videobert_ds.model.specials import Specials
+from videobert_ds.objectives.layout import IGNORE, HostBatch, Row, layout_rows
+from videobert_ds.objectives.pretraining import _masked_ce
 
 TASKS = ("classification", "caption", "qa", "retrieval")
 
@@ -314,7 +316,7 @@ class FinetuneObjective(nn.Module):
 
 def task_tensors(tb: TaskBatch, device: torch.device) -> dict[str, Any]:
     """The task batch's index tensors on the device (small; copied once per step)."""
-    from videobert_ds.objectives.pretraining import host_to_device
+    from videobert_ds.objectives.layout import host_to_device
 
     t = {k: host_to_device(getattr(tb, k), device) for k in (
         "cls_rows", "qa_rows", "qa_slots", "qa_pieces", "qa_choices", "qa_answers", "same_video")}

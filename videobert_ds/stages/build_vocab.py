@@ -25,6 +25,8 @@ from tqdm import tqdm
 
 from videobert_ds.core.config import ConfigError, StageConfig
 from videobert_ds.training.stage import Stage
+from videobert_ds.visual.encoders import ClipEncoder
+from videobert_ds.visual.loading import ENCODER_TYPES, load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +67,13 @@ class EncodedClips:
     thumbs: torch.Tensor  # (N, h, w, 3) uint8 on the CPU: middle frames; (N, 0, 0, 3) without key frames
 
 
-def load_clip_encoder(cfg: EncoderConfig):
-    if cfg.type == "autoencoder":
-        from videobert_ds.visual.autoencoder import AutoencoderClipEncoder
-
-        if not (Path(cfg.path) / "config.json").is_file():
-            raise ConfigError(f"encoder.path: no exported clip autoencoder at {cfg.path}")
-        return AutoencoderClipEncoder.from_pretrained(cfg.path)
-    if cfg.type == "s3d":
-        from videobert_ds.visual.s3d import S3DEncoder
-
-        try:
-            return S3DEncoder(cfg.path)
-        except (FileNotFoundError, ValueError) as err:
-            raise ConfigError(f"encoder.path: {err}") from None
-    raise ConfigError(f"encoder.type: {cfg.type!r} is not one of autoencoder, s3d")
+def load_clip_encoder(cfg: EncoderConfig) -> ClipEncoder:
+    if cfg.type not in ENCODER_TYPES:
+        raise ConfigError(f"encoder.type: {cfg.type!r} is not one of {', '.join(ENCODER_TYPES)}")
+    try:
+        return load_encoder(cfg.type, cfg.path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"encoder.path: {err}") from None
 
 
 def nmi_report(words: np.ndarray, labels: dict[str, list[str]], seed: int) -> dict[str, dict[str, float]]:

@@ -31,23 +31,25 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from videobert_ds.training.checkpoint import COMPLETE, CheckpointManager
+from videobert_ds.core.atomic import write_json
 from videobert_ds.core.config import ConfigError, StageConfig, load_yaml
-from videobert_ds.objectives.distillation import (
-    DistillConfig,
-    additive_mask,
-    distillation_losses,
-    init_from_teacher,
-    resolve_layer_map,
-)
+from videobert_ds.data.text import load_tokenizer
+from videobert_ds.eval.distill_report import REPORT, report_markdown, update_report
+from videobert_ds.inference.throughput import count_params, inference_clips_per_s
+from videobert_ds.model.flops import transformer_flops_per_token
+from videobert_ds.model.model_dir import ENCODER_DIR, VOCAB_FILE, missing_files, save_model_dir
+from videobert_ds.model.specials import Specials, specials_from_config
 from videobert_ds.model.videobert import VideoBertForPreTraining, videobert_config
-from videobert_ds.objectives.pretraining import ObjectiveConfig, Specials, losses_from_outputs
-from videobert_ds.stages.pretrain_teacher import TeacherStage, check_sequence_budget, load_visual_tokenizer, vocab_metadata
-from videobert_ds.visual.keyframes import keyframes_path
+from videobert_ds.objectives.distillation import DistillConfig, DistillationObjective, init_from_teacher, resolve_layer_map
+from videobert_ds.objectives.layout import ObjectiveConfig, check_sequence_budget
+from videobert_ds.objectives.pretraining import PretrainingInputs
+from videobert_ds.training.checkpoint import COMPLETE, CheckpointManager
+from videobert_ds.training.stage import Stage
+from videobert_ds.visual.loading import load_visual_tokenizer
+from videobert_ds.visual.vocab import feature_stats, vocab_metadata
 
 log = logging.getLogger(__name__)
 
-REPORT = "distill_report.json"
 TEACHER_SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                      "max_position_embeddings")
 
@@ -102,8 +104,7 @@ def resolve_teacher(path: str) -> TeacherSource:
     """Classify `teacher.path`; ConfigError (one line) when it is none of the accepted forms."""
     p = Path(path)
     if (p / "config.json").is_file():
-        missing = [n for n in ("model.safetensors", "tokenizer_config.json", "visual_vocab.safetensors",
-                               "clip_encoder/config.json") if not (p / n).is_file()]
+        missing = missing_files(p)
         if missing:
             raise ConfigError(f"teacher.path: {p} is not a self-contained VideoBERT model dir (missing {', '.join(missing)})")
         return TeacherSource("model_dir", p)
@@ -137,7 +138,7 @@ def teacher_sizes(source: TeacherSource) -> dict[str, Any]:
 
 def consolidate_teacher(source: TeacherSource, out_dir: Path) -> None:
     """Export a teacher checkpoint to a model dir once (a marker names the checkpoint it came from)."""
-    from videobert_ds.training.export import export_run
+    from videobert_ds.stages import export_run  # the teacher stage's export, found by the run's `stage:` key
 
     marker = out_dir / "source.json"
     wanted = {"run": str(source.path.resolve()), "tag": source.tag}
@@ -145,63 +146,7 @@ def consolidate_teacher(source: TeacherSource, out_dir: Path) -> None:
         return
     log.info("consolidating teacher checkpoint %s/%s into %s", source.path, source.tag, out_dir)
     export_run(source.path, out_dir, source.tag)
-    marker.write_text(json.dumps(wanted) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------
-# The training module
-# ---------------------------------------------------------------------------------------------
-
-
-class DistillationObjective(nn.Module):
-    """Teacher (frozen, always in eval mode) + student + the projection student width -> teacher width."""
-
-    def __init__(self, student: VideoBertForPreTraining, teacher: VideoBertForPreTraining, objective: ObjectiveConfig,
-                 distill: DistillConfig) -> None:
-        super().__init__()
-        self.student = student
-        self.teacher = teacher.requires_grad_(False).eval()
-        self.projection = nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
-        self.objective = objective
-        self.distill = distill
-        self.layer_map = resolve_layer_map(distill.layer_map, student.config.num_hidden_layers,
-                                           teacher.config.num_hidden_layers)
-
-    def train(self, mode: bool = True) -> DistillationObjective:
-        super().train(mode)
-        self.teacher.eval()  # no dropout in the targets
-        return self
-
-    def _encode(self, model: VideoBertForPreTraining, inputs: dict[str, torch.Tensor], mask: torch.Tensor):
-        return model.bert(input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"], attention_mask=mask,
-                          output_hidden_states=True, output_attentions=self.distill.lambda_attention > 0)
-
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        mask = inputs["attention_mask"]
-        if self.distill.lambda_attention > 0:  # eager attention (for the probabilities) needs an additive mask
-            mask = additive_mask(mask, self.student.dtype)
-        with torch.no_grad():
-            t_out = self._encode(self.teacher, inputs, mask)
-        s_out = self._encode(self.student, inputs, mask)
-        out = losses_from_outputs(self.student, s_out.last_hidden_state, s_out.pooler_output, inputs, self.objective)
-        out["loss_gt"] = out.pop("loss")
-        kd = distillation_losses(self.student, self.teacher, s_out, t_out, inputs, self.distill, self.projection,
-                                 self.layer_map)
-        out["loss"] = out["loss_gt"] + kd["loss_kd"]
-        out.update({k: v.detach() for k, v in kd.items()})
-        out["loss_gt"] = out["loss_gt"].detach()
-        out["skipped_samples"] = inputs["skipped_samples"]
-        return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Counting and timing
-# ---------------------------------------------------------------------------------------------
-
-
-def count_params(model: nn.Module) -> int:
-    """Full parameter count (tied weights once), also when ZeRO-3 holds only a partition locally."""
-    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    write_json(marker, wanted)
 
 
 def partition_share(model: nn.Module) -> dict[str, float]:
@@ -217,60 +162,6 @@ def partition_share(model: nn.Module) -> dict[str, float]:
             "max_fraction": max(fractions, default=1.0)}
 
 
-@torch.inference_mode()
-def inference_clips_per_s(model: VideoBertForPreTraining, seq_len: int, batch: int, device: torch.device,
-                          windows: int = 5, window_seconds: float = 0.2) -> float:
-    """Encoder forward throughput in samples (one clip's sequence each) per second at `seq_len` tokens: the
-    best of several timed windows after a warm-up batch (a shared host only ever slows a window down). The
-    visual tokenizer, the same for teacher and student, is left out."""
-    model = model.to(device).eval()
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=gen).to(device)
-    types = torch.zeros_like(ids)
-    types[:, seq_len // 3 :] = 1
-    mask = torch.ones_like(ids)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    model(ids, types, mask)
-    sync()
-    best = 0.0
-    for _ in range(windows):
-        runs, started = 0, time.perf_counter()
-        while runs < 2 or time.perf_counter() - started < window_seconds:
-            model(ids, types, mask)
-            runs += 1
-        sync()
-        best = max(best, runs * batch / (time.perf_counter() - started))
-    return best
-
-
-def update_report(run_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
-    path = run_dir / REPORT
-    report = json.loads(path.read_text()) if path.is_file() else {}
-    for key, value in values.items():
-        report[key] = {**report.get(key, {}), **value} if isinstance(value, dict) else value
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
-    return report
-
-
-def report_markdown(report: dict[str, Any]) -> str:
-    rows = ["| model | layers x hidden | parameters | inference clips/s |", "|---|---|---|---|"]
-    for name in ("teacher", "student"):
-        r = report.get(name, {})
-        rate = r.get("inference_clips_per_s")
-        rows.append(f"| {name} | {r.get('layers')} x {r.get('hidden_size')} | {r.get('params', 0):,} | "
-                    f"{'-' if rate is None else f'{rate:.1f}'} |")
-    if "param_ratio" in report:
-        rows.append(f"\nstudent / teacher parameters: {report['param_ratio']:.3f}")
-    if "speedup" in report:
-        rows.append(f"student speed-up: {report['speedup']:.2f}x ({report.get('inference_device')}, batch "
-                    f"{report.get('inference_batch')}, {report.get('inference_seq_len')} tokens)")
-    return "\n".join(rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,8 +169,8 @@ def report_markdown(report: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-class StudentStage(TeacherStage):
-    """The teacher stage's batch pipeline (make_inputs) with a frozen teacher and a small student."""
+class StudentStage(Stage):
+    """A frozen teacher and a small student, fed the teacher stage's batches (PretrainingInputs)."""
 
     name = "distill_student"
     config_cls = StudentStageConfig
@@ -333,8 +224,9 @@ class StudentStage(TeacherStage):
     def teacher_dir(self) -> Path:
         return self.source.path if self.source.kind == "model_dir" else Path(self.cfg.run.dir) / "teacher"
 
-    def tokenizer_dir(self) -> Path:
-        return self.teacher_dir()
+    @functools.cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.teacher_dir())
 
     @functools.cached_property
     def teacher_config(self) -> dict[str, Any]:
@@ -349,20 +241,23 @@ class StudentStage(TeacherStage):
             dist.barrier()  # every rank reads the consolidated dir below
         t = self.teacher_dir()
         self.visual_tokenizer, self.vocab = load_visual_tokenizer(
-            t / "clip_encoder", t / "visual_vocab.safetensors", device, self.cfg.visual.clips_per_batch)
-        # Clip-feature targets standardised exactly as the teacher stage does (TeacherStage.setup).
-        leaves = self.vocab.tree.leaves.float().to(device)
-        self.feature_stats = (leaves.mean(0), leaves.std(0).clamp_min(1e-6))
+            t / ENCODER_DIR, t / VOCAB_FILE, device, self.cfg.visual.clips_per_batch)
+        self.feature_stats = feature_stats(self.vocab, device)  # clip-feature targets scaled as the teacher's were
         if len(self.tokenizer) != self.teacher_config["text_vocab_size"]:
             raise ValueError(f"{t}: tokenizer has {len(self.tokenizer)} tokens, the teacher "
                              f"{self.teacher_config['text_vocab_size']}")
 
     @functools.cached_property
     def specials(self) -> Specials:
-        c, ids = self.teacher_config, self.teacher_config["special_token_ids"]
-        return Specials(cls=ids["cls"], sep=ids["sep"], mask=ids["mask"], pad=ids["pad"], video_sep=ids["video_sep"],
-                        text_vocab_size=c["text_vocab_size"], visual_vocab_size=c["visual_vocab_size"],
-                        first_regular_text=max(self.tokenizer.all_special_ids) + 1)
+        return specials_from_config(self.teacher_config, self.tokenizer)
+
+    @functools.cached_property
+    def inputs(self) -> PretrainingInputs:
+        return PretrainingInputs(self.tokenizer, self.visual_tokenizer, self.specials, self.cfg.objective,
+                                 self.feature_stats)
+
+    def make_inputs(self, batch: Any, device: torch.device, train: bool = True) -> dict[str, Any]:
+        return self.inputs(batch, device, train=train)
 
     def model_config(self):
         """The teacher's vocabulary, special tokens, positions and alignment head at the student's size."""
@@ -422,16 +317,13 @@ class StudentStage(TeacherStage):
     def step_stats(self, inputs: dict[str, Any]) -> tuple[int, float]:
         """Student training (6 FLOPs per weight per token, + attention) plus the teacher's forward (2 + its
         attention), the teacher stage's counting rule."""
-        tokens = inputs["_num_tokens"]
-        seq_len = inputs["input_ids"].shape[1]
-
-        def per_token(layers: int, hidden: int, inter: int, weight_mult: int, attn_mult: int) -> int:
-            return weight_mult * layers * (4 * hidden**2 + 2 * hidden * inter) + attn_mult * layers * hidden * seq_len
-
+        tokens, seq_len = inputs["_num_tokens"], inputs["input_ids"].shape[1]
         m, t = self.cfg.model, self.teacher_config
-        flops = tokens * (per_token(m.num_hidden_layers, m.hidden_size, m.intermediate_size, 6, 12)
-                          + per_token(t["num_hidden_layers"], t["hidden_size"], t["intermediate_size"], 2, 4))
-        return tokens, float(flops)
+        student = transformer_flops_per_token(m.num_hidden_layers, m.hidden_size, m.intermediate_size, seq_len,
+                                              training=True)
+        teacher = transformer_flops_per_token(t["num_hidden_layers"], t["hidden_size"], t["intermediate_size"],
+                                              seq_len, training=False)
+        return tokens, float(tokens * (student + teacher))
 
     def images(self, module: nn.Module, inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """None: the text -> video grids are the teacher stage's (its config holds the prompts)."""
@@ -441,13 +333,8 @@ class StudentStage(TeacherStage):
     def export(self, module: nn.Module, out_dir: Path) -> None:
         """The student's self-contained model dir (weights, the teacher's tokenizer, visual vocabulary and
         clip encoder), then both models' inference throughput into the run's report."""
-        module.student.save_pretrained(out_dir, safe_serialization=True)
-        self.tokenizer.save_pretrained(out_dir)
-        shutil.copy2(self.teacher_dir() / "visual_vocab.safetensors", out_dir / "visual_vocab.safetensors")
-        keyframes = keyframes_path(self.teacher_dir() / "visual_vocab.safetensors")
-        if keyframes.is_file():  # text -> video generation works from the student's dir as well
-            shutil.copy2(keyframes, keyframes_path(out_dir / "visual_vocab.safetensors"))
-        shutil.copytree(self.teacher_dir() / "clip_encoder", out_dir / "clip_encoder", dirs_exist_ok=True)
+        save_model_dir(module.student, self.tokenizer, out_dir, vocab=self.teacher_dir() / VOCAB_FILE,
+                       encoder_dir=self.teacher_dir() / ENCODER_DIR)
         self.record_throughput(module)
 
     def record_throughput(self, module: nn.Module) -> None:

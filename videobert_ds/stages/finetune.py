@@ -20,16 +20,30 @@ from typing import Any
 import torch
 from torch import nn
 
+from videobert_ds.core.atomic import write_json
 from videobert_ds.core.config import ConfigError, StageConfig
-from videobert_ds.objectives.finetuning import TASKS, FinetuneObjective, TaskConfig, TaskSample, build_task_batch, task_tensors
-from videobert_ds.objectives.pretraining import Specials, to_device
+from videobert_ds.data.loader import read_shard_manifest
+from videobert_ds.data.splits import split_meta
+from videobert_ds.data.text import load_tokenizer
+from videobert_ds.model.finetuning import VideoBertForFinetuning
+from videobert_ds.model.flops import transformer_flops_per_token
+from videobert_ds.model.model_dir import ENCODER_DIR, VOCAB_FILE, missing_files, save_model_dir
+from videobert_ds.model.specials import Specials, specials_from_config
+from videobert_ds.objectives.finetuning import (
+    TASKS,
+    FinetuneObjective,
+    TaskConfig,
+    TaskSample,
+    build_task_batch,
+    task_tensors,
+)
+from videobert_ds.objectives.layout import text_ids_and_clip_counts, to_device
 from videobert_ds.training.stage import Stage
-from videobert_ds.stages.pretrain_teacher import load_visual_tokenizer, text_ids_and_clip_counts, vocab_metadata
+from videobert_ds.visual.loading import load_visual_tokenizer
+from videobert_ds.visual.vocab import vocab_metadata
 
 log = logging.getLogger(__name__)
 
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer_config.json", "visual_vocab.safetensors",
-               "clip_encoder/config.json")
 LABELS_FILE = "label_sets.json"
 
 
@@ -54,9 +68,6 @@ def discover_label_sets(shards: str | Path, split: str, wanted: list[str]) -> di
     """label set -> its sorted label names, from the shard manifest's per-split label values (written by
     videobert-prepare), or for shards prepared before it recorded them, from every sample json of the split
     (read once, videos not decoded). `wanted` = [] takes every label key found."""
-    from videobert_ds.data.loader import read_shard_manifest
-    from videobert_ds.eval.items import split_meta
-
     recorded = read_shard_manifest(shards).get("labels")
     values: dict[str, set[str]] = {}
     if isinstance(recorded, dict):
@@ -81,7 +92,7 @@ class FinetuneStage(Stage):
     # -- validation before any rank works ------------------------------------------------------
     def check(self) -> None:
         init, f = Path(self.cfg.model.init), self.cfg.finetune
-        missing = [n for n in MODEL_FILES if not (init / n).is_file()]
+        missing = missing_files(init)
         if missing:
             raise ConfigError(f"model.init: {init} is not an exported VideoBERT model dir (missing {', '.join(missing)})")
         unknown = [t for t in f.tasks if t not in TASKS]
@@ -98,7 +109,7 @@ class FinetuneStage(Stage):
         if f.max_seq_len > positions:
             raise ConfigError(f"finetune.max_seq_len ({f.max_seq_len}) exceeds the model's max_position_embeddings "
                               f"({positions})")
-        frames_per_clip = vocab_metadata(init / "visual_vocab.safetensors")["frames_per_clip"]
+        frames_per_clip = vocab_metadata(init / VOCAB_FILE)["frames_per_clip"]
         if self.cfg.data.num_frames < frames_per_clip:
             raise ConfigError(f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({frames_per_clip})")
         self.label_sets = self.resolve_label_sets(Path(self.cfg.run.dir))
@@ -110,12 +121,10 @@ class FinetuneStage(Stage):
     # -- set-up --------------------------------------------------------------------------------
     def setup(self, run_dir: Path, rank: int, device: torch.device) -> None:
         init = Path(self.cfg.model.init)
-        self.visual_tokenizer, _ = load_visual_tokenizer(init / "clip_encoder", init / "visual_vocab.safetensors",
-                                                         device, self.cfg.visual.clips_per_batch)
+        self.visual_tokenizer, _ = load_visual_tokenizer(init / ENCODER_DIR, init / VOCAB_FILE, device,
+                                                         self.cfg.visual.clips_per_batch)
         if not (run_dir / LABELS_FILE).is_file() and rank == 0:
-            tmp = run_dir / f".{LABELS_FILE}.tmp"
-            tmp.write_text(json.dumps(self.label_sets, indent=2) + "\n")
-            tmp.replace(run_dir / LABELS_FILE)
+            write_json(run_dir / LABELS_FILE, self.label_sets)
 
     def resolve_label_sets(self, run_dir: Path) -> dict[str, list[str]]:
         """Fixed once per run: a resumed run (or an export) reads them from the run dir, so its heads keep
@@ -134,17 +143,11 @@ class FinetuneStage(Stage):
 
     @functools.cached_property
     def tokenizer(self):
-        from videobert_ds.data.text import load_tokenizer
-
         return load_tokenizer(self.cfg.model.init)
 
     @functools.cached_property
     def specials(self) -> Specials:
-        c = self.init_config
-        ids = c["special_token_ids"]
-        return Specials(cls=ids["cls"], sep=ids["sep"], mask=ids["mask"], pad=ids["pad"], video_sep=ids["video_sep"],
-                        text_vocab_size=c["text_vocab_size"], visual_vocab_size=c["visual_vocab_size"],
-                        first_regular_text=max(self.tokenizer.all_special_ids) + 1)
+        return specials_from_config(self.init_config, self.tokenizer)
 
     @functools.cached_property
     def label_index(self) -> dict[str, dict[str, int]]:
@@ -152,8 +155,6 @@ class FinetuneStage(Stage):
 
     def build_module(self) -> nn.Module:
         from transformers import BertConfig
-
-        from videobert_ds.model.finetuning import VideoBertForFinetuning
 
         config = BertConfig.from_pretrained(self.cfg.model.init, local_files_only=True)
         if not hasattr(self, "label_sets"):  # export rebuilds the module without check(): the run dir has them
@@ -182,23 +183,15 @@ class FinetuneStage(Stage):
         return inputs
 
     def step_stats(self, inputs: dict[str, Any]) -> tuple[int, float]:
-        """Training FLOPs as in the teacher stage (6 x weights + attention per token, forward + backward), plus
-        the retrieval scoring forward (2 x weights per token, no backward) over the pair rows."""
-        c = self.init_config
-        h, layers, inter = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"]
-        tokens, seq_len = inputs["_num_tokens"], inputs["input_ids"].shape[1]
-        per_token = layers * (4 * h * h + 2 * h * inter)
-        flops = tokens * (6 * per_token + 12 * layers * h * seq_len)
-        return tokens, float(flops)
+        """Training FLOPs of the micro-batch's real tokens, counted as the teacher stage counts them."""
+        c, tokens = self.init_config, inputs["_num_tokens"]
+        per_token = transformer_flops_per_token(c["num_hidden_layers"], c["hidden_size"], c["intermediate_size"],
+                                                inputs["input_ids"].shape[1], training=True)
+        return tokens, float(tokens * per_token)
 
     # -- export --------------------------------------------------------------------------------
     def export(self, module: nn.Module, out_dir: Path) -> None:
         """Weights + config (label sets and tasks included), and the init dir's tokenizer, visual vocabulary,
         clip encoder and any other vocabulary files beside them (e.g. visual-word key frames)."""
         init = Path(self.cfg.model.init)
-        module.model.save_pretrained(out_dir, safe_serialization=True)
-        self.tokenizer.save_pretrained(out_dir)
-        for f in init.glob("*.safetensors"):
-            if f.name != "model.safetensors":
-                shutil.copy2(f, out_dir / f.name)
-        shutil.copytree(init / "clip_encoder", out_dir / "clip_encoder", dirs_exist_ok=True)
+        save_model_dir(module.model, self.tokenizer, out_dir, vocab=init / VOCAB_FILE, encoder_dir=init / ENCODER_DIR)

@@ -1,8 +1,8 @@
 """Stage 3, `pretrain_teacher`: VideoBERT pretraining on text, visual words and both together.
 
 Visual words are computed on the fly on the training device: DALI-decoded frames -> the frozen clip
-encoder of stage 1 -> nearest word of the stage-2 vocabulary. The same stage class, at a small size,
-is the student's architecture (stage 4).
+encoder of stage 1 -> nearest word of the stage-2 vocabulary. The student (stage 4) is the same model class
+at a smaller size and builds its batches the same way (objectives.pretraining.PretrainingInputs).
 """
 
 from __future__ import annotations
@@ -22,17 +22,15 @@ from torch import nn
 
 from videobert_ds.core.config import ConfigError, StageConfig
 from videobert_ds.data.text import load_tokenizer, shard_texts, train_wordpiece
+from videobert_ds.model.flops import transformer_flops_per_token
+from videobert_ds.model.model_dir import save_model_dir
+from videobert_ds.model.specials import Specials, specials_from_tokenizer
 from videobert_ds.model.videobert import VideoBertForPreTraining, videobert_config
-from videobert_ds.objectives.pretraining import (
-    ClipSample,
-    ObjectiveConfig,
-    Specials,
-    build_batch,
-    host_to_device,
-    pretraining_losses,
-    to_device,
-)
+from videobert_ds.objectives.layout import ObjectiveConfig, check_sequence_budget
+from videobert_ds.objectives.pretraining import PretrainingInputs, PretrainingObjective
 from videobert_ds.training.stage import Stage
+from videobert_ds.visual.loading import load_visual_tokenizer
+from videobert_ds.visual.vocab import feature_stats, vocab_metadata
 
 log = logging.getLogger(__name__)
 
@@ -84,60 +82,6 @@ class TeacherStageConfig(StageConfig):
     model: BertSize = field(default_factory=BertSize)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
-
-
-def vocab_metadata(path: str | Path) -> dict[str, Any]:
-    """The vocabulary's header (size, feature_dim, frames_per_clip, encoder) without loading centroids."""
-    from safetensors import safe_open
-
-    if not Path(path).is_file():
-        raise ConfigError(f"visual.vocab: vocabulary file not found: {path}")
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-    if "branching" not in meta:
-        raise ConfigError(f"visual.vocab: {path} is not a visual vocabulary file")
-    return {"size": int(meta["branching"]) ** int(meta["depth"]), "feature_dim": int(meta["feature_dim"]),
-            "frames_per_clip": int(meta["frames_per_clip"]), "encoder": json.loads(meta["encoder"])}
-
-
-def load_visual_tokenizer(encoder_dir: str | Path, vocab_path: str | Path, device: torch.device, clips_per_batch: int = 256):
-    """Frozen encoder + vocabulary on `device`; a mismatch between them is a one-line ValueError."""
-    from videobert_ds.visual.autoencoder import AutoencoderClipEncoder
-    from videobert_ds.visual.tokenizer import VisualTokenizer
-    from videobert_ds.visual.vocab import VisualVocabulary
-
-    encoder = AutoencoderClipEncoder.from_pretrained(str(encoder_dir))
-    vocab = VisualVocabulary.load(vocab_path)
-    return VisualTokenizer(encoder, vocab, clips_per_batch=clips_per_batch).to(device), vocab
-
-
-def text_ids_and_clip_counts(batch: Any, tokenizer: Any, frames_per_clip: int,
-                             max_text_tokens: int) -> tuple[list[list[int]], list[int]]:
-    """Per sample of a loader batch: its text's WordPieces (no special tokens, at most `max_text_tokens`) and
-    the number of whole clips its decoded frames hold."""
-    ids = tokenizer([m.get("text", "") for m in batch.meta], add_special_tokens=False, truncation=True,
-                    max_length=max_text_tokens)["input_ids"]
-    t = batch.frames.shape[1]
-    return ids, [min(int(m["num_frames"]), t) // frames_per_clip for m in batch.meta]
-
-
-def check_sequence_budget(o: ObjectiveConfig) -> None:
-    """A joint sequence `[CLS] text [>] video [SEP]` must keep room for video after the longest text."""
-    if o.max_text_tokens + 4 > o.max_seq_len:
-        raise ConfigError(f"objective.max_seq_len ({o.max_seq_len}) leaves no room for video after "
-                          f"objective.max_text_tokens ({o.max_text_tokens}): it must be at least max_text_tokens + 4")
-
-
-class PretrainingObjective(nn.Module):
-    def __init__(self, model: VideoBertForPreTraining, cfg: ObjectiveConfig) -> None:
-        super().__init__()
-        self.model = model
-        self.cfg = cfg
-
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = pretraining_losses(self.model, inputs, self.cfg)
-        out["skipped_samples"] = inputs["skipped_samples"]
-        return out
 
 
 class TeacherStage(Stage):
@@ -193,9 +137,7 @@ class TeacherStage(Stage):
                             self.tokenizer_dir())
         self.visual_tokenizer, self.vocab = load_visual_tokenizer(
             self.cfg.visual.encoder, self.cfg.visual.vocab, device, self.cfg.visual.clips_per_batch)
-        # Per-dimension spread of the clip features, estimated from the vocabulary's leaf centroids.
-        leaves = self.vocab.tree.leaves.float().to(device)
-        self.feature_stats = (leaves.mean(0), leaves.std(0).clamp_min(1e-6))
+        self.feature_stats = feature_stats(self.vocab, device)
         self.keyframes = self.load_keyframes(rank)
 
     def load_keyframes(self, rank: int):
@@ -222,12 +164,7 @@ class TeacherStage(Stage):
 
     @functools.cached_property
     def specials(self) -> Specials:
-        tok = self.tokenizer
-        vocab = tok.get_vocab()
-        meta = vocab_metadata(self.cfg.visual.vocab)
-        return Specials(cls=tok.cls_token_id, sep=tok.sep_token_id, mask=tok.mask_token_id, pad=tok.pad_token_id,
-                        video_sep=vocab["[>]"], text_vocab_size=len(tok), visual_vocab_size=meta["size"],
-                        first_regular_text=max(tok.all_special_ids) + 1)
+        return specials_from_tokenizer(self.tokenizer, vocab_metadata(self.cfg.visual.vocab)["size"])
 
     def model_config(self):
         m, sp = self.cfg.model, self.specials
@@ -235,7 +172,7 @@ class TeacherStage(Stage):
         return videobert_config(
             text_vocab_size=sp.text_vocab_size, visual_vocab_size=sp.visual_vocab_size,
             visual_feature_dim=meta["feature_dim"],
-            special_token_ids={"cls": sp.cls, "sep": sp.sep, "mask": sp.mask, "pad": sp.pad, "video_sep": sp.video_sep},
+            special_token_ids=sp.token_ids(),
             hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
             intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
             hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
@@ -256,32 +193,20 @@ class TeacherStage(Stage):
         return PretrainingObjective(model, self.cfg.objective)
 
     # -- per step ------------------------------------------------------------------------------
-    def clip_samples(self, batch: Any) -> list[ClipSample]:
-        ids, clips = text_ids_and_clip_counts(batch, self.tokenizer, self.visual_tokenizer.frames_per_clip,
-                                              self.cfg.objective.max_text_tokens)
-        return [ClipSample(text_ids=i, num_clips=n, video_id=str(m.get("video_id", "")), segment=int(m.get("segment", 0)))
-                for i, n, m in zip(ids, clips, batch.meta)]
+    @functools.cached_property
+    def inputs(self) -> PretrainingInputs:
+        return PretrainingInputs(self.tokenizer, self.visual_tokenizer, self.specials, self.cfg.objective,
+                                 self.feature_stats)
 
     def make_inputs(self, batch: Any, device: torch.device, train: bool = True) -> dict[str, Any]:
-        samples = self.clip_samples(batch)
-        ids, _, feats = self.visual_tokenizer(batch.frames, batch.num_frames, return_features=True)
-        host = build_batch(samples, ids.shape[1], self.specials, self.cfg.objective, train=train)
-        inputs = to_device(host, ids, feats, self.specials, device, self.feature_stats)
-        inputs["skipped_samples"] = host_to_device(torch.tensor(float(host.counts["skipped"])), device)
-        inputs["_num_tokens"] = host.counts["num_tokens"]
-        inputs["_texts"] = [m.get("text", "") for m in batch.meta]  # default prompts of the text -> video grids
-        return inputs
+        return self.inputs(batch, device, train=train)
 
     def step_stats(self, inputs: dict[str, Any]) -> tuple[int, float]:
-        """Training FLOPs = tokens x (6 x non-embedding parameters + 12 x layers x hidden x sequence length):
-        the usual transformer count (weights: 2 FLOPs per multiply-add, x3 for forward + backward; plus
-        attention scores and values), padded length for attention; heads and embeddings left out."""
-        m = self.cfg.model
-        tokens = inputs["_num_tokens"]
-        seq_len = inputs["input_ids"].shape[1]
-        per_layer = 4 * m.hidden_size**2 + 2 * m.hidden_size * m.intermediate_size
-        flops = tokens * (6 * m.num_hidden_layers * per_layer + 12 * m.num_hidden_layers * m.hidden_size * seq_len)
-        return tokens, float(flops)
+        """Training FLOPs of the micro-batch's real tokens over its padded length (model/flops.py)."""
+        m, tokens = self.cfg.model, inputs["_num_tokens"]
+        per_token = transformer_flops_per_token(m.num_hidden_layers, m.hidden_size, m.intermediate_size,
+                                                inputs["input_ids"].shape[1], training=True)
+        return tokens, float(tokens * per_token)
 
     # -- validation images ---------------------------------------------------------------------
     def images(self, module: nn.Module, inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -303,11 +228,5 @@ class TeacherStage(Stage):
     def export(self, module: nn.Module, out_dir: Path) -> None:
         """A self-contained model dir: weights + config, the text tokenizer, the visual vocabulary (with its
         key frames when build_vocab wrote them) and the clip encoder that turns frames into its visual words."""
-        from videobert_ds.visual.keyframes import keyframes_path
-
-        module.model.save_pretrained(out_dir, safe_serialization=True)
-        self.tokenizer.save_pretrained(out_dir)
-        shutil.copy2(self.cfg.visual.vocab, out_dir / "visual_vocab.safetensors")
-        if keyframes_path(self.cfg.visual.vocab).is_file():
-            shutil.copy2(keyframes_path(self.cfg.visual.vocab), keyframes_path(out_dir / "visual_vocab.safetensors"))
-        shutil.copytree(self.cfg.visual.encoder, out_dir / "clip_encoder", dirs_exist_ok=True)
+        save_model_dir(module.model, self.tokenizer, out_dir, vocab=self.cfg.visual.vocab,
+                       encoder_dir=self.cfg.visual.encoder)

@@ -141,3 +141,25 @@ class VisualVocabulary:
         if tree.dim != dim:
             raise ValueError(f"{path}: centroid dim {tree.dim} != recorded feature_dim {dim}")
         return cls(tree, frames_per_clip=frames_per_clip, encoder=encoder, seed=seed)
+
+
+def vocab_metadata(path: str | os.PathLike) -> dict:
+    """A vocabulary file's header (size, feature_dim, frames_per_clip, encoder) without loading its centroids;
+    a missing or foreign file is a one-line ConfigError."""
+    from videobert_ds.core.config import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"visual.vocab: vocabulary file not found: {path}")
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = f.metadata() or {}
+    if "branching" not in meta:
+        raise ConfigError(f"visual.vocab: {path} is not a visual vocabulary file")
+    return {"size": int(meta["branching"]) ** int(meta["depth"]), "feature_dim": int(meta["feature_dim"]),
+            "frames_per_clip": int(meta["frames_per_clip"]), "encoder": json.loads(meta["encoder"])}
+
+
+def feature_stats(vocab: VisualVocabulary, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and spread of the clip features, estimated from the leaf centroids: the scale the
+    masked clip-feature regression standardises its targets by (teacher and student alike)."""
+    leaves = vocab.tree.leaves.float().to(device)
+    return leaves.mean(0), leaves.std(0).clamp_min(1e-6)
