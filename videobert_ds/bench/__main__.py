@@ -29,8 +29,9 @@ def bench_assignment(demo: Path, batches: int = 20) -> float:
     from videobert_ds.data.loader import build_clip_loader
     from videobert_ds.visual.loading import load_visual_tokenizer
 
-    tok, _ = load_visual_tokenizer(demo / "video_encoder" / "final", demo / "vocab" / "vocab.safetensors",
-                                   torch.device("cpu"))
+    tok, _ = load_visual_tokenizer(
+        demo / "video_encoder" / "final", demo / "vocab" / "vocab.safetensors", torch.device("cpu")
+    )
     batch = next(iter(build_clip_loader(demo / "shards", "train", 32, 16, shuffle=False)))
     tok(batch.frames, batch.num_frames)  # warm-up
     started = time.perf_counter()
@@ -53,23 +54,34 @@ def main(argv: list[str] | None = None) -> int:
     kw = dict(batch_size=8, num_frames=16, threads=2, prefetch=2, warmup=5, batches=60)
     dali = bench_loader(demo / "shards", "train", "dali", **kw)
     pyav = bench_loader(demo / "shards", "train", "pyav", **kw)
-    rows.append(("loader clips/s (DALI | PyAV)", f"{dali.clips / dali.seconds:.1f}", f"{pyav.clips / pyav.seconds:.1f}",
-                 f"{(dali.clips / dali.seconds) / (pyav.clips / pyav.seconds):.2f}x"))
-    rows.append(("loader frames/s (DALI | PyAV)", f"{dali.frames / dali.seconds:.0f}",
-                 f"{pyav.frames / pyav.seconds:.0f}", ""))
+    rows.append(
+        (
+            "loader clips/s (DALI | PyAV)",
+            f"{dali.clips / dali.seconds:.1f}",
+            f"{pyav.clips / pyav.seconds:.1f}",
+            f"{(dali.clips / dali.seconds) / (pyav.clips / pyav.seconds):.2f}x",
+        )
+    )
+    rows.append(
+        ("loader frames/s (DALI | PyAV)", f"{dali.frames / dali.seconds:.0f}", f"{pyav.frames / pyav.seconds:.0f}", "")
+    )
     rows.append(("visual-word assignment features/s", f"{bench_assignment(demo):.0f}", "", ""))
     with tempfile.TemporaryDirectory() as tmp:
         z3 = run_training_bench(demo, 3, args.train_steps, 2, Path(tmp))
         z0 = run_training_bench(demo, 0, args.train_steps, 2, Path(tmp))
-    for key, label, scale, fmt in [("samples_per_s", "train samples/s (ZeRO-3 | ZeRO-0)", 1, "{:.1f}"),
-                                   ("tokens_per_s", "train tokens/s (ZeRO-3 | ZeRO-0)", 1, "{:.0f}"),
-                                   ("state_bytes_total", "params+optimizer MiB/rank (Z3 | Z0)", 2**20, "{:.2f}")]:
+    for key, label, scale, fmt in [
+        ("samples_per_s", "train samples/s (ZeRO-3 | ZeRO-0)", 1, "{:.1f}"),
+        ("tokens_per_s", "train tokens/s (ZeRO-3 | ZeRO-0)", 1, "{:.0f}"),
+        ("state_bytes_total", "params+optimizer MiB/rank (Z3 | Z0)", 2**20, "{:.2f}"),
+    ]:
         a, b = z3[key] / scale, z0[key] / scale
         rows.append((label, fmt.format(a), fmt.format(b), f"{a / b:.2f}x"))
     rows.append(("data wait, share of step (Z3 | Z0)", f"{z3['data_wait']:.3f}", f"{z0['data_wait']:.3f}", ""))
 
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{time.strftime('%Y-%m-%d')}")
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
     print(f"| {'benchmark':38s} | {'A':>10s} | {'B':>10s} | {'A / B':>8s} |")
     print(f"|{'-' * 40}|{'-' * 12}|{'-' * 12}|{'-' * 10}|")
     for label, a, b, r in rows:

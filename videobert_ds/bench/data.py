@@ -14,8 +14,8 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -43,11 +43,30 @@ def _batches_forever(loader: ClipLoader) -> Iterator[ClipBatch]:
         yield from loader
 
 
-def bench_loader(shard_dir: Path, split: str, backend: str, *, batch_size: int, num_frames: int,
-                 threads: int, prefetch: int, warmup: int, batches: int) -> BenchResult:
+def bench_loader(
+    shard_dir: Path,
+    split: str,
+    backend: str,
+    *,
+    batch_size: int,
+    num_frames: int,
+    threads: int,
+    prefetch: int,
+    warmup: int,
+    batches: int,
+) -> BenchResult:
     """Time ``batches`` batches of one backend after ``warmup`` untimed ones."""
-    loader = build_clip_loader(shard_dir, split, batch_size, num_frames, backend=backend, device="cpu",
-                               num_threads=threads, prefetch=prefetch, seed=0)
+    loader = build_clip_loader(
+        shard_dir,
+        split,
+        batch_size,
+        num_frames,
+        backend=backend,
+        device="cpu",
+        num_threads=threads,
+        prefetch=prefetch,
+        seed=0,
+    )
     stream = _batches_forever(loader)
     for _ in islice(stream, warmup):
         pass
@@ -101,17 +120,30 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vbds-bench-") as tmp:
         shards = args.shards
         if shards is None:
-            print(f"preparing {args.videos} synthetic videos ({args.size}x{args.size}, {args.fps} fps, VP9) in {tmp} ...",
-                  flush=True)
+            print(
+                f"preparing {args.videos} synthetic videos ({args.size}x{args.size}, {args.fps} fps, VP9) in {tmp} ...",
+                flush=True,
+            )
             shards = make_corpus(Path(tmp), num_videos=args.videos, size=args.size, fps=args.fps)
         results = [
-            bench_loader(shards, args.split, backend, batch_size=args.batch_size, num_frames=args.frames,
-                         threads=args.threads, prefetch=args.prefetch, warmup=args.warmup, batches=args.batches)
+            bench_loader(
+                shards,
+                args.split,
+                backend,
+                batch_size=args.batch_size,
+                num_frames=args.frames,
+                threads=args.threads,
+                prefetch=args.prefetch,
+                warmup=args.warmup,
+                batches=args.batches,
+            )
             for backend in args.backends.split(",")
         ]
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}; "
-          f"B={args.batch_size} T={args.frames} threads={args.threads} prefetch={args.prefetch} "
-          f"warmup={args.warmup} timed={args.batches} batches")
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}; "
+        f"B={args.batch_size} T={args.frames} threads={args.threads} prefetch={args.prefetch} "
+        f"warmup={args.warmup} timed={args.batches} batches"
+    )
     print(format_table(results))
     return 0
 

@@ -57,8 +57,12 @@ def bench_faiss(x: torch.Tensor, k: int, iters: int, seed: int, repeat: int) -> 
     assign_s, (_, ids) = best_of(repeat, lambda: km.index.search(xn, 1))
     ids = torch.from_numpy(ids[:, 0].astype(np.int64))
     # km.obj holds one objective per iteration run (faiss stops when it no longer changes).
-    return {"fit_s": fit_s, "assign_s": assign_s, "iters": len(km.obj),
-            "msd": mean_sq_dist(x, torch.from_numpy(km.centroids), ids)}
+    return {
+        "fit_s": fit_s,
+        "assign_s": assign_s,
+        "iters": len(km.obj),
+        "msd": mean_sq_dist(x, torch.from_numpy(km.centroids), ids),
+    }
 
 
 def bench_ours(x: torch.Tensor, depth: int, branching: int, iters: int, seed: int, repeat: int) -> dict:
@@ -96,9 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     # Warm both libraries up (thread pools, first-call allocations) outside the timings.
     bench_faiss(x[:2048], 16, 2, args.seed, 1)
     fit_kmeans_tree(x[:2048], 2, 4, seed=args.seed, max_iter=2, progress=False)
-    print(f"# {args.n} x {args.dim} float32 features, Lloyd cap {args.iters}/level, {args.threads} threads, "
-          f"best of {args.repeat}; torch {torch.__version__}, faiss {faiss.__version__}, "
-          f"{platform.machine()}, {torch.backends.cpu.get_cpu_capability()}")
+    print(
+        f"# {args.n} x {args.dim} float32 features, Lloyd cap {args.iters}/level, {args.threads} threads, "
+        f"best of {args.repeat}; torch {torch.__version__}, faiss {faiss.__version__}, "
+        f"{platform.machine()}, {torch.backends.cpu.get_cpu_capability()}"
+    )
 
     f = bench_faiss(x, args.k, args.iters, args.seed, args.repeat)
     o = bench_ours(x, 1, args.k, args.iters, args.seed, args.repeat)
@@ -115,8 +121,10 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|---:|---:|---|---:|")
     for name, k, r, assign_s, how in rows:
         print(f"| {name} | {k} | {n / r['fit_s']:,.0f} | {r['iters']} | {n / assign_s:,.0f} | {how} | {r['msd']:.1f} |")
-    print(f"\nours / faiss, flat k={args.k} (>1 = ours faster): fit {f['fit_s'] / o['fit_s']:.2f}x, "
-          f"assign {f['assign_s'] / o['exact_s']:.2f}x")
+    print(
+        f"\nours / faiss, flat k={args.k} (>1 = ours faster): fit {f['fit_s'] / o['fit_s']:.2f}x, "
+        f"assign {f['assign_s'] / o['exact_s']:.2f}x"
+    )
 
     # Assignment: descent vs exact nearest leaf, from the paper's size down to a tiny vocabulary.
     print("\n| vocabulary | batch | descent features/s | exact features/s | faster |")
@@ -131,10 +139,12 @@ def main(argv: list[str] | None = None) -> None:
         ("4^2 x 64-d", tiny, tiny_x),
     ):
         for batch in (256, feats.shape[0]):
-            d, _ = best_of(args.repeat + 1, lambda: tree.assign_descent(feats[:batch]))
-            e, _ = best_of(args.repeat + 1, lambda: tree.assign_exact(feats[:batch]))
-            print(f"| {label} | {batch} | {batch / d:,.0f} | {batch / e:,.0f} | "
-                  f"{'descent' if d < e else 'exact'} {max(d, e) / min(d, e):.1f}x |")
+            d, _ = best_of(args.repeat + 1, lambda tree=tree, x=feats[:batch]: tree.assign_descent(x))
+            e, _ = best_of(args.repeat + 1, lambda tree=tree, x=feats[:batch]: tree.assign_exact(x))
+            print(
+                f"| {label} | {batch} | {batch / d:,.0f} | {batch / e:,.0f} | "
+                f"{'descent' if d < e else 'exact'} {max(d, e) / min(d, e):.1f}x |"
+            )
 
 
 if __name__ == "__main__":

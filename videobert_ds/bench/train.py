@@ -31,11 +31,22 @@ def run(demo: Path, zero_stage: int, steps: int, ranks: int, work: Path, micro_b
     ds_path = work / f"{name}.json"
     ds_path.write_text(json.dumps(ds))
     run_dir = work / name
-    cmd = train_cmd("teacher_tiny", {
-        "run.dir": run_dir, "data.shards": demo / "shards", "visual.encoder": demo / "video_encoder" / "final",
-        "visual.vocab": demo / "vocab" / "vocab.safetensors", "text.tokenizer": demo / "teacher" / "tokenizer",
-        "schedule.max_steps": steps, "schedule.warmup_steps": 1, "schedule.log_every": steps // 2,
-        "schedule.val_every": 10**9, "schedule.checkpoint_every": 10**9}, ranks)
+    cmd = train_cmd(
+        "teacher_tiny",
+        {
+            "run.dir": run_dir,
+            "data.shards": demo / "shards",
+            "visual.encoder": demo / "video_encoder" / "final",
+            "visual.vocab": demo / "vocab" / "vocab.safetensors",
+            "text.tokenizer": demo / "teacher" / "tokenizer",
+            "schedule.max_steps": steps,
+            "schedule.warmup_steps": 1,
+            "schedule.log_every": steps // 2,
+            "schedule.val_every": 10**9,
+            "schedule.checkpoint_every": 10**9,
+        },
+        ranks,
+    )
     cmd[cmd.index("--deepspeed") + 1] = str(ds_path)
     cmd.insert(cmd.index("--config"), "--no-export")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -44,8 +55,13 @@ def run(demo: Path, zero_stage: int, steps: int, ranks: int, work: Path, micro_b
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in rows if "perf/samples_per_s" in r][-1]  # the second half: warm-up excluded
     held = json.loads((run_dir / "partition_rank0.json").read_text())
-    return {"samples_per_s": last["perf/samples_per_s"], "tokens_per_s": last.get("perf/tokens_per_s", 0.0),
-            "data_wait": last["perf/data_wait_frac"], "micro_batch": ds["train_micro_batch_size_per_gpu"], **held}
+    return {
+        "samples_per_s": last["perf/samples_per_s"],
+        "tokens_per_s": last.get("perf/tokens_per_s", 0.0),
+        "data_wait": last["perf/data_wait_frac"],
+        "micro_batch": ds["train_micro_batch_size_per_gpu"],
+        **held,
+    }
 
 
 def compare_micro_batches(demo: Path, micro_batches: list[int], steps: int, ranks: int) -> None:
@@ -58,8 +74,10 @@ def compare_micro_batches(demo: Path, micro_batches: list[int], steps: int, rank
     print(f"|{'-' * 13}|{'-' * 12}|{'-' * 11}|{'-' * 20}|")
     for r in results:
         step = r["micro_batch"] * ranks / r["samples_per_s"]
-        print(f"| {r['micro_batch']:11d} | {r['samples_per_s']:10.1f} | {step:9.3f} | "
-              f"{r['samples_per_s'] / base['samples_per_s']:17.2f}x |")
+        print(
+            f"| {r['micro_batch']:11d} | {r['samples_per_s']:10.1f} | {step:9.3f} | "
+            f"{r['samples_per_s'] / base['samples_per_s']:17.2f}x |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,11 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-dir", default="runs/demo", type=Path)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--micro-batches", help="comma-separated micro-batches: compare ZeRO-3 throughput at each "
-                                                "instead of ZeRO-3 vs ZeRO-0")
+    parser.add_argument(
+        "--micro-batches",
+        help="comma-separated micro-batches: compare ZeRO-3 throughput at each instead of ZeRO-3 vs ZeRO-0",
+    )
     args = parser.parse_args(argv)
     demo = args.demo_dir.resolve()
-    for need in ("shards/manifest.json", "video_encoder/final/config.json", "vocab/vocab.safetensors", "teacher/tokenizer"):
+    for need in (
+        "shards/manifest.json",
+        "video_encoder/final/config.json",
+        "vocab/vocab.safetensors",
+        "teacher/tokenizer",
+    ):
         if not (demo / need).exists():
             print(f"bench.train: error: {demo / need} missing; run `make demo` first", file=sys.stderr)
             return 2
@@ -91,11 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nTiny teacher, {args.ranks} ranks, {args.steps} steps (second half timed), same micro-batch")
     print(f"| {'':28s} | {'ZeRO-3':>12s} | {'ZeRO-0':>12s} | {'ZeRO-3 / ZeRO-0':>15s} |")
     print(f"|{'-' * 30}|{'-' * 14}|{'-' * 14}|{'-' * 17}|")
-    for key, label, scale in [("samples_per_s", "samples/s", 1), ("tokens_per_s", "tokens/s", 1),
-                              ("param_bytes", "parameters held (MiB)", mib),
-                              ("master_param_bytes", "master copies held (MiB)", mib),
-                              ("optimizer_state_bytes", "optimizer state held (MiB)", mib),
-                              ("state_bytes_total", "params + optimizer (MiB)", mib)]:
+    for key, label, scale in [
+        ("samples_per_s", "samples/s", 1),
+        ("tokens_per_s", "tokens/s", 1),
+        ("param_bytes", "parameters held (MiB)", mib),
+        ("master_param_bytes", "master copies held (MiB)", mib),
+        ("optimizer_state_bytes", "optimizer state held (MiB)", mib),
+        ("state_bytes_total", "params + optimizer (MiB)", mib),
+    ]:
         a, b = z3[key] / scale, z0[key] / scale
         print(f"| {label:28s} | {a:12.3f} | {b:12.3f} | {a / b if b else float('nan'):15.3f} |")
     print(f"| {'data wait (share of step)':28s} | {z3['data_wait']:12.3f} | {z0['data_wait']:12.3f} | {'':15s} |")

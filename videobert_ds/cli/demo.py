@@ -33,9 +33,21 @@ def free_port() -> int:
 
 def train_cmd(config: str, overrides: dict, ranks: int, ds_config: str = "zero3_cpu.json") -> list[str]:
     """The deepspeed launcher on loopback; BERT-style stages use the CPU config with a BERT learning rate."""
-    return [str(BIN / "deepspeed"), "--num_gpus", str(ranks), "--master_addr", "127.0.0.1", "--master_port",
-            str(free_port()), str(REPO / "videobert_ds" / "train.py"), "--deepspeed",
-            str(REPO / "ds_configs" / ds_config), "--config", config, *(f"{k}={v}" for k, v in overrides.items())]
+    return [
+        str(BIN / "deepspeed"),
+        "--num_gpus",
+        str(ranks),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(REPO / "videobert_ds" / "train.py"),
+        "--deepspeed",
+        str(REPO / "ds_configs" / ds_config),
+        "--config",
+        config,
+        *(f"{k}={v}" for k, v in overrides.items()),
+    ]
 
 
 def mpi_launch(ranks: int) -> list[str]:
@@ -44,8 +56,19 @@ def mpi_launch(ranks: int) -> list[str]:
     if ranks < 2 or mpirun is None:
         return []
     root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-    return [mpirun, "-n", str(ranks), *root, "--oversubscribe", "--mca", "btl_tcp_if_include", "lo",
-            "--mca", "oob_tcp_if_include", "lo"]
+    return [
+        mpirun,
+        "-n",
+        str(ranks),
+        *root,
+        "--oversubscribe",
+        "--mca",
+        "btl_tcp_if_include",
+        "lo",
+        "--mca",
+        "oob_tcp_if_include",
+        "lo",
+    ]
 
 
 class Demo:
@@ -92,8 +115,23 @@ class Demo:
 
     def evaluate(self, model_dir: Path, shards: Path, out: Path, log_name: str) -> dict:
         """videobert-eval of one model dir on the test split."""
-        self.sh([str(BIN / "videobert-eval"), "--config", "eval_tiny", "--model", str(model_dir), "--shards", str(shards),
-                 "--split", "test", "--out", str(out)], log_name, threads=self.ranks)  # one process: all the cores
+        self.sh(
+            [
+                str(BIN / "videobert-eval"),
+                "--config",
+                "eval_tiny",
+                "--model",
+                str(model_dir),
+                "--shards",
+                str(shards),
+                "--split",
+                "test",
+                "--out",
+                str(out),
+            ],
+            log_name,
+            threads=self.ranks,
+        )  # one process: all the cores
         r = json.loads(out.read_text())
         return {"clips": r.get("num_clips"), "clips_per_s": r.get("clips_per_s")}
 
@@ -102,17 +140,46 @@ class Demo:
         corpus, shards = self.path("corpus"), self.path("shards")
 
         def synth() -> dict:
-            self.sh([str(BIN / "videobert-synth"), "--out", str(corpus), "--num-videos", str(self.num_videos),
-                     "--seed", "0", "--workers", str(self.ranks)], "synth")
+            self.sh(
+                [
+                    str(BIN / "videobert-synth"),
+                    "--out",
+                    str(corpus),
+                    "--num-videos",
+                    str(self.num_videos),
+                    "--seed",
+                    "0",
+                    "--workers",
+                    str(self.ranks),
+                ],
+                "synth",
+            )
             return {"videos": self.num_videos}
+
         self.stage("synth", corpus / "manifest.jsonl", synth)
 
         def prepare() -> dict:
-            self.sh([*mpi_launch(self.ranks), str(BIN / "videobert-prepare"), "--manifest", str(corpus / "manifest.jsonl"),
-                     "--out", str(shards), "--fps", "8", "--size", "32", "--samples-per-shard", "16", "--no-progress"],
-                    "prepare")
+            self.sh(
+                [
+                    *mpi_launch(self.ranks),
+                    str(BIN / "videobert-prepare"),
+                    "--manifest",
+                    str(corpus / "manifest.jsonl"),
+                    "--out",
+                    str(shards),
+                    "--fps",
+                    "8",
+                    "--size",
+                    "32",
+                    "--samples-per-shard",
+                    "16",
+                    "--no-progress",
+                ],
+                "prepare",
+            )
             m = json.loads((shards / "manifest.json").read_text())
             return {"samples": m["total"], "splits": m["splits"], "shards": len(m["shards"])}
+
         self.stage("prepare", shards / "manifest.json", prepare)
 
         def loader_pass() -> dict:
@@ -123,74 +190,137 @@ class Demo:
             for batch in loader:
                 clips += batch.frames.shape[0]
             seconds = time.perf_counter() - started
-            return {"backend": loader.backend, "clips": clips, "clips_per_s": round(clips / seconds, 1),
-                    "frames_per_s": round(clips * 16 / seconds, 1)}
+            return {
+                "backend": loader.backend,
+                "clips": clips,
+                "clips_per_s": round(clips / seconds, 1),
+                "frames_per_s": round(clips * 16 / seconds, 1),
+            }
+
         self.stage("loader", shards / "manifest.json", loader_pass)
 
         enc = self.path("video_encoder")
 
         def video_encoder() -> dict:
-            self.sh(train_cmd("video_encoder_tiny", {"run.dir": enc, "data.shards": shards}, self.ranks), "video_encoder")
+            self.sh(
+                train_cmd("video_encoder_tiny", {"run.dir": enc, "data.shards": shards}, self.ranks), "video_encoder"
+            )
             m = self.last_metrics(enc)
-            return {"final_l_video": m.get("train/l_video"), "val_l_video": m.get("val/l_video"),
-                    "samples_per_s": m.get("perf/samples_per_s")}
+            return {
+                "final_l_video": m.get("train/l_video"),
+                "val_l_video": m.get("val/l_video"),
+                "samples_per_s": m.get("perf/samples_per_s"),
+            }
+
         self.stage("video_encoder", enc / "final" / "config.json", video_encoder)
 
         vocab = self.path("vocab")
 
         def build_vocab() -> dict:
-            self.sh(train_cmd("vocab_tiny", {"run.dir": vocab, "data.shards": shards, "encoder.path": enc / "final"},
-                              self.ranks), "build_vocab")
+            self.sh(
+                train_cmd(
+                    "vocab_tiny", {"run.dir": vocab, "data.shards": shards, "encoder.path": enc / "final"}, self.ranks
+                ),
+                "build_vocab",
+            )
             r = json.loads((vocab / "vocab_report.json").read_text())
-            return {"vocab_size": r["vocab_size"], "clips": r["clips"], "nmi": r["nmi"],
-                    "clips_per_s": round(r["clips_per_s_encode"], 1)}
+            return {
+                "vocab_size": r["vocab_size"],
+                "clips": r["clips"],
+                "nmi": r["nmi"],
+                "clips_per_s": round(r["clips_per_s_encode"], 1),
+            }
+
         self.stage("build_vocab", vocab / "vocab.safetensors", build_vocab)
 
         teacher = self.path("teacher")
 
         def pretrain_teacher() -> dict:
-            self.sh(train_cmd("teacher_tiny", {"run.dir": teacher, "data.shards": shards,
-                                               "visual.encoder": enc / "final",
-                                               "visual.vocab": vocab / "vocab.safetensors"}, self.ranks,
-                              "zero3_cpu_mb32.json"), "teacher")
+            self.sh(
+                train_cmd(
+                    "teacher_tiny",
+                    {
+                        "run.dir": teacher,
+                        "data.shards": shards,
+                        "visual.encoder": enc / "final",
+                        "visual.vocab": vocab / "vocab.safetensors",
+                    },
+                    self.ranks,
+                    "zero3_cpu_mb32.json",
+                ),
+                "teacher",
+            )
             m = self.last_metrics(teacher)
-            return {"final_loss": m.get("train/loss"), "val_loss": m.get("val/loss"),
-                    "samples_per_s": m.get("perf/samples_per_s"), "tokens_per_s": m.get("perf/tokens_per_s")}
+            return {
+                "final_loss": m.get("train/loss"),
+                "val_loss": m.get("val/loss"),
+                "samples_per_s": m.get("perf/samples_per_s"),
+                "tokens_per_s": m.get("perf/tokens_per_s"),
+            }
+
         self.stage("pretrain_teacher", teacher / "final" / "config.json", pretrain_teacher)
 
         student = self.path("student")
 
         def distill_student() -> dict:
-            self.sh(train_cmd("student_tiny", {"run.dir": student, "data.shards": shards,
-                                               "teacher.path": teacher / "final"}, self.ranks,
-                              "zero3_cpu_mb32_lr4e-3.json"),
-                    "student")
+            self.sh(
+                train_cmd(
+                    "student_tiny",
+                    {"run.dir": student, "data.shards": shards, "teacher.path": teacher / "final"},
+                    self.ranks,
+                    "zero3_cpu_mb32_lr4e-3.json",
+                ),
+                "student",
+            )
             m, r = self.last_metrics(student), json.loads((student / "distill_report.json").read_text())
-            return {"final_loss": m.get("train/loss"), "val_loss": m.get("val/loss"),
-                    "samples_per_s": m.get("perf/samples_per_s"), "tokens_per_s": m.get("perf/tokens_per_s"),
-                    "teacher_params": r["teacher"]["params"], "student_params": r["student"]["params"]}
+            return {
+                "final_loss": m.get("train/loss"),
+                "val_loss": m.get("val/loss"),
+                "samples_per_s": m.get("perf/samples_per_s"),
+                "tokens_per_s": m.get("perf/tokens_per_s"),
+                "teacher_params": r["teacher"]["params"],
+                "student_params": r["student"]["params"],
+            }
+
         self.stage("distill_student", student / "final" / "config.json", distill_student)
 
         for name, model in (("teacher", teacher), ("student", student)):
             out = self.path(f"eval_{name}.json")
-            self.stage(f"evaluate_{name}", out,
-                       lambda model=model, out=out, name=name: self.evaluate(model / "final", shards, out, f"eval_{name}"))
+            self.stage(
+                f"evaluate_{name}",
+                out,
+                lambda model=model, out=out, name=name: self.evaluate(model / "final", shards, out, f"eval_{name}"),
+            )
 
         for name, model in (("teacher", teacher), ("student", student)):
             tuned = self.path(f"finetune_{name}")
 
             def finetune(model: Path = model, tuned: Path = tuned, name: str = name) -> dict:
-                self.sh(train_cmd("finetune_tiny", {"run.dir": tuned, "data.shards": shards, "model.init": model / "final"},
-                                  self.ranks), f"finetune_{name}")
+                self.sh(
+                    train_cmd(
+                        "finetune_tiny",
+                        {"run.dir": tuned, "data.shards": shards, "model.init": model / "final"},
+                        self.ranks,
+                    ),
+                    f"finetune_{name}",
+                )
                 m = self.last_metrics(tuned)
-                return {"final_loss": m.get("train/loss"), "val_loss": m.get("val/loss"),
-                        "samples_per_s": m.get("perf/samples_per_s")}
+                return {
+                    "final_loss": m.get("train/loss"),
+                    "val_loss": m.get("val/loss"),
+                    "samples_per_s": m.get("perf/samples_per_s"),
+                }
+
             self.stage(f"finetune_{name}", tuned / "final" / "config.json", finetune)
 
             out = self.path(f"eval_finetune_{name}.json")
-            self.stage(f"evaluate_finetune_{name}", out,
-                       lambda tuned=tuned, out=out, name=name: self.evaluate(tuned / "final", shards, out,
-                                                                             f"eval_finetune_{name}"))
+            self.stage(
+                f"evaluate_finetune_{name}",
+                out,
+                lambda tuned=tuned, out=out, name=name: self.evaluate(
+                    tuned / "final", shards, out, f"eval_finetune_{name}"
+                ),
+            )
 
         self.sh([sys.executable, "-m", "videobert_ds.eval.report", "--demo-dir", str(self.root)], "report")
         self.summary()
@@ -209,7 +339,9 @@ class Demo:
             for attr, v in vocab.get("nmi", {}).items():
                 print(f"  NMI(words; {attr}) = {v['nmi']:.3f}  (shuffled labels: {v['nmi_shuffled']:.3f})")
         print(f"[demo] report: {self.root / 'report.md'} and report.json")
-        print(f"[demo] TensorBoard: .venv/bin/tensorboard --logdir {self.root} --host 127.0.0.1  (or: make tensorboard)")
+        print(
+            f"[demo] TensorBoard: .venv/bin/tensorboard --logdir {self.root} --host 127.0.0.1  (or: make tensorboard)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,10 +19,8 @@ import torch
 import torch.distributed as dist
 
 from videobert_ds.core.config import ConfigError, load_stage_config, resolve_config_path
-from videobert_ds.core.distributed import init_distributed
 from videobert_ds.eval.config import EvalStageConfig, check_eval_config
 from videobert_ds.eval.run import run_evaluation, write_report
-
 
 
 def _launched() -> bool:
@@ -39,7 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shards", help="shard directory made by videobert-prepare (overrides data.shards)")
     p.add_argument("--split", help="split to evaluate (overrides eval.split)")
     p.add_argument("--out", help="report JSON path (overrides eval.out)")
-    p.add_argument("--config", default="eval", help="eval YAML: a path or a packaged config name (default: %(default)s)")
+    p.add_argument(
+        "--config", default="eval", help="eval YAML: a path or a packaged config name (default: %(default)s)"
+    )
     p.add_argument("--zero3", action="store_true", help="partition the model across ranks with DeepSpeed ZeRO-3")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. caption.beam_size=3")
@@ -49,11 +49,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rank_env = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.INFO if rank_env == "0" else logging.WARNING,
-                        format=f"%(asctime)s [rank{rank_env}] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO if rank_env == "0" else logging.WARNING,
+        format=f"%(asctime)s [rank{rank_env}] %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     overrides = list(args.overrides)
-    for flag, key in ((args.model, "model.dir"), (args.shards, "data.shards"), (args.split, "eval.split"),
-                      (args.out, "eval.out")):
+    for flag, key in (
+        (args.model, "model.dir"),
+        (args.shards, "data.shards"),
+        (args.split, "eval.split"),
+        (args.out, "eval.out"),
+    ):
         if flag is not None:
             overrides.append(f"{key}={json.dumps(flag)}")
     if args.zero3:

@@ -62,11 +62,20 @@ def run(args: argparse.Namespace) -> torch.Tensor:
     except GeneratorError as err:
         raise UsageError(f"--model: {err}") from None
     if args.num_words > max_words(model.config):
-        raise UsageError(f"--num-words {args.num_words} does not fit the model's positions (at most "
-                         f"{max_words(model.config)})")
+        raise UsageError(
+            f"--num-words {args.num_words} does not fit the model's positions (at most {max_words(model.config)})"
+        )
     text_ids = prompt_ids(tokenizer, [args.text], max_text_tokens(model.config, args.num_words))
-    words = sample_visual_words(model, sp, text_ids, num_words=args.num_words, temperature=args.temperature,
-                                top_k=args.top_k, seed=args.seed, device=device)
+    words = sample_visual_words(
+        model,
+        sp,
+        text_ids,
+        num_words=args.num_words,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        device=device,
+    )
     with atomic_path(out) as tmp:
         Image.fromarray(render_grid(words, keyframes.frames)).save(tmp, format="PNG")
     return words[0]

@@ -30,8 +30,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 PROG = "videobert-launch"
 PORT_BASE, PORT_SPAN = 10000, 20000
@@ -98,8 +98,9 @@ def hostnames(expr: str) -> list[str]:
     scontrol = shutil.which("scontrol")
     if scontrol:
         try:
-            out = subprocess.run([scontrol, "show", "hostnames", expr], capture_output=True, text=True,
-                                 timeout=30, check=True).stdout.split()
+            out = subprocess.run(
+                [scontrol, "show", "hostnames", expr], capture_output=True, text=True, timeout=30, check=True
+            ).stdout.split()
             if out:
                 return out
         except (subprocess.SubprocessError, OSError):
@@ -155,10 +156,18 @@ def _mpi_env(env: Mapping[str, str]) -> dict[str, str] | None:
     addr = env.get("VIDEOBERT_MASTER_ADDR") or env.get("MASTER_ADDR")
     if not addr:
         return {}  # DeepSpeed's MPI discovery fills everything in
-    port = env.get("VIDEOBERT_MASTER_PORT") or env.get("MASTER_PORT") or (
-        str(master_port(env["SLURM_JOB_ID"])) if "SLURM_JOB_ID" in env else str(DEFAULT_PORT))
-    return {"RANK": str(rank), "WORLD_SIZE": str(size), "LOCAL_RANK": str(_visible_local_rank(local, env)),
-            "MASTER_ADDR": addr, "MASTER_PORT": port}
+    port = (
+        env.get("VIDEOBERT_MASTER_PORT")
+        or env.get("MASTER_PORT")
+        or (str(master_port(env["SLURM_JOB_ID"])) if "SLURM_JOB_ID" in env else str(DEFAULT_PORT))
+    )
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(size),
+        "LOCAL_RANK": str(_visible_local_rank(local, env)),
+        "MASTER_ADDR": addr,
+        "MASTER_PORT": port,
+    }
 
 
 def _slurm_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -174,8 +183,13 @@ def _slurm_env(env: Mapping[str, str]) -> dict[str, str]:
             raise LaunchError("neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST is set")
         addr = hostnames(nodelist)[0]
     port = env.get("VIDEOBERT_MASTER_PORT") or str(master_port(_int(env, "SLURM_JOB_ID")))
-    out = {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(_visible_local_rank(local, env)),
-           "MASTER_ADDR": addr, "MASTER_PORT": port}
+    out = {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(_visible_local_rank(local, env)),
+        "MASTER_ADDR": addr,
+        "MASTER_PORT": port,
+    }
     node = env.get("SLURM_NODEID")
     per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
     if node is not None and per_node:
@@ -199,11 +213,18 @@ def dist_env(env: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]
             return ("mpi" if mpi else "mpi-discovery"), mpi
     if in_step:
         return "slurm", _slurm_env(env)
-    port = env.get("VIDEOBERT_MASTER_PORT") or env.get("MASTER_PORT") or (
-        str(master_port(env["SLURM_JOB_ID"])) if "SLURM_JOB_ID" in env else str(DEFAULT_PORT))
-    return "single", {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
-                      "MASTER_ADDR": env.get("VIDEOBERT_MASTER_ADDR") or env.get("MASTER_ADDR") or "127.0.0.1",
-                      "MASTER_PORT": port}
+    port = (
+        env.get("VIDEOBERT_MASTER_PORT")
+        or env.get("MASTER_PORT")
+        or (str(master_port(env["SLURM_JOB_ID"])) if "SLURM_JOB_ID" in env else str(DEFAULT_PORT))
+    )
+    return "single", {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": env.get("VIDEOBERT_MASTER_ADDR") or env.get("MASTER_ADDR") or "127.0.0.1",
+        "MASTER_PORT": port,
+    }
 
 
 def describe(source: str, variables: Mapping[str, str], env: Mapping[str, str]) -> str:
@@ -211,8 +232,10 @@ def describe(source: str, variables: Mapping[str, str], env: Mapping[str, str]) 
         return "MPI launch without MASTER_ADDR: DeepSpeed's MPI discovery sets the rank variables"
     where = env.get("SLURMD_NODENAME") or os.uname().nodename
     job = f" (slurm job {env['SLURM_JOB_ID']} step {env.get('SLURM_STEP_ID', '-')})" if "SLURM_JOB_ID" in env else ""
-    return (f"{source}: rank {variables['RANK']}/{variables['WORLD_SIZE']} local_rank {variables['LOCAL_RANK']} "
-            f"on {where}{job}, master {variables['MASTER_ADDR']}:{variables['MASTER_PORT']}")
+    return (
+        f"{source}: rank {variables['RANK']}/{variables['WORLD_SIZE']} local_rank {variables['LOCAL_RANK']} "
+        f"on {where}{job}, master {variables['MASTER_ADDR']}:{variables['MASTER_PORT']}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +292,9 @@ def write_hostfile(path: Path, env: Mapping[str, str] | None = None, slots: int 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Map SLURM / MPI launches to torch.distributed; DeepSpeed hostfiles.")
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Map SLURM / MPI launches to torch.distributed; DeepSpeed hostfiles."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("env", help="print the mapped variables as export lines")
     ex = sub.add_parser("exec", help="run a command with the mapped variables")

@@ -166,9 +166,7 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
         path = f"{where}.{key}" if where else key
         if key not in names:
             if key in DEEPSPEED_OWNED:
-                raise ConfigError(
-                    f"{path}: set by the DeepSpeed config ({DEEPSPEED_OWNED[key]}), not the stage config"
-                )
+                raise ConfigError(f"{path}: set by the DeepSpeed config ({DEEPSPEED_OWNED[key]}), not the stage config")
             raise ConfigError(f"{path}: unknown key (known: {', '.join(sorted(names))})")
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)

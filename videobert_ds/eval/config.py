@@ -69,8 +69,10 @@ def check_eval_config(cfg: EvalStageConfig) -> None:
         raise ConfigError(f"data.shards: no shard directory at {cfg.data.shards} (missing manifest.json)")
     z = cfg.zeroshot
     if set(z.templates) != set(z.labels):
-        raise ConfigError(f"zeroshot: templates ({', '.join(sorted(z.templates))}) and labels "
-                          f"({', '.join(sorted(z.labels))}) must name the same attributes")
+        raise ConfigError(
+            f"zeroshot: templates ({', '.join(sorted(z.templates))}) and labels "
+            f"({', '.join(sorted(z.labels))}) must name the same attributes"
+        )
     for attr, template in z.templates.items():
         slots = {s for _, s, _, _ in string.Formatter().parse(template) if s is not None}
         if attr not in slots:

@@ -26,11 +26,15 @@ def report_markdown(report: dict[str, Any]) -> str:
     for name in ("teacher", "student"):
         r = report.get(name, {})
         rate = r.get("inference_clips_per_s")
-        rows.append(f"| {name} | {r.get('layers')} x {r.get('hidden_size')} | {r.get('params', 0):,} | "
-                    f"{'-' if rate is None else f'{rate:.1f}'} |")
+        rows.append(
+            f"| {name} | {r.get('layers')} x {r.get('hidden_size')} | {r.get('params', 0):,} | "
+            f"{'-' if rate is None else f'{rate:.1f}'} |"
+        )
     if "param_ratio" in report:
         rows.append(f"\nstudent / teacher parameters: {report['param_ratio']:.3f}")
     if "speedup" in report:
-        rows.append(f"student speed-up: {report['speedup']:.2f}x ({report.get('inference_device')}, batch "
-                    f"{report.get('inference_batch')}, {report.get('inference_seq_len')} tokens)")
+        rows.append(
+            f"student speed-up: {report['speedup']:.2f}x ({report.get('inference_device')}, batch "
+            f"{report.get('inference_batch')}, {report.get('inference_seq_len')} tokens)"
+        )
     return "\n".join(rows)

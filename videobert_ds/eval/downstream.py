@@ -21,26 +21,34 @@ from typing import Any
 import numpy as np
 import torch
 
+from videobert_ds.core.distributed import sharded
 from videobert_ds.eval.items import EvalItem
 from videobert_ds.eval.metrics import majority_topk_accuracy, topk_chance
 from videobert_ds.inference.scoring import FilledTemplate, score, template_scores
 from videobert_ds.model.specials import Specials
 from videobert_ds.objectives.layout import joint_inputs
-from videobert_ds.core.distributed import sharded
 
 
 def finetuned_label_sets(config: Any) -> dict[str, list[str]]:
     return dict(getattr(config, "finetune_label_sets", None) or {})
 
 
-def label_logits(heads: Any, items: Sequence[EvalItem], with_text: bool, vocab: Specials, max_len: int,
-                 device: torch.device, batch_size: int) -> np.ndarray:
+def label_logits(
+    heads: Any,
+    items: Sequence[EvalItem],
+    with_text: bool,
+    vocab: Specials,
+    max_len: int,
+    device: torch.device,
+    batch_size: int,
+) -> np.ndarray:
     """(items, sum of label-set sizes): every label head's logits on each item's video (and text)."""
 
     def fn(idx: list[int]) -> list[list[float]]:
         texts = [items[i].text_ids if with_text else [] for i in idx]
-        batch = joint_inputs(texts, [items[i].visual_ids for i in idx], vocab, caption_mode=False, max_len=max_len,
-                            device=device)
+        batch = joint_inputs(
+            texts, [items[i].visual_ids for i in idx], vocab, caption_mode=False, max_len=max_len, device=device
+        )
         _, _, logits = score(heads, batch, torch.zeros((len(idx), 1), dtype=torch.long, device=device))
         return logits.tolist()
 
@@ -48,8 +56,9 @@ def label_logits(heads: Any, items: Sequence[EvalItem], with_text: bool, vocab: 
     return np.asarray(rows, dtype=np.float64)
 
 
-def classification_metrics(items: Sequence[EvalItem], logits: np.ndarray, label_sets: dict[str, list[str]],
-                           baseline_meta: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def classification_metrics(
+    items: Sequence[EvalItem], logits: np.ndarray, label_sets: dict[str, list[str]], baseline_meta: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     start = 0
     for name, labels in label_sets.items():
@@ -60,16 +69,27 @@ def classification_metrics(items: Sequence[EvalItem], logits: np.ndarray, label_
             continue
         truth = [items[i].labels[name] for i in keep]
         predicted = [labels[int(j)] for j in cols[keep].argmax(1)]
-        train = [str(m["labels"][name]) for m in baseline_meta if isinstance(m.get("labels"), dict) and name in m["labels"]]
-        uniform, majority = topk_chance(len(labels), 1), (majority_topk_accuracy(train, truth, labels, 1) if train else 0.0)
+        train = [
+            str(m["labels"][name]) for m in baseline_meta if isinstance(m.get("labels"), dict) and name in m["labels"]
+        ]
+        uniform, majority = (
+            topk_chance(len(labels), 1),
+            (majority_topk_accuracy(train, truth, labels, 1) if train else 0.0),
+        )
         out[f"finetune/classification/{name}/top1"] = {
-            "value": float(np.mean([p == t for p, t in zip(predicted, truth)])), "chance": max(uniform, majority),
-            "n": len(keep), "baseline": "the most frequent training label" if majority > uniform
-            else f"uniform over {len(labels)} labels"}
+            "value": float(np.mean([p == t for p, t in zip(predicted, truth)])),
+            "chance": max(uniform, majority),
+            "n": len(keep),
+            "baseline": "the most frequent training label"
+            if majority > uniform
+            else f"uniform over {len(labels)} labels",
+        }
     return out
 
 
-def qa_rows(items: Sequence[EvalItem], tokenizer: Any, vocab: Specials, max_text_tokens: int) -> list[tuple[int, int, FilledTemplate, list[int]]]:
+def qa_rows(
+    items: Sequence[EvalItem], tokenizer: Any, vocab: Specials, max_text_tokens: int
+) -> list[tuple[int, int, FilledTemplate, list[int]]]:
     """(item, choice, question + [MASK] slot, the choice's pieces) for every candidate answer."""
     rows = []
     for i, it in enumerate(items):
@@ -86,16 +106,31 @@ def qa_rows(items: Sequence[EvalItem], tokenizer: Any, vocab: Specials, max_text
     return rows
 
 
-def qa_metrics(heads: Any, items: Sequence[EvalItem], tokenizer: Any, vocab: Specials, max_len: int, max_text_tokens: int,
-               device: torch.device, batch_size: int) -> dict[str, dict[str, Any]]:
+def qa_metrics(
+    heads: Any,
+    items: Sequence[EvalItem],
+    tokenizer: Any,
+    vocab: Specials,
+    max_len: int,
+    max_text_tokens: int,
+    device: torch.device,
+    batch_size: int,
+) -> dict[str, dict[str, Any]]:
     rows = qa_rows(items, tokenizer, vocab, max_text_tokens)
     if not rows:
         return {}
 
     def fn(idx: list[int]) -> list[float]:
         picked = [rows[i] for i in idx]
-        scores = template_scores(heads, [f for _, _, f, _ in picked], [items[i].visual_ids for i, _, _, _ in picked],
-                                 [[p] for _, _, _, p in picked], vocab, max_len=max_len, device=device)
+        scores = template_scores(
+            heads,
+            [f for _, _, f, _ in picked],
+            [items[i].visual_ids for i, _, _, _ in picked],
+            [[p] for _, _, _, p in picked],
+            vocab,
+            max_len=max_len,
+            device=device,
+        )
         return [s[0] for s in scores]
 
     values, _ = sharded(len(rows), batch_size, fn)
@@ -105,12 +140,21 @@ def qa_metrics(heads: Any, items: Sequence[EvalItem], tokenizer: Any, vocab: Spe
             best[i] = (v, c)
     correct = [best[i][1] == int(items[i].qa["answer"]) for i in best]
     chance = float(np.mean([1.0 / len(items[i].qa["choices"]) for i in best]))
-    return {"finetune/qa/accuracy": {"value": float(np.mean(correct)), "chance": chance, "n": len(best),
-                                     "baseline": "a random choice"}}
+    return {
+        "finetune/qa/accuracy": {
+            "value": float(np.mean(correct)),
+            "chance": chance,
+            "n": len(best),
+            "baseline": "a random choice",
+        }
+    }
 
 
 def as_finetuned(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The fine-tuned model's captioning (reported decoder) and retrieval metrics, also under finetune/ (the
     report pairs them with the pretrained model's)."""
-    return {f"finetune/{k}": dict(v) for k, v in metrics.items()
-            if (k.startswith("caption/") and k.count("/") == 1) or k.startswith("retrieval/")}
+    return {
+        f"finetune/{k}": dict(v)
+        for k, v in metrics.items()
+        if (k.startswith("caption/") and k.count("/") == 1) or k.startswith("retrieval/")
+    }

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from videobert_ds.data.loader import VIDEO_EXTS, choose_backend, read_shard_manifest, split_shards
+from videobert_ds.data.loader import VIDEO_EXTS, choose_backend, read_shard_manifest
 from videobert_ds.data.sampling import RawSample
 from videobert_ds.data.splits import rank_samples
 
@@ -77,7 +77,9 @@ def encode_items(
     cls = DaliClipDecoder if choose_backend(backend, codec, device) == "dali" else PyAVClipDecoder
     # The decoders read ahead; repeating the last batch keeps them fed past the end (never consumed).
     feed = chain(batches, repeat((batches[-1][0], None)))
-    decoder = cls(feed, batch_size=batch_size, num_frames=num_frames, device=device, num_threads=num_threads, prefetch=1)
+    decoder = cls(
+        feed, batch_size=batch_size, num_frames=num_frames, device=device, num_threads=num_threads, prefetch=1
+    )
     items: list[EvalItem] = []
     seconds = 0.0
     try:
@@ -89,12 +91,22 @@ def encode_items(
             ids, valid = ids.cpu(), valid.cpu()
             seconds += time.perf_counter() - start
             texts = [m.get("text", "") for m in meta]
-            text_ids = text_tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_text_tokens)["input_ids"]
+            text_ids = text_tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_text_tokens)[
+                "input_ids"
+            ]
             for m, t, tid, row, ok in zip(meta, texts, text_ids, ids, valid):
                 labels = m.get("labels") if isinstance(m.get("labels"), dict) else {}
-                items.append(EvalItem(key=m["__key__"], video_id=str(m.get("video_id", "")), text=t, text_ids=list(tid),
-                                      visual_ids=row[ok].tolist(), labels={k: str(v) for k, v in labels.items()},
-                                      qa=m.get("qa") if isinstance(m.get("qa"), dict) else None))
+                items.append(
+                    EvalItem(
+                        key=m["__key__"],
+                        video_id=str(m.get("video_id", "")),
+                        text=t,
+                        text_ids=list(tid),
+                        visual_ids=row[ok].tolist(),
+                        labels={k: str(v) for k, v in labels.items()},
+                        qa=m.get("qa") if isinstance(m.get("qa"), dict) else None,
+                    )
+                )
     finally:
         decoder.close()
     return items, seconds

@@ -39,7 +39,7 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     if scores.shape[0] == 0:
         raise ValueError("no rows to score")
     true = scores.gather(1, labels[:, None].long())
-    better_or_tied = ((scores >= true).sum(1) - 1)  # other classes at or above the label's score
+    better_or_tied = (scores >= true).sum(1) - 1  # other classes at or above the label's score
     return float((better_or_tied < k).float().mean())
 
 
@@ -50,7 +50,9 @@ def topk_chance(num_classes: int, k: int) -> float:
     return min(k, num_classes) / num_classes
 
 
-def majority_topk_accuracy(train_labels: Sequence[str], test_labels: Sequence[str], classes: Sequence[str], k: int) -> float:
+def majority_topk_accuracy(
+    train_labels: Sequence[str], test_labels: Sequence[str], classes: Sequence[str], k: int
+) -> float:
     """Top-k accuracy on the test labels of always predicting the k most frequent training labels
     (ties between equally frequent labels broken by the class order)."""
     if not test_labels:
@@ -120,8 +122,10 @@ def _python_tokenize(captions: Mapping[Any, list[dict[str, str]]]) -> dict[Any, 
 
     out = {}
     for key, caps in captions.items():
-        out[key] = [" ".join(w for w in re.findall(r"[\w']+|[^\w\s]", c["caption"].lower()) if w not in PUNCTUATIONS)
-                    for c in caps]
+        out[key] = [
+            " ".join(w for w in re.findall(r"[\w']+|[^\w\s]", c["caption"].lower()) if w not in PUNCTUATIONS)
+            for c in caps
+        ]
     return out
 
 
@@ -136,8 +140,9 @@ def caption_scores(references: Mapping[str, Sequence[str]], hypotheses: Mapping[
     return caption_scores_many(references, {"system": hypotheses})["system"]
 
 
-def caption_scores_many(references: Mapping[str, Sequence[str]],
-                        systems: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, float]]:
+def caption_scores_many(
+    references: Mapping[str, Sequence[str]], systems: Mapping[str, Mapping[str, str]]
+) -> dict[str, dict[str, float]]:
     """For each system (name -> {id: hypothesis}): corpus BLEU-4, METEOR, ROUGE-L and CIDEr (CIDEr-D as in
     coco-caption) against the references, with the COCO pipeline (PTB tokenization, lower-casing,
     punctuation removed). One tokenizer run and one METEOR process serve all systems.
@@ -158,8 +163,10 @@ def caption_scores_many(references: Mapping[str, Sequence[str]],
             raise ValueError(f"hypotheses of {name!r} and the references must have the same ids")
     java = have_java()
     if not java:
-        log.warning("no java on PATH: METEOR is left out and captions are tokenized in Python, not by the PTB "
-                    "tokenizer (apt-get install default-jre-headless for the full COCO pipeline)")
+        log.warning(
+            "no java on PATH: METEOR is left out and captions are tokenized in Python, not by the PTB "
+            "tokenizer (apt-get install default-jre-headless for the full COCO pipeline)"
+        )
     ids = sorted(references)
     # METEOR's JVM loads its paraphrase tables for seconds: start it first, so that overlaps the tokenizer's JVM.
     meteor = Meteor() if java else None
@@ -167,7 +174,8 @@ def caption_scores_many(references: Mapping[str, Sequence[str]],
     try:
         # One tokenizer run (one JVM start) for the references and every system's hypotheses.
         both: dict[tuple[str, ...], list[dict[str, str]]] = {
-            ("ref", i): [{"caption": _clean(r)} for r in references[i]] for i in ids}
+            ("ref", i): [{"caption": _clean(r)} for r in references[i]] for i in ids
+        }
         for name, hyps in systems.items():
             both.update({("hyp", name, i): [{"caption": _clean(hyps[i])}] for i in ids})
         tokenized = PTBTokenizer().tokenize(both) if java else _python_tokenize(both)

@@ -77,25 +77,47 @@ def check_targets(models: dict[str, dict[str, Any]]) -> list[Target]:
     tm = teacher["metrics"]
     for name in sorted(k for k in tm if k.startswith("zeroshot/") and k.endswith("/top1")):
         v, c = tm[name]["value"], tm[name]["chance"]
-        out.append(Target(f"teacher {name} >= {ZEROSHOT_FACTOR:g}x chance", v >= ZEROSHOT_FACTOR * c,
-                          f"{v:.3f} vs chance {c:.3f} ({v / c:.2f}x)" if c else f"{v:.3f}, chance 0"))
+        out.append(
+            Target(
+                f"teacher {name} >= {ZEROSHOT_FACTOR:g}x chance",
+                v >= ZEROSHOT_FACTOR * c,
+                f"{v:.3f} vs chance {c:.3f} ({v / c:.2f}x)" if c else f"{v:.3f}, chance 0",
+            )
+        )
     if "retrieval/t2v/R@1" in tm:
         v, c = tm["retrieval/t2v/R@1"]["value"], tm["retrieval/t2v/R@1"]["chance"]
-        out.append(Target(f"teacher retrieval/t2v/R@1 >= {T2V_R1_FACTOR:g}x chance", v >= T2V_R1_FACTOR * c,
-                          f"{v:.3f} vs chance {c:.3f} ({v / c:.2f}x)"))
+        out.append(
+            Target(
+                f"teacher retrieval/t2v/R@1 >= {T2V_R1_FACTOR:g}x chance",
+                v >= T2V_R1_FACTOR * c,
+                f"{v:.3f} vs chance {c:.3f} ({v / c:.2f}x)",
+            )
+        )
     else:
         out.append(Target(f"teacher retrieval/t2v/R@1 >= {T2V_R1_FACTOR:g}x chance", None, "not in the teacher report"))
     if student is None:
-        out.append(Target(f"student >= {STUDENT_SHARE:.0%} of teacher per metric, <= {STUDENT_PARAMS:g}x params", None,
-                          "no student evaluation (eval_student.json missing)"))
+        out.append(
+            Target(
+                f"student >= {STUDENT_SHARE:.0%} of teacher per metric, <= {STUDENT_PARAMS:g}x params",
+                None,
+                "no student evaluation (eval_student.json missing)",
+            )
+        )
         return out
     ratio = student["params"] / teacher["params"]
-    out.append(Target(f"student params <= {STUDENT_PARAMS:g}x teacher", ratio <= STUDENT_PARAMS,
-                      f"{student['params']:,} vs {teacher['params']:,} ({ratio:.3f}x)"))
+    out.append(
+        Target(
+            f"student params <= {STUDENT_PARAMS:g}x teacher",
+            ratio <= STUDENT_PARAMS,
+            f"{student['params']:,} vs {teacher['params']:,} ({ratio:.3f}x)",
+        )
+    )
     for name, t_entry in tm.items():
         s_entry = student["metrics"].get(name)
         if s_entry is None:
-            out.append(Target(f"student {name} >= {STUDENT_SHARE:.0%} of teacher", False, "missing in the student report"))
+            out.append(
+                Target(f"student {name} >= {STUDENT_SHARE:.0%} of teacher", False, "missing in the student report")
+            )
             continue
         tv, sv = t_entry["value"], s_entry["value"]
         if lower_is_better(name, t_entry):  # e.g. median rank: the student may be at most 1/0.8 as high
@@ -105,8 +127,11 @@ def check_targets(models: dict[str, dict[str, Any]]) -> list[Target]:
             met = sv >= STUDENT_SHARE * tv
             share = sv / tv if tv else float("inf")
         lower = " (lower is better: at most teacher / 0.8)" if lower_is_better(name, t_entry) else ""
-        out.append(Target(f"student {name} >= {STUDENT_SHARE:.0%} of teacher", met,
-                          f"{sv:.3f} vs {tv:.3f} ({share:.0%}){lower}"))
+        out.append(
+            Target(
+                f"student {name} >= {STUDENT_SHARE:.0%} of teacher", met, f"{sv:.3f} vs {tv:.3f} ({share:.0%}){lower}"
+            )
+        )
     return out
 
 
@@ -154,8 +179,9 @@ def assemble(demo_dir: Path) -> dict[str, Any]:
         path = demo_dir / f"eval_finetune_{name}.json"
         report = _read(path, missing)
         if report is not None and name in models:
-            models[name]["metrics"].update(finetune_entries(_model_entry(report, str(path))["metrics"],
-                                                            models[name]["metrics"]))
+            models[name]["metrics"].update(
+                finetune_entries(_model_entry(report, str(path))["metrics"], models[name]["metrics"])
+            )
     return {
         "stages": stages,
         "models": models,
@@ -190,11 +216,18 @@ def _cell(text: Any) -> str:
 
 
 def markdown(report: dict[str, Any], demo_dir: Path) -> str:
-    lines = ["# VideoBERT-DS demo report", "",
-             f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from `{demo_dir}`.", ""]
+    lines = [
+        "# VideoBERT-DS demo report",
+        "",
+        f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from `{demo_dir}`.",
+        "",
+    ]
     if report["missing"]:
-        lines += [f"**Missing inputs:** {', '.join(f'`{m}`' for m in report['missing'])} "
-                  "(the parts that need them are left out).", ""]
+        lines += [
+            f"**Missing inputs:** {', '.join(f'`{m}`' for m in report['missing'])} "
+            "(the parts that need them are left out).",
+            "",
+        ]
 
     lines += ["## Stages", ""]
     if report["stages"]:
@@ -218,12 +251,20 @@ def markdown(report: dict[str, Any], demo_dir: Path) -> str:
         head = " | ".join(names)
         lines += [f"| | {head} |", "|---|" + "---:|" * len(names)]
         lines.append("| parameters | " + " | ".join(_num(int(models[m]["params"])) for m in names) + " |")
-        lines.append("| inference clips/s | " + " | ".join(_num(float(models[m]["clips_per_s"]), 1) for m in names) + " |")
-        lines += ["", "Every metric beside its chance level or trivial baseline (zero-shot: the better of random "
-                  "labels and the most frequent training labels; retrieval: random ranking of the pool; captions: "
-                  "a constant caption, the most frequent training caption). Caption scores are pycocoevalcap's "
-                  "(BLEU/METEOR/ROUGE-L in 0-1, CIDEr-D). Median rank: lower is better.", ""]
-        metric_names = list(dict.fromkeys(k for m in names for k in models[m]["metrics"] if not k.startswith("finetune/")))
+        lines.append(
+            "| inference clips/s | " + " | ".join(_num(float(models[m]["clips_per_s"]), 1) for m in names) + " |"
+        )
+        lines += [
+            "",
+            "Every metric beside its chance level or trivial baseline (zero-shot: the better of random "
+            "labels and the most frequent training labels; retrieval: random ranking of the pool; captions: "
+            "a constant caption, the most frequent training caption). Caption scores are pycocoevalcap's "
+            "(BLEU/METEOR/ROUGE-L in 0-1, CIDEr-D). Median rank: lower is better.",
+            "",
+        ]
+        metric_names = list(
+            dict.fromkeys(k for m in names for k in models[m]["metrics"] if not k.startswith("finetune/"))
+        )
         cols = [f"{m}" for m in names] + [f"chance ({m})" for m in names]
         lines += ["| metric | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
         for metric in metric_names:
@@ -250,7 +291,7 @@ def markdown(report: dict[str, Any], demo_dir: Path) -> str:
             lines.append(f"| {key} | {_cell(row['reference'])} | " + " | ".join(cells) + " |")
         constant = next((c.get("constant") for m in names for c in caps.get(m, []) if c.get("constant")), None)
         if constant:
-            lines += ["", f"Constant-caption baseline: \"{constant}\"."]
+            lines += ["", f'Constant-caption baseline: "{constant}".']
         lines.append("")
     else:
         lines += ["No generated captions.", ""]
@@ -264,12 +305,23 @@ def markdown(report: dict[str, Any], demo_dir: Path) -> str:
     nmi = report["stages"].get("build_vocab", {}).get("nmi") or {}
     if unmet and nmi:  # what the visual words carry bounds what any model can read from them
         carried = ", ".join(f"{a} {v['nmi']:.2f} (shuffled {v['nmi_shuffled']:.2f})" for a, v in sorted(nmi.items()))
-        lines += [f"What the visual vocabulary carries, NMI(visual word; attribute) over the training clips: {carried}. "
-                  "An attribute the words barely carry bounds its zero-shot accuracy and the retrieval ranks "
-                  "that depend on it (docs/benchmarks.md, \"Clip encoder: reconstruction alone vs + narration MIL-NCE\").", ""]
+        lines += [
+            f"What the visual vocabulary carries, NMI(visual word; attribute) over the training clips: {carried}. "
+            "An attribute the words barely carry bounds its zero-shot accuracy and the retrieval ranks "
+            'that depend on it (docs/benchmarks.md, "Clip encoder: reconstruction alone vs + narration MIL-NCE").',
+            "",
+        ]
 
-    lines += ["## TensorBoard", "", "```", f"tensorboard --logdir {demo_dir} --host 127.0.0.1", "```",
-              "", "or `make tensorboard`, then open http://127.0.0.1:6006/.", ""]
+    lines += [
+        "## TensorBoard",
+        "",
+        "```",
+        f"tensorboard --logdir {demo_dir} --host 127.0.0.1",
+        "```",
+        "",
+        "or `make tensorboard`, then open http://127.0.0.1:6006/.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -280,10 +332,15 @@ def downstream_table(models: dict[str, Any], names: list[str]) -> list[str]:
     if not keys:
         return lines + ["No fine-tuned evaluations (eval_finetune_*.json missing).", ""]
     cols = [c for m in names for c in (f"{m} fine-tuned", f"{m} before")] + ["chance"]
-    lines += ["Classification: the label head after fine-tuning beside zero-shot template filling of the pretrained "
-              "model; QA: the fine-tuned masked-word head choosing among the candidates; captioning and retrieval: the "
-              "fine-tuned model beside the pretrained one (median rank: lower is better). Chance: the most frequent "
-              "label or uniform, 1 / choices, a constant caption, random ranking.", "", "| task | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    lines += [
+        "Classification: the label head after fine-tuning beside zero-shot template filling of the pretrained "
+        "model; QA: the fine-tuned masked-word head choosing among the candidates; captioning and retrieval: the "
+        "fine-tuned model beside the pretrained one (median rank: lower is better). Chance: the most frequent "
+        "label or uniform, 1 / choices, a constant caption, random ranking.",
+        "",
+        "| task | " + " | ".join(cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
     for key in keys:
         cells, chance = [], "-"
         for m in names:
@@ -318,9 +375,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: error: {err}", file=sys.stderr)
         return 1
     unmet = sum(t["met"] is False for t in report["targets"])
-    print(f"wrote {demo_dir / 'report.md'} and {demo_dir / 'report.json'}"
-          + (f"; missing: {', '.join(report['missing'])}" if report["missing"] else "")
-          + (f"; {unmet} target(s) not met" if unmet else ""))
+    print(
+        f"wrote {demo_dir / 'report.md'} and {demo_dir / 'report.json'}"
+        + (f"; missing: {', '.join(report['missing'])}" if report["missing"] else "")
+        + (f"; {unmet} target(s) not met" if unmet else "")
+    )
     return 0
 
 

@@ -25,37 +25,48 @@ Every metric is reported with its chance level or trivial baseline:
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from videobert_ds.eval.downstream import (
-    as_finetuned, classification_metrics, finetuned_label_sets, label_logits, qa_metrics,
-)
-from videobert_ds.data.splits import split_meta
-from videobert_ds.eval.items import EvalItem, encode_items, gather_items
 from videobert_ds.core.atomic import write_json
 from videobert_ds.core.distributed import all_gather, rank_world, sharded
-from videobert_ds.inference.decoding import beam_decode, greedy_decode
-from videobert_ds.eval.metrics import (
-    CAPTION_METRICS, caption_scores_many, majority_topk_accuracy, median_rank, median_rank_chance, most_frequent,
-    recall_at_k, recall_chance, topk_accuracy, topk_chance,
-)
-from videobert_ds.inference.scoring import (
-    EvalHeads, alignment_scores, caption_step_fn, fill_template, label_pieces, template_scores,
-)
+from videobert_ds.data.splits import split_meta
 from videobert_ds.eval.config import EvalStageConfig
+from videobert_ds.eval.downstream import (
+    as_finetuned,
+    classification_metrics,
+    finetuned_label_sets,
+    label_logits,
+    qa_metrics,
+)
+from videobert_ds.eval.items import EvalItem, encode_items, gather_items
+from videobert_ds.eval.metrics import (
+    CAPTION_METRICS,
+    caption_scores_many,
+    majority_topk_accuracy,
+    median_rank,
+    median_rank_chance,
+    most_frequent,
+    recall_at_k,
+    recall_chance,
+    topk_accuracy,
+    topk_chance,
+)
+from videobert_ds.inference.decoding import beam_decode, greedy_decode
+from videobert_ds.inference.scoring import (
+    EvalHeads,
+    alignment_scores,
+    caption_step_fn,
+    fill_template,
+    label_pieces,
+    template_scores,
+)
 from videobert_ds.model.model_dir import ENCODER_DIR, VOCAB_FILE
 from videobert_ds.model.specials import Specials, specials_from_config
 
@@ -80,8 +91,11 @@ def load_model(model_dir: Path, device: torch.device, zero3: bool) -> tuple[Any,
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 
-    ds_config = {"train_micro_batch_size_per_gpu": 1, "steps_per_print": 10**9,
-                 "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "steps_per_print": 10**9,
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+    }
     keep_alive = HfDeepSpeedConfig(ds_config)  # from_pretrained partitions the weights as it loads them
     model = VideoBertForFinetuning.from_pretrained(str(model_dir))
     engine, *_ = deepspeed.initialize(model=EvalHeads(model), config=ds_config)
@@ -95,8 +109,15 @@ def load_model(model_dir: Path, device: torch.device, zero3: bool) -> tuple[Any,
 # ---------------------------------------------------------------------------------------------
 
 
-def zeroshot_scores(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, tokenizer: Any, vocab: Specials,
-                    max_len: int, device: torch.device) -> dict[str, list[list[float]]]:
+def zeroshot_scores(
+    heads: Any,
+    items: Sequence[EvalItem],
+    cfg: EvalStageConfig,
+    tokenizer: Any,
+    vocab: Specials,
+    max_len: int,
+    device: torch.device,
+) -> dict[str, list[list[float]]]:
     """attribute -> per item (in `items` order) the score of each label word."""
     rows: list[tuple[int, str, int]] = []  # (item, attribute, WordPieces of the slot)
     fills, cands, members = {}, {}, {}
@@ -110,8 +131,15 @@ def zeroshot_scores(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig,
 
     def fn(idx: list[int]) -> list[list[float]]:
         picked = [rows[i] for i in idx]
-        return template_scores(heads, [fills[a, n] for _, a, n in picked], [items[i].visual_ids for i, _, _ in picked],
-                               [cands[a, n] for _, a, n in picked], vocab, max_len=max_len, device=device)
+        return template_scores(
+            heads,
+            [fills[a, n] for _, a, n in picked],
+            [items[i].visual_ids for i, _, _ in picked],
+            [cands[a, n] for _, a, n in picked],
+            vocab,
+            max_len=max_len,
+            device=device,
+        )
 
     results, _ = sharded(len(rows), cfg.eval.batch_size, fn)
     out = {attr: [[0.0] * len(labels) for _ in items] for attr, labels in cfg.zeroshot.labels.items()}
@@ -132,17 +160,26 @@ def retrieval_pools(n: int, pool_size: int, seed: int) -> np.ndarray:
     return pools
 
 
-def retrieval_metrics(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, vocab: Specials, max_len: int,
-                      device: torch.device) -> dict[str, dict[str, Any]]:
+def retrieval_metrics(
+    heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, vocab: Specials, max_len: int, device: torch.device
+) -> dict[str, dict[str, Any]]:
     n = len(items)
     pools = retrieval_pools(n, cfg.retrieval.pool_size, cfg.retrieval.seed)
     # t2v: text q against videos pools[q]; v2t: video q against texts pools[q]. Score each (text, video) once.
-    pairs = sorted({(q, int(c)) for q in range(n) for c in pools[q]} | {(int(c), q) for q in range(n) for c in pools[q]})
+    pairs = sorted(
+        {(q, int(c)) for q in range(n) for c in pools[q]} | {(int(c), q) for q in range(n) for c in pools[q]}
+    )
 
     def fn(idx: list[int]) -> list[float]:
         picked = [pairs[i] for i in idx]
-        return alignment_scores(heads, [items[t].text_ids for t, _ in picked], [items[v].visual_ids for _, v in picked],
-                                vocab, max_len=max_len, device=device)
+        return alignment_scores(
+            heads,
+            [items[t].text_ids for t, _ in picked],
+            [items[v].visual_ids for _, v in picked],
+            vocab,
+            max_len=max_len,
+            device=device,
+        )
 
     values, _ = sharded(len(pairs), cfg.eval.batch_size, fn)
     table = dict(zip(pairs, values))
@@ -153,16 +190,29 @@ def retrieval_metrics(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfi
     out: dict[str, dict[str, Any]] = {}
     for name, scores in (("t2v", t2v), ("v2t", v2t)):
         for k in RECALL_K:
-            out[f"retrieval/{name}/R@{k}"] = {"value": recall_at_k(scores, positive, k), "chance": recall_chance(pool, k),
-                                              "baseline": f"random ranking of {pool} candidates"}
-        out[f"retrieval/{name}/median_rank"] = {"value": median_rank(scores, positive),
-                                                "chance": median_rank_chance(pool), "lower_is_better": True,
-                                                "baseline": f"random ranking of {pool} candidates"}
+            out[f"retrieval/{name}/R@{k}"] = {
+                "value": recall_at_k(scores, positive, k),
+                "chance": recall_chance(pool, k),
+                "baseline": f"random ranking of {pool} candidates",
+            }
+        out[f"retrieval/{name}/median_rank"] = {
+            "value": median_rank(scores, positive),
+            "chance": median_rank_chance(pool),
+            "lower_is_better": True,
+            "baseline": f"random ranking of {pool} candidates",
+        }
     return out
 
 
-def generate_captions(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, tokenizer: Any, vocab: Specials,
-                      max_len: int, device: torch.device) -> list[tuple[str, str]]:
+def generate_captions(
+    heads: Any,
+    items: Sequence[EvalItem],
+    cfg: EvalStageConfig,
+    tokenizer: Any,
+    vocab: Specials,
+    max_len: int,
+    device: torch.device,
+) -> list[tuple[str, str]]:
     """(greedy, beam) caption per item."""
     c = cfg.caption
     banned = sorted(set(tokenizer.all_special_ids) - {vocab.video_sep})
@@ -170,23 +220,40 @@ def generate_captions(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfi
     def fn(idx: list[int]) -> list[tuple[str, str]]:
         step = caption_step_fn(heads, [items[i].visual_ids for i in idx], vocab, max_len=max_len, device=device)
         greedy = greedy_decode(step, len(idx), max_len=c.max_len, end_id=vocab.video_sep, banned=banned, device=device)
-        beam = beam_decode(step, len(idx), max_len=c.max_len, end_id=vocab.video_sep, beam_size=c.beam_size,
-                           banned=banned, length_penalty=c.length_penalty, device=device)
-        return [(tokenizer.decode(g, skip_special_tokens=True), tokenizer.decode(b, skip_special_tokens=True))
-                for g, b in zip(greedy, beam)]
+        beam = beam_decode(
+            step,
+            len(idx),
+            max_len=c.max_len,
+            end_id=vocab.video_sep,
+            beam_size=c.beam_size,
+            banned=banned,
+            length_penalty=c.length_penalty,
+            device=device,
+        )
+        return [
+            (tokenizer.decode(g, skip_special_tokens=True), tokenizer.decode(b, skip_special_tokens=True))
+            for g, b in zip(greedy, beam)
+        ]
 
     results, _ = sharded(len(items), cfg.eval.batch_size, fn)
     return results
 
 
-def joint_throughput(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, vocab: Specials, max_len: int,
-                     device: torch.device) -> float:
+def joint_throughput(
+    heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, vocab: Specials, max_len: int, device: torch.device
+) -> float:
     """Seconds (slowest rank) for one joint forward of every clip with its own text, after a warm-up call."""
     alignment_scores(heads, [items[0].text_ids], [items[0].visual_ids], vocab, max_len=max_len, device=device)
 
     def fn(idx: list[int]) -> list[float]:
-        return alignment_scores(heads, [items[i].text_ids for i in idx], [items[i].visual_ids for i in idx], vocab,
-                                max_len=max_len, device=device)
+        return alignment_scores(
+            heads,
+            [items[i].text_ids for i in idx],
+            [items[i].visual_ids for i in idx],
+            vocab,
+            max_len=max_len,
+            device=device,
+        )
 
     _, seconds = sharded(len(items), cfg.eval.batch_size, fn)
     return seconds
@@ -197,8 +264,12 @@ def joint_throughput(heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig
 # ---------------------------------------------------------------------------------------------
 
 
-def zeroshot_metrics(items: Sequence[EvalItem], scores: dict[str, list[list[float]]], cfg: EvalStageConfig,
-                     baseline_meta: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def zeroshot_metrics(
+    items: Sequence[EvalItem],
+    scores: dict[str, list[list[float]]],
+    cfg: EvalStageConfig,
+    baseline_meta: list[dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for attr, labels in cfg.zeroshot.labels.items():
         keep = [i for i, it in enumerate(items) if it.labels.get(attr) in labels]
@@ -208,31 +279,49 @@ def zeroshot_metrics(items: Sequence[EvalItem], scores: dict[str, list[list[floa
         truth = [items[i].labels[attr] for i in keep]
         table = torch.tensor([scores[attr][i] for i in keep])
         target = torch.tensor([labels.index(t) for t in truth])
-        train = [str(m["labels"][attr]) for m in baseline_meta if isinstance(m.get("labels"), dict) and attr in m["labels"]]
+        train = [
+            str(m["labels"][attr]) for m in baseline_meta if isinstance(m.get("labels"), dict) and attr in m["labels"]
+        ]
         for k in TOPK:
             uniform = topk_chance(len(labels), k)
             majority = majority_topk_accuracy(train, truth, labels, k) if train else 0.0
             out[f"zeroshot/{attr}/top{k}"] = {
-                "value": topk_accuracy(table, target, k), "chance": max(uniform, majority), "n": len(keep),
-                "baseline": (f"the {k} most frequent {cfg.eval.baseline_split} label(s)" if majority > uniform
-                             else f"random ranking of {len(labels)} labels")}
+                "value": topk_accuracy(table, target, k),
+                "chance": max(uniform, majority),
+                "n": len(keep),
+                "baseline": (
+                    f"the {k} most frequent {cfg.eval.baseline_split} label(s)"
+                    if majority > uniform
+                    else f"random ranking of {len(labels)} labels"
+                ),
+            }
     return out
 
 
-def caption_metrics(items: Sequence[EvalItem], captions: list[tuple[str, str]], cfg: EvalStageConfig,
-                    baseline_meta: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], str]:
+def caption_metrics(
+    items: Sequence[EvalItem],
+    captions: list[tuple[str, str]],
+    cfg: EvalStageConfig,
+    baseline_meta: list[dict[str, Any]],
+) -> tuple[dict[str, dict[str, Any]], str]:
     constant = most_frequent([str(m.get("text", "")) for m in baseline_meta])
     refs = {it.key: [it.text] for it in items}
-    systems = {"greedy": {it.key: g for it, (g, _) in zip(items, captions)},
-               "beam": {it.key: b for it, (_, b) in zip(items, captions)},
-               "constant": {it.key: constant for it in items}}
+    systems = {
+        "greedy": {it.key: g for it, (g, _) in zip(items, captions)},
+        "beam": {it.key: b for it, (_, b) in zip(items, captions)},
+        "constant": {it.key: constant for it in items},
+    }
     scores = caption_scores_many(refs, systems)
     report, other = cfg.caption.report, "greedy" if cfg.caption.report == "beam" else "beam"
     out: dict[str, dict[str, Any]] = {}
     for prefix, system in (("caption", report), (f"caption/{other}", other)):
         for m in (m for m in CAPTION_METRICS if m in scores[system]):  # METEOR needs Java
-            out[f"{prefix}/{m}"] = {"value": scores[system][m], "chance": scores["constant"][m], "decoder": system,
-                                    "baseline": f"constant caption (most frequent {cfg.eval.baseline_split} caption)"}
+            out[f"{prefix}/{m}"] = {
+                "value": scores[system][m],
+                "chance": scores["constant"][m],
+                "decoder": system,
+                "baseline": f"constant caption (most frequent {cfg.eval.baseline_split} caption)",
+            }
     return out, constant
 
 
@@ -255,9 +344,19 @@ def run_evaluation(cfg: EvalStageConfig, device: torch.device) -> dict[str, Any]
 
     # 1. The split as items, on every rank.
     local, tok_seconds = encode_items(
-        cfg.data.shards, cfg.eval.split, rank=rank, world_size=world, text_tokenizer=tokenizer,
-        visual_tokenizer=visual_tokenizer, num_frames=cfg.data.num_frames, max_text_tokens=cfg.eval.max_text_tokens,
-        batch_size=cfg.eval.clip_batch_size, device=device, backend=cfg.data.backend, num_threads=cfg.data.num_threads)
+        cfg.data.shards,
+        cfg.eval.split,
+        rank=rank,
+        world_size=world,
+        text_tokenizer=tokenizer,
+        visual_tokenizer=visual_tokenizer,
+        num_frames=cfg.data.num_frames,
+        max_text_tokens=cfg.eval.max_text_tokens,
+        batch_size=cfg.eval.clip_batch_size,
+        device=device,
+        backend=cfg.data.backend,
+        num_threads=cfg.data.num_threads,
+    )
     tok_seconds = max(all_gather(tok_seconds))
     every = gather_items(local)
     items = [it for it in every if it.visual_ids]
@@ -265,15 +364,23 @@ def run_evaluation(cfg: EvalStageConfig, device: torch.device) -> dict[str, Any]
     if not captioned:
         raise ValueError(f"split {cfg.eval.split!r} of {cfg.data.shards} has no clip with both video and text")
     if rank == 0:
-        log.info("evaluating %s on %d %s clips (%d with text) on %d rank(s)", model_dir, len(items), cfg.eval.split,
-                 len(captioned), world)
+        log.info(
+            "evaluating %s on %d %s clips (%d with text) on %d rank(s)",
+            model_dir,
+            len(items),
+            cfg.eval.split,
+            len(captioned),
+            world,
+        )
 
     heads, params, config, keep_alive = load_model(model_dir, device, cfg.model.zero3)
     vocab = specials_from_config(config, tokenizer)
     max_len = cfg.eval.max_seq_len or int(config.max_position_embeddings)
     if cfg.eval.max_text_tokens + 4 > max_len or cfg.caption.max_len + 4 > max_len:
-        raise ValueError(f"eval.max_text_tokens ({cfg.eval.max_text_tokens}) and caption.max_len "
-                         f"({cfg.caption.max_len}) must leave room for video in sequences of {max_len}")
+        raise ValueError(
+            f"eval.max_text_tokens ({cfg.eval.max_text_tokens}) and caption.max_len "
+            f"({cfg.caption.max_len}) must leave room for video in sequences of {max_len}"
+        )
 
     # 2-5. The tasks; every rank computes its share, every rank gets all results.
     timings = {}
@@ -292,8 +399,9 @@ def run_evaluation(cfg: EvalStageConfig, device: torch.device) -> dict[str, Any]
     if finetuned:
         t = time.perf_counter()
         with_text = getattr(config, "finetune_classification_input", "video") == "video_text"
-        logits = (label_logits(heads, items, with_text, vocab, max_len, device, cfg.eval.batch_size) if label_sets
-                  else None)
+        logits = (
+            label_logits(heads, items, with_text, vocab, max_len, device, cfg.eval.batch_size) if label_sets else None
+        )
         qa = qa_metrics(heads, items, tokenizer, vocab, max_len, cfg.eval.max_text_tokens, device, cfg.eval.batch_size)
         timings["finetune"] = time.perf_counter() - t
     del keep_alive
@@ -310,8 +418,10 @@ def run_evaluation(cfg: EvalStageConfig, device: torch.device) -> dict[str, Any]
             metrics.update(classification_metrics(items, logits, label_sets, baseline_meta))
         metrics.update(qa)
         metrics.update(as_finetuned({**retrieval, **caption_table}))
-    samples = [{"key": it.key, "reference": it.text, "greedy": g, "beam": b, "constant": constant}
-               for it, (g, b) in list(zip(captioned, captions))[: cfg.eval.num_samples]]
+    samples = [
+        {"key": it.key, "reference": it.text, "greedy": g, "beam": b, "constant": constant}
+        for it, (g, b) in list(zip(captioned, captions))[: cfg.eval.num_samples]
+    ]
     return {
         "model": str(model_dir),
         "split": cfg.eval.split,

@@ -33,8 +33,15 @@ def _strip(tokens: torch.Tensor, end_id: int) -> list[list[int]]:
     return out
 
 
-def greedy_decode(step_fn: StepFn, num_sources: int, *, max_len: int, end_id: int, banned: Sequence[int] = (),
-                  device: torch.device | str = "cpu") -> list[list[int]]:
+def greedy_decode(
+    step_fn: StepFn,
+    num_sources: int,
+    *,
+    max_len: int,
+    end_id: int,
+    banned: Sequence[int] = (),
+    device: torch.device | str = "cpu",
+) -> list[list[int]]:
     """The most likely next token at each of `max_len` steps; -> token ids per source, end token removed."""
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
@@ -49,9 +56,17 @@ def greedy_decode(step_fn: StepFn, num_sources: int, *, max_len: int, end_id: in
     return _strip(prefix.cpu(), end_id)
 
 
-def beam_decode(step_fn: StepFn, num_sources: int, *, max_len: int, end_id: int, beam_size: int,
-                banned: Sequence[int] = (), length_penalty: float = 1.0,
-                device: torch.device | str = "cpu") -> list[list[int]]:
+def beam_decode(
+    step_fn: StepFn,
+    num_sources: int,
+    *,
+    max_len: int,
+    end_id: int,
+    beam_size: int,
+    banned: Sequence[int] = (),
+    length_penalty: float = 1.0,
+    device: torch.device | str = "cpu",
+) -> list[list[int]]:
     """Beam search with `beam_size` beams per source for exactly `max_len` steps.
 
     A beam that emits `end_id` is finished: it continues only with `end_id` at no cost, so its score

@@ -1,7 +1,7 @@
 """VideoBERT sequences for evaluation and the one forward that scores them.
 
-Layout, as in pretraining (objectives/layout.py, `joint_inputs`): `[CLS] text [>] video [SEP]`, token type 0 for `[CLS] text`
-and 1 from `[>]` on, visual word w as token id text_vocab_size + w. Bidirectional attention for
+Layout, as in pretraining (objectives/layout.py, `joint_inputs`): `[CLS] text [>] video [SEP]`, token type 0
+for `[CLS] text` and 1 from `[>]` on, visual word w as token id text_vocab_size + w. Bidirectional attention for
 template filling and alignment; captioning's sequence-to-sequence mask for generation, where the text
 position k (the `[CLS]` for k = 0) predicts text token k + 1 and the last one predicts `[>]`.
 
@@ -32,18 +32,28 @@ class EvalHeads(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor,
-                positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         hidden, pooled = self.model(input_ids, token_type_ids, attention_mask)
         picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
         logits = self.model.token_logits(picked)[..., : self.model.config.text_vocab_size]
         heads = getattr(self.model, "label_heads", {})
         labels = [heads[name](pooled).float() for name in heads] or [pooled.new_zeros((pooled.shape[0], 0))]
-        return logits.float().log_softmax(-1), self.model.alignment_logits(hidden, pooled, input_ids, token_type_ids).float(), torch.cat(labels, -1)
+        return (
+            logits.float().log_softmax(-1),
+            self.model.alignment_logits(hidden, pooled, input_ids, token_type_ids).float(),
+            torch.cat(labels, -1),
+        )
 
 
-def score(heads: nn.Module, batch: dict[str, torch.Tensor],
-          positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def score(
+    heads: nn.Module, batch: dict[str, torch.Tensor], positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         return heads(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], positions)
 
@@ -90,17 +100,25 @@ def label_pieces(labels: Sequence[str], tokenizer: Any) -> list[list[int]]:
     return pieces
 
 
-def template_scores(heads: nn.Module, fills: Sequence[FilledTemplate], videos: Sequence[Sequence[int]],
-                    candidates: Sequence[Sequence[Sequence[int]]], vocab: Specials, *, max_len: int,
-                    device: torch.device) -> list[list[float]]:
+def template_scores(
+    heads: nn.Module,
+    fills: Sequence[FilledTemplate],
+    videos: Sequence[Sequence[int]],
+    candidates: Sequence[Sequence[Sequence[int]]],
+    vocab: Specials,
+    *,
+    max_len: int,
+    device: torch.device,
+) -> list[list[float]]:
     """For each row: every candidate's mean log-probability over its pieces at the masked slot (all pieces
     masked at once, the video visible). `candidates[r]` lists the piece ids of the labels scored on row r,
     each exactly as long as `fills[r].positions`."""
     batch = joint_inputs([f.text_ids for f in fills], videos, vocab, caption_mode=False, max_len=max_len, device=device)
     width = max(len(f.positions) for f in fills)
     # +1: the text block starts after [CLS]; padded slots point at [CLS] and are never read.
-    positions = torch.tensor([[1 + p for p in f.positions] + [0] * (width - len(f.positions)) for f in fills],
-                             device=device)
+    positions = torch.tensor(
+        [[1 + p for p in f.positions] + [0] * (width - len(f.positions)) for f in fills], device=device
+    )
     logp, _, _ = score(heads, batch, positions)
     out = []
     for r, (f, cands) in enumerate(zip(fills, candidates)):
@@ -118,8 +136,15 @@ def template_scores(heads: nn.Module, fills: Sequence[FilledTemplate], videos: S
 # ---------------------------------------------------------------------------------------------
 
 
-def alignment_scores(heads: nn.Module, texts: Sequence[Sequence[int]], videos: Sequence[Sequence[int]], vocab: Specials,
-                     *, max_len: int, device: torch.device) -> list[float]:
+def alignment_scores(
+    heads: nn.Module,
+    texts: Sequence[Sequence[int]],
+    videos: Sequence[Sequence[int]],
+    vocab: Specials,
+    *,
+    max_len: int,
+    device: torch.device,
+) -> list[float]:
     """The alignment logit of each (text, video) pair."""
     batch = joint_inputs(texts, videos, vocab, caption_mode=False, max_len=max_len, device=device)
     positions = torch.zeros((len(texts), 1), dtype=torch.long, device=device)
@@ -127,8 +152,9 @@ def alignment_scores(heads: nn.Module, texts: Sequence[Sequence[int]], videos: S
     return align.tolist()
 
 
-def caption_step_fn(heads: nn.Module, videos: Sequence[Sequence[int]], vocab: Specials, *, max_len: int,
-                    device: torch.device):
+def caption_step_fn(
+    heads: nn.Module, videos: Sequence[Sequence[int]], vocab: Specials, *, max_len: int, device: torch.device
+):
     """A generate.StepFn: the next-token log-probs of `[CLS] prefix [>] video [SEP]` in captioning mode."""
 
     def step(prefix: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:

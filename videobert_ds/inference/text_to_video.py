@@ -41,8 +41,9 @@ def max_text_tokens(config: Any, num_words: int) -> int:
     return int(offset) - 2
 
 
-def generation_inputs(text_ids: Sequence[Sequence[int]], num_words: int, sp: Specials, device: torch.device
-                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def generation_inputs(
+    text_ids: Sequence[Sequence[int]], num_words: int, sp: Specials, device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Model inputs for `[CLS] text [>] [MASK]*N [SEP]` per text, and the video positions (B, N)."""
     if num_words < 1:
         raise ValueError(f"num_words must be >= 1, got {num_words}")
@@ -68,9 +69,17 @@ def prompt_ids(tokenizer: Any, texts: Sequence[str], max_text: int) -> list[list
 
 
 @torch.no_grad()
-def sample_visual_words(model: nn.Module, sp: Specials, text_ids: Sequence[Sequence[int]], *, num_words: int = 8,
-                        temperature: float = 1.0, top_k: int = 0, seed: int = 0,
-                        device: torch.device | str | None = None) -> torch.Tensor:
+def sample_visual_words(
+    model: nn.Module,
+    sp: Specials,
+    text_ids: Sequence[Sequence[int]],
+    *,
+    num_words: int = 8,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """Visual-word ids (B, num_words) int64 on the CPU, one row per text (token ids from `prompt_ids`),
     sampled left to right from `model` (a VideoBertForPreTraining, whole or ZeRO-3-partitioned).
     temperature 0 = greedy; top_k 0 = the whole vocabulary. The same seed gives the same words."""
@@ -103,8 +112,12 @@ def sample_visual_words(model: nn.Module, sp: Specials, text_ids: Sequence[Seque
     return words
 
 
-def render_grid(words: torch.Tensor | np.ndarray | Sequence[Sequence[int]], frames: torch.Tensor | np.ndarray,
-                pad: int = 2, fill: int = 255) -> np.ndarray:
+def render_grid(
+    words: torch.Tensor | np.ndarray | Sequence[Sequence[int]],
+    frames: torch.Tensor | np.ndarray,
+    pad: int = 2,
+    fill: int = 255,
+) -> np.ndarray:
     """Visual-word ids (B, N) -> uint8 image (B*h + (B+1)*pad, N*w + (N+1)*pad, 3): row b shows sequence b,
     each word as its key frame (frames (V, h, w, 3) uint8), separated by `fill`-valued (white) lines."""
     frames = np.asarray(frames.cpu() if torch.is_tensor(frames) else frames, dtype=np.uint8)
@@ -148,8 +161,10 @@ def load_generator(model_dir: Path, device: torch.device) -> tuple[nn.Module, An
         raise GeneratorError(f"no exported VideoBERT model dir at {model_dir} (config.json missing)")
     kf_path = model_dir / KEYFRAMES_FILE
     if not kf_path.is_file():
-        raise GeneratorError(f"{model_dir} has no {KEYFRAMES_FILE}; its visual vocabulary must come from a "
-                         "build_vocab run that wrote key frames (keyframe_size > 0), re-exported with the model")
+        raise GeneratorError(
+            f"{model_dir} has no {KEYFRAMES_FILE}; its visual vocabulary must come from a "
+            "build_vocab run that wrote key frames (keyframe_size > 0), re-exported with the model"
+        )
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a CLI's stderr is for its one-line errors
@@ -162,6 +177,8 @@ def load_generator(model_dir: Path, device: torch.device) -> tuple[nn.Module, An
     if not hasattr(model.config, "visual_vocab_size"):
         raise GeneratorError(f"{model_dir} is not a VideoBERT model dir (no visual_vocab_size in config.json)")
     if keyframes.num_words != model.config.visual_vocab_size:
-        raise GeneratorError(f"{kf_path.name} holds {keyframes.num_words} key frames, the model "
-                         f"{model.config.visual_vocab_size} visual words")
+        raise GeneratorError(
+            f"{kf_path.name} holds {keyframes.num_words} key frames, the model "
+            f"{model.config.visual_vocab_size} visual words"
+        )
     return model, tokenizer, specials_from_config(model.config, tokenizer), keyframes

@@ -14,8 +14,9 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.inference_mode()
-def inference_clips_per_s(model: nn.Module, seq_len: int, batch: int, device: torch.device,
-                          windows: int = 5, window_seconds: float = 0.2) -> float:
+def inference_clips_per_s(
+    model: nn.Module, seq_len: int, batch: int, device: torch.device, windows: int = 5, window_seconds: float = 0.2
+) -> float:
     """Encoder forward throughput in samples (one clip's sequence each) per second at `seq_len` tokens: the
     best of several timed windows after a warm-up batch (a shared host only ever slows a window down). The
     visual tokenizer, the same for teacher and student, is left out."""

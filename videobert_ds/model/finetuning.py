@@ -23,8 +23,9 @@ class VideoBertForFinetuning(VideoBertForPreTraining):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
         label_sets: dict[str, list[str]] = dict(getattr(config, "finetune_label_sets", None) or {})
-        self.label_heads = nn.ModuleDict({name: nn.Linear(config.hidden_size, len(labels))
-                                          for name, labels in label_sets.items()})
+        self.label_heads = nn.ModuleDict(
+            {name: nn.Linear(config.hidden_size, len(labels)) for name, labels in label_sets.items()}
+        )
         config.architectures = ["VideoBertForFinetuning"]
         # No second post_init(): from_pretrained initialises the new heads as missing weights.
 

@@ -52,11 +52,15 @@ def copy_text_weights(bert_dir: str, model: nn.Module) -> None:
     src = BertModel.from_pretrained(bert_dir, local_files_only=True, add_pooling_layer=False)
     dst = model.bert
     if src.config.hidden_size != dst.config.hidden_size or src.config.num_hidden_layers != dst.config.num_hidden_layers:
-        raise ValueError(f"{bert_dir}: BERT of {src.config.num_hidden_layers}x{src.config.hidden_size} does not match "
-                         f"the model's {dst.config.num_hidden_layers}x{dst.config.hidden_size}")
+        raise ValueError(
+            f"{bert_dir}: BERT of {src.config.num_hidden_layers}x{src.config.hidden_size} does not match "
+            f"the model's {dst.config.num_hidden_layers}x{dst.config.hidden_size}"
+        )
     if src.config.vocab_size > model.config.text_vocab_size:
-        raise ValueError(f"{bert_dir}: its {src.config.vocab_size}-token vocabulary is larger than the text tokenizer's "
-                         f"{model.config.text_vocab_size}; use its tokenizer (text.tokenizer={bert_dir})")
+        raise ValueError(
+            f"{bert_dir}: its {src.config.vocab_size}-token vocabulary is larger than the text tokenizer's "
+            f"{model.config.text_vocab_size}; use its tokenizer (text.tokenizer={bert_dir})"
+        )
     copy_module(dst.encoder, src.encoder)
     copy_module(dst.embeddings.LayerNorm, src.embeddings.LayerNorm)
     copy_param(dst.embeddings.word_embeddings.weight, src.embeddings.word_embeddings.weight)

@@ -24,7 +24,9 @@ def is_model_dir(model_dir: str | Path) -> bool:
     return not missing_files(model_dir)
 
 
-def save_model_dir(model: Any, tokenizer: Any, out_dir: str | Path, *, vocab: str | Path, encoder_dir: str | Path) -> None:
+def save_model_dir(
+    model: Any, tokenizer: Any, out_dir: str | Path, *, vocab: str | Path, encoder_dir: str | Path
+) -> None:
     """Weights + config, the text tokenizer, the visual vocabulary (and its key frames, so text -> video works from
     the dir) and the clip encoder, into `out_dir` (which the caller publishes atomically)."""
     out_dir = Path(out_dir)

@@ -31,10 +31,16 @@ def first_regular_text(tokenizer: Any) -> int:
 
 def specials_from_tokenizer(tokenizer: Any, visual_vocab_size: int) -> Specials:
     """A new model's ids: the WordPiece tokenizer's specials plus `[>]`."""
-    return Specials(cls=tokenizer.cls_token_id, sep=tokenizer.sep_token_id, mask=tokenizer.mask_token_id,
-                    pad=tokenizer.pad_token_id, video_sep=tokenizer.get_vocab()[VIDEO_SEP],
-                    text_vocab_size=len(tokenizer), visual_vocab_size=visual_vocab_size,
-                    first_regular_text=first_regular_text(tokenizer))
+    return Specials(
+        cls=tokenizer.cls_token_id,
+        sep=tokenizer.sep_token_id,
+        mask=tokenizer.mask_token_id,
+        pad=tokenizer.pad_token_id,
+        video_sep=tokenizer.get_vocab()[VIDEO_SEP],
+        text_vocab_size=len(tokenizer),
+        visual_vocab_size=visual_vocab_size,
+        first_regular_text=first_regular_text(tokenizer),
+    )
 
 
 def specials_from_config(config: Any, tokenizer: Any = None) -> Specials:
@@ -42,6 +48,13 @@ def specials_from_config(config: Any, tokenizer: Any = None) -> Specials:
     tokenizer, when given, sets the first regular text id (random replacements when masking)."""
     get = config.get if isinstance(config, dict) else lambda key: getattr(config, key)
     ids = get("special_token_ids")
-    return Specials(cls=ids["cls"], sep=ids["sep"], mask=ids["mask"], pad=ids["pad"], video_sep=ids["video_sep"],
-                    text_vocab_size=int(get("text_vocab_size")), visual_vocab_size=int(get("visual_vocab_size")),
-                    first_regular_text=first_regular_text(tokenizer) if tokenizer is not None else 0)
+    return Specials(
+        cls=ids["cls"],
+        sep=ids["sep"],
+        mask=ids["mask"],
+        pad=ids["pad"],
+        video_sep=ids["video_sep"],
+        text_vocab_size=int(get("text_vocab_size")),
+        visual_vocab_size=int(get("visual_vocab_size")),
+        first_regular_text=first_regular_text(tokenizer) if tokenizer is not None else 0,
+    )

@@ -124,8 +124,12 @@ class VideoBertForPreTraining(BertPreTrainedModel):
         `attention_mask` is (B, L) for bidirectional attention or a boolean (B, 1, L, L) for per-sample
         patterns such as captioning's sequence-to-sequence mask (True = may attend).
         """
-        out = self.bert(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
-                        position_ids=self.position_ids(token_type_ids))
+        out = self.bert(
+            input_ids=input_ids,
+            token_type_ids=token_type_ids,
+            attention_mask=attention_mask,
+            position_ids=self.position_ids(token_type_ids),
+        )
         return out.last_hidden_state, out.pooler_output
 
     def position_ids(self, token_type_ids: torch.Tensor) -> torch.Tensor | None:
@@ -144,8 +148,9 @@ class VideoBertForPreTraining(BertPreTrainedModel):
         """Logits over the joint vocabulary for selected positions (N, H) -> (N, V)."""
         return self.cls(hidden)
 
-    def alignment_logits(self, hidden: torch.Tensor, pooled: torch.Tensor, input_ids: torch.Tensor,
-                         token_type_ids: torch.Tensor) -> torch.Tensor:
+    def alignment_logits(
+        self, hidden: torch.Tensor, pooled: torch.Tensor, input_ids: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
         """(B,) "is this text aligned with this video" logits from one joint forward's outputs.
 
         The [CLS] classifier, plus with `alignment_similarity` the scaled cosine of the mean text state
@@ -158,8 +163,9 @@ class VideoBertForPreTraining(BertPreTrainedModel):
         text = (token_type_ids == 0) & real
         text[:, 0] = False  # [CLS]
         video = (token_type_ids == 1) & real
-        cos = F.cosine_similarity(self.alignment_text(_masked_mean(hidden, text)),
-                                  self.alignment_video(_masked_mean(hidden, video)), dim=-1)
+        cos = F.cosine_similarity(
+            self.alignment_text(_masked_mean(hidden, text)), self.alignment_video(_masked_mean(hidden, video)), dim=-1
+        )
         both = text.any(1) & video.any(1)
         return logits + self.alignment_scale * torch.where(both, cos, torch.zeros_like(cos))
 
@@ -172,7 +178,9 @@ class VideoBertForPreTraining(BertPreTrainedModel):
         projection (feature_dim -> hidden, Johnson-Lindenstrauss style: it keeps the centroids' geometry),
         rescaled to the embedding init scale."""
         gen = torch.Generator().manual_seed(seed)
-        proj = torch.randn(centroids.shape[1], self.config.hidden_size, generator=gen) / math.sqrt(self.config.hidden_size)
+        proj = torch.randn(centroids.shape[1], self.config.hidden_size, generator=gen) / math.sqrt(
+            self.config.hidden_size
+        )
         emb = (centroids.float().cpu() - centroids.float().cpu().mean(0)) @ proj
         emb = emb / emb.std().clamp_min(1e-6) * self.config.initializer_range
         table = self.bert.embeddings.word_embeddings.weight

@@ -29,8 +29,9 @@ class EncoderObjectiveConfig:
     gather_negatives: bool = True  # contrast with every rank's narrations, not only this rank's micro-batch
 
 
-
-def split_into_clips(frames: torch.Tensor, num_frames: torch.Tensor, frames_per_clip: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_into_clips(
+    frames: torch.Tensor, num_frames: torch.Tensor, frames_per_clip: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (B, T, H, W, C) -> clips (B*n, fpc, H, W, C) and a mask of clips made only of real frames."""
     b, t = frames.shape[:2]
     n = t // frames_per_clip
@@ -58,14 +59,18 @@ def random_shift(clips: torch.Tensor, max_shift: int) -> torch.Tensor:
 class AutoencoderObjective(nn.Module):
     """lambda_video * L_video + lambda_narration * L_nce on normalised clips; padded clips carry no loss."""
 
-    def __init__(self, model: ClipAutoencoder, foreground_weight: float = 0.0,
-                 objective: EncoderObjectiveConfig | None = None) -> None:
+    def __init__(
+        self, model: ClipAutoencoder, foreground_weight: float = 0.0, objective: EncoderObjectiveConfig | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.foreground_weight = foreground_weight
         self.objective = objective or EncoderObjectiveConfig()
-        self.narration = (NarrationEncoder(self.objective.narration_buckets, model.config.embedding_dim)
-                          if self.objective.lambda_narration > 0 else None)
+        self.narration = (
+            NarrationEncoder(self.objective.narration_buckets, model.config.embedding_dim)
+            if self.objective.lambda_narration > 0
+            else None
+        )
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         o = self.objective

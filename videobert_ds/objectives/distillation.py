@@ -38,8 +38,14 @@ class DistillConfig:
     layer_map: list[int] = field(default_factory=list)
 
     def kd_lambdas(self) -> dict[str, float]:
-        return {"kd_mlm": self.lambda_kd_mlm, "kd_mvm": self.lambda_kd_mvm, "kd_caption": self.lambda_kd_caption,
-                "kd_align": self.lambda_kd_align, "hidden": self.lambda_hidden, "attention": self.lambda_attention}
+        return {
+            "kd_mlm": self.lambda_kd_mlm,
+            "kd_mvm": self.lambda_kd_mvm,
+            "kd_caption": self.lambda_kd_caption,
+            "kd_align": self.lambda_kd_align,
+            "hidden": self.lambda_hidden,
+            "attention": self.lambda_attention,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,8 +64,10 @@ def resolve_layer_map(layer_map: list[int], student_layers: int, teacher_layers:
     if not layer_map:
         return uniform_layer_map(student_layers, teacher_layers)
     if len(layer_map) != student_layers + 1:
-        raise ValueError(f"layer_map needs {student_layers + 1} entries (student embeddings + {student_layers} "
-                         f"layers), got {len(layer_map)}")
+        raise ValueError(
+            f"layer_map needs {student_layers + 1} entries (student embeddings + {student_layers} "
+            f"layers), got {len(layer_map)}"
+        )
     bad = [t for t in layer_map if not -1 <= t <= teacher_layers]
     if bad:
         raise ValueError(f"layer_map entries must be -1 or teacher hidden-state indices 0..{teacher_layers}, got {bad}")
@@ -72,7 +80,9 @@ def init_layer_sources(student_layers: int, teacher_layers: int) -> list[int]:
     """Teacher layer (0-based) each student layer is copied from: every other layer for a half-depth
     student (DistilBERT), evenly spaced otherwise."""
     if student_layers > teacher_layers:
-        raise ValueError(f"a {student_layers}-layer student cannot be initialised from a {teacher_layers}-layer teacher")
+        raise ValueError(
+            f"a {student_layers}-layer student cannot be initialised from a {teacher_layers}-layer teacher"
+        )
     return [j * teacher_layers // student_layers for j in range(student_layers)]
 
 
@@ -111,14 +121,20 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 def binary_soft_kl(student_logit: torch.Tensor, teacher_logit: torch.Tensor, temperature: float) -> torch.Tensor:
     """soft_kl for one binary logit per row, as the 2-class distribution softmax([0, logit])."""
+
     def two_class(x: torch.Tensor) -> torch.Tensor:
         return torch.stack([torch.zeros_like(x), x], dim=-1)
 
     return soft_kl(two_class(student_logit), two_class(teacher_logit), temperature)
 
 
-def hidden_mse(student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[torch.Tensor, ...],
-               projection: torch.nn.Module, layer_map: list[int], valid: torch.Tensor) -> torch.Tensor:
+def hidden_mse(
+    student_hidden: tuple[torch.Tensor, ...],
+    teacher_hidden: tuple[torch.Tensor, ...],
+    projection: torch.nn.Module,
+    layer_map: list[int],
+    valid: torch.Tensor,
+) -> torch.Tensor:
     """Mean over mapped layers of the MSE between projected student states and teacher states at the
     valid (non-padding) positions; the projection is shared by all layers (TinyBERT's W_h)."""
     losses = []
@@ -131,8 +147,13 @@ def hidden_mse(student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[t
     return torch.stack(losses).mean()
 
 
-def attention_kl(student_attn: tuple[torch.Tensor, ...], teacher_attn: tuple[torch.Tensor, ...],
-                 layer_map: list[int], valid: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def attention_kl(
+    student_attn: tuple[torch.Tensor, ...],
+    teacher_attn: tuple[torch.Tensor, ...],
+    layer_map: list[int],
+    valid: torch.Tensor,
+    eps: float = 1e-12,
+) -> torch.Tensor:
     """KL(teacher || student) between attention distributions (each query row is a distribution over
     keys), averaged over heads and valid queries, then over mapped transformer layers (the embedding
     entry of the map has no attention). Per head when both models have as many heads; otherwise the
@@ -167,9 +188,16 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def distillation_losses(student: torch.nn.Module, teacher: torch.nn.Module, student_out, teacher_out,
-                        inputs: dict[str, torch.Tensor], cfg: DistillConfig, projection: torch.nn.Module,
-                        layer_map: list[int]) -> dict[str, torch.Tensor]:
+def distillation_losses(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    student_out,
+    teacher_out,
+    inputs: dict[str, torch.Tensor],
+    cfg: DistillConfig,
+    projection: torch.nn.Module,
+    layer_map: list[int],
+) -> dict[str, torch.Tensor]:
     """Every distillation term (undetached, unweighted) plus "loss_kd", their weighted sum.
 
     `student_out` / `teacher_out` are the encoders' outputs with `hidden_states` (and `attentions` when
@@ -217,16 +245,18 @@ def distillation_losses(student: torch.nn.Module, teacher: torch.nn.Module, stud
 class DistillationObjective(nn.Module):
     """Teacher (frozen, always in eval mode) + student + the projection student width -> teacher width."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, objective: ObjectiveConfig,
-                 distill: DistillConfig) -> None:
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module, objective: ObjectiveConfig, distill: DistillConfig
+    ) -> None:
         super().__init__()
         self.student = student
         self.teacher = teacher.requires_grad_(False).eval()
         self.projection = nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
         self.objective = objective
         self.distill = distill
-        self.layer_map = resolve_layer_map(distill.layer_map, student.config.num_hidden_layers,
-                                           teacher.config.num_hidden_layers)
+        self.layer_map = resolve_layer_map(
+            distill.layer_map, student.config.num_hidden_layers, teacher.config.num_hidden_layers
+        )
 
     def train(self, mode: bool = True) -> DistillationObjective:
         super().train(mode)
@@ -234,8 +264,13 @@ class DistillationObjective(nn.Module):
         return self
 
     def _encode(self, model: nn.Module, inputs: dict[str, torch.Tensor], mask: torch.Tensor):
-        return model.bert(input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"], attention_mask=mask,
-                          output_hidden_states=True, output_attentions=self.distill.lambda_attention > 0)
+        return model.bert(
+            input_ids=inputs["input_ids"],
+            token_type_ids=inputs["token_type_ids"],
+            attention_mask=mask,
+            output_hidden_states=True,
+            output_attentions=self.distill.lambda_attention > 0,
+        )
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mask = inputs["attention_mask"]
@@ -246,8 +281,9 @@ class DistillationObjective(nn.Module):
         s_out = self._encode(self.student, inputs, mask)
         out = losses_from_outputs(self.student, s_out.last_hidden_state, s_out.pooler_output, inputs, self.objective)
         out["loss_gt"] = out.pop("loss")
-        kd = distillation_losses(self.student, self.teacher, s_out, t_out, inputs, self.distill, self.projection,
-                                 self.layer_map)
+        kd = distillation_losses(
+            self.student, self.teacher, s_out, t_out, inputs, self.distill, self.projection, self.layer_map
+        )
         out["loss"] = out["loss_gt"] + kd["loss_kd"]
         out.update({k: v.detach() for k, v in kd.items()})
         out["loss_gt"] = out["loss_gt"].detach()

@@ -111,8 +111,14 @@ def _slot_pieces(choice: str, tokenizer: Any) -> list[int]:
     return tokenizer(choice, add_special_tokens=False)["input_ids"]
 
 
-def build_task_batch(samples: list[TaskSample], n_clips: int, sp: Specials, cfg: TaskConfig,
-                     label_index: dict[str, dict[str, int]], tokenizer: Any) -> TaskBatch:
+def build_task_batch(
+    samples: list[TaskSample],
+    n_clips: int,
+    sp: Specials,
+    cfg: TaskConfig,
+    label_index: dict[str, dict[str, int]],
+    tokenizer: Any,
+) -> TaskBatch:
     rows: list[Row] = []
     counts = {"classification": 0, "caption": 0, "qa": 0, "retrieval": 0}
 
@@ -175,8 +181,9 @@ def build_task_batch(samples: list[TaskSample], n_clips: int, sp: Specials, cfg:
         for i in cand:
             for j in cand:
                 rows.append(Row(samples[i].text_ids[: cfg.max_text_tokens], clips_of(j)))
-        same_video = torch.tensor([[samples[i].video_id == samples[j].video_id for j in cand] for i in cand],
-                                  dtype=torch.bool).reshape(n, n)
+        same_video = torch.tensor(
+            [[samples[i].video_id == samples[j].video_id for j in cand] for i in cand], dtype=torch.bool
+        ).reshape(n, n)
         if n == 0:  # the scoring forward still runs on every rank
             rows.append(Row([], clips_of(0) if samples else []))
         counts["retrieval"] = n
@@ -185,15 +192,20 @@ def build_task_batch(samples: list[TaskSample], n_clips: int, sp: Specials, cfg:
     width = max((len(s) for s in slots), default=1)
     n_choices = max((len(c) for c in choices), default=1)
     return TaskBatch(
-        host=host, num_main=num_main,
+        host=host,
+        num_main=num_main,
         cls_rows=torch.tensor(cls_rows, dtype=torch.long),
         cls_targets={k: torch.tensor(v, dtype=torch.long) for k, v in cls_targets.items()},
         qa_rows=torch.tensor(qa_rows, dtype=torch.long),
         qa_slots=torch.tensor([s + [0] * (width - len(s)) for s in slots], dtype=torch.long).reshape(-1, width),
         qa_pieces=torch.tensor([p + [IGNORE] * (width - len(p)) for p in pieces], dtype=torch.long).reshape(-1, width),
-        qa_choices=torch.tensor([c + [-1] * (n_choices - len(c)) for c in choices], dtype=torch.long).reshape(-1, n_choices),
+        qa_choices=torch.tensor([c + [-1] * (n_choices - len(c)) for c in choices], dtype=torch.long).reshape(
+            -1, n_choices
+        ),
         qa_answers=torch.tensor(answers, dtype=torch.long),
-        num_candidates=n, same_video=same_video, counts={**counts, "num_tokens": host.counts["num_tokens"]},
+        num_candidates=n,
+        same_video=same_video,
+        counts={**counts, "num_tokens": host.counts["num_tokens"]},
     )
 
 
@@ -212,8 +224,9 @@ def _empty_safe_ce(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Te
     return loss + in_graph, acc.detach()
 
 
-def qa_choice_logits(model: nn.Module, hidden: torch.Tensor, slots: torch.Tensor, pieces: torch.Tensor,
-                     choices: torch.Tensor) -> torch.Tensor:
+def qa_choice_logits(
+    model: nn.Module, hidden: torch.Tensor, slots: torch.Tensor, pieces: torch.Tensor, choices: torch.Tensor
+) -> torch.Tensor:
     """(n_questions, C) scores: each candidate's mean log-prob of its pieces at its slot; -inf = no candidate."""
     text_vocab = model.config.text_vocab_size
     picked = hidden.gather(1, slots[..., None].expand(-1, -1, hidden.shape[-1]))  # (n_qa, W, H)
@@ -254,13 +267,17 @@ class FinetuneObjective(nn.Module):
             pair = slice(inputs["num_main"], ids.shape[0])
             with torch.no_grad():  # score every pair, to pick the hard negatives
                 pair_hidden, pooled = model(ids[pair], types[pair], mask[pair])
-                scores = model.alignment_logits(pair_hidden, pooled, ids[pair], types[pair]).float()[: n * n].reshape(n, n)
+                scores = (
+                    model.alignment_logits(pair_hidden, pooled, ids[pair], types[pair]).float()[: n * n].reshape(n, n)
+                )
             diag = torch.arange(n, device=ids.device)
             hard = cfg.retrieval.hard_negatives
             t2v, t2v_ok = _hardest(scores, tb["same_video"], hard)  # text i -> videos
             v2t, v2t_ok = _hardest(scores.t(), tb["same_video"].t(), hard)  # video j -> texts
             # Pair rows to train: the n positives, then text i x video t2v[i], then text v2t[j] x video j.
-            chosen = torch.cat([diag * n + diag, (diag[:, None] * n + t2v).flatten(), (v2t * n + diag[:, None]).flatten()])
+            chosen = torch.cat(
+                [diag * n + diag, (diag[:, None] * n + t2v).flatten(), (v2t * n + diag[:, None]).flatten()]
+            )
             chosen = chosen + inputs["num_main"]
             rows_ids = torch.cat([rows_ids, ids[chosen]])
             rows_types = torch.cat([rows_types, types[chosen]])
@@ -283,8 +300,9 @@ class FinetuneObjective(nn.Module):
         if "caption" in cfg.tasks:
             labels = inputs["caption_labels"][main]
             pad = labels.new_full((hidden.shape[0] - labels.shape[0], labels.shape[1]), IGNORE)
-            out["caption"], out["acc_caption"] = _masked_ce(model.token_logits, hidden, torch.cat([labels, pad]), 0,
-                                                            model.config.text_vocab_size)
+            out["caption"], out["acc_caption"] = _masked_ce(
+                model.token_logits, hidden, torch.cat([labels, pad]), 0, model.config.text_vocab_size
+            )
             total = total + cfg.caption.weight * out["caption"]
 
         if "qa" in cfg.tasks:
@@ -318,7 +336,9 @@ def task_tensors(tb: TaskBatch, device: torch.device) -> dict[str, Any]:
     """The task batch's index tensors on the device (small; copied once per step)."""
     from videobert_ds.objectives.layout import host_to_device
 
-    t = {k: host_to_device(getattr(tb, k), device) for k in (
-        "cls_rows", "qa_rows", "qa_slots", "qa_pieces", "qa_choices", "qa_answers", "same_video")}
+    t = {
+        k: host_to_device(getattr(tb, k), device)
+        for k in ("cls_rows", "qa_rows", "qa_slots", "qa_pieces", "qa_choices", "qa_answers", "same_video")
+    }
     t["cls_targets"] = {k: host_to_device(v, device) for k, v in tb.cls_targets.items()}
     return t

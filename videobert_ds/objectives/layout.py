@@ -147,15 +147,24 @@ def layout_rows(rows: list[Row], n_clips: int, sp: Specials, max_seq_len: int) -
             targets = [*r.text, sp.video_sep]
             caption_labels[i, : len(targets)] = torch.tensor(targets)
     caption_mode = torch.tensor([r.caption for r in rows], dtype=torch.bool)
-    return HostBatch(input_ids, video_src, token_type, segments, caption_mode,
-                     mlm_labels=torch.full((b, length), IGNORE, dtype=torch.long),
-                     visual_masked=torch.zeros((b, length), dtype=torch.bool),
-                     visual_replace=torch.full((b, length), REPLACE_KEEP, dtype=torch.long),
-                     caption_labels=caption_labels, align_labels=torch.full((b,), -1.0),
-                     counts={"num_tokens": n_tokens, "rows": b})
+    return HostBatch(
+        input_ids,
+        video_src,
+        token_type,
+        segments,
+        caption_mode,
+        mlm_labels=torch.full((b, length), IGNORE, dtype=torch.long),
+        visual_masked=torch.zeros((b, length), dtype=torch.bool),
+        visual_replace=torch.full((b, length), REPLACE_KEEP, dtype=torch.long),
+        caption_labels=caption_labels,
+        align_labels=torch.full((b,), -1.0),
+        counts={"num_tokens": n_tokens, "rows": b},
+    )
 
 
-def build_batch(samples: list[ClipSample], n_clips: int, sp: Specials, cfg: ObjectiveConfig, train: bool = True) -> HostBatch:
+def build_batch(
+    samples: list[ClipSample], n_clips: int, sp: Specials, cfg: ObjectiveConfig, train: bool = True
+) -> HostBatch:
     """Sequences, masks and labels for one micro-batch (see the module docstring)."""
     counts = {"skipped": 0, "concatenated": 0}
 
@@ -185,14 +194,27 @@ def build_batch(samples: list[ClipSample], n_clips: int, sp: Specials, cfg: Obje
         elif not clips:
             kind = KIND_TEXT
         else:
-            kind = [KIND_JOINT, KIND_TEXT, KIND_VIDEO][
-                _choice([cfg.joint_ratio, cfg.text_only_ratio, cfg.video_only_ratio])] if train else KIND_JOINT
+            kind = (
+                [KIND_JOINT, KIND_TEXT, KIND_VIDEO][
+                    _choice([cfg.joint_ratio, cfg.text_only_ratio, cfg.video_only_ratio])
+                ]
+                if train
+                else KIND_JOINT
+            )
         # Augmentation: sub-sample the visual words at a random rate 1..max_subsample_rate.
         if train and clips and cfg.max_subsample_rate > 1:
             clips = clips[:: _randint(1, cfg.max_subsample_rate + 1)]
         caption = kind == KIND_JOINT and _rand() < cfg.caption_ratio
-        entries.append({"text": text, "clips": clips, "kind": kind, "caption": caption, "video_id": s.video_id,
-                        "aligned": 1 if kind == KIND_JOINT and not caption else -1})
+        entries.append(
+            {
+                "text": text,
+                "clips": clips,
+                "kind": kind,
+                "caption": caption,
+                "video_id": s.video_id,
+                "aligned": 1 if kind == KIND_JOINT and not caption else -1,
+            }
+        )
 
     # Alignment negatives: swap the video for another video's own clips (taken from the originals, so a
     # swap never hands an entry back clips of its own video).
@@ -208,8 +230,14 @@ def build_batch(samples: list[ClipSample], n_clips: int, sp: Specials, cfg: Obje
         entries.append({"text": [], "clips": [], "kind": KIND_TEXT, "caption": False, "video_id": "", "aligned": -1})
 
     # Lay the sequences out (clips beyond max_seq_len are cut there), then mask on top of that layout.
-    rows = [Row(e["text"][: cfg.max_text_tokens] if e["kind"] in (KIND_JOINT, KIND_TEXT) else [],
-                e["clips"] if e["kind"] in (KIND_JOINT, KIND_VIDEO) else [], caption=e["caption"]) for e in entries]
+    rows = [
+        Row(
+            e["text"][: cfg.max_text_tokens] if e["kind"] in (KIND_JOINT, KIND_TEXT) else [],
+            e["clips"] if e["kind"] in (KIND_JOINT, KIND_VIDEO) else [],
+            caption=e["caption"],
+        )
+        for e in entries
+    ]
     host = layout_rows(rows, n_clips, sp, cfg.max_seq_len)
     host.align_labels = torch.tensor([float(e["aligned"]) for e in entries])
     host.counts.update(counts)
@@ -231,8 +259,9 @@ def build_batch(samples: list[ClipSample], n_clips: int, sp: Specials, cfg: Obje
             pos = v_start + k
             host.visual_masked[r, pos] = True
             u = _rand()
-            host.visual_replace[r, pos] = REPLACE_MASK if u < 0.8 else (
-                _randint(0, sp.visual_vocab_size) if u < 0.9 else REPLACE_KEEP)
+            host.visual_replace[r, pos] = (
+                REPLACE_MASK if u < 0.8 else (_randint(0, sp.visual_vocab_size) if u < 0.9 else REPLACE_KEEP)
+            )
     return host
 
 
@@ -253,7 +282,9 @@ def attention_mask(segments: torch.Tensor, caption_mode: torch.Tensor) -> torch.
     length = segments.shape[1]
     pos = torch.arange(length, device=segments.device)
     earlier = pos[None, None, :] <= pos[None, :, None]
-    seq2seq = torch.where(seg_q == SEG_VIDEO, seg_k == SEG_VIDEO, (seg_k == SEG_VIDEO) | ((seg_k == SEG_TEXT) & earlier))
+    seq2seq = torch.where(
+        seg_q == SEG_VIDEO, seg_k == SEG_VIDEO, (seg_k == SEG_VIDEO) | ((seg_k == SEG_TEXT) & earlier)
+    )
     mask = torch.where(caption_mode[:, None, None], seq2seq, torch.ones_like(seq2seq)) & real_k
     # Padding queries attend to themselves only, so no row is empty (SDPA would return NaN).
     eye = torch.eye(length, dtype=torch.bool, device=segments.device)[None]
@@ -261,21 +292,41 @@ def attention_mask(segments: torch.Tensor, caption_mode: torch.Tensor) -> torch.
     return mask[:, None]
 
 
-def to_device(host: HostBatch, visual_ids: torch.Tensor, visual_features: torch.Tensor | None, sp: Specials,
-              device: torch.device, feature_stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def to_device(
+    host: HostBatch,
+    visual_ids: torch.Tensor,
+    visual_features: torch.Tensor | None,
+    sp: Specials,
+    device: torch.device,
+    feature_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """Resolve video positions from the device-side visual words; returns the model's inputs and targets.
     Clip-feature targets are standardised per dimension by `feature_stats` (mean, std): raw encoder features
     carry large constant offsets that would make the regression trivial."""
-    t = {k: host_to_device(getattr(host, k), device) for k in (
-        "input_ids", "video_src", "token_type_ids", "segments", "caption_mode", "mlm_labels", "visual_masked",
-        "visual_replace", "caption_labels", "align_labels")}
+    t = {
+        k: host_to_device(getattr(host, k), device)
+        for k in (
+            "input_ids",
+            "video_src",
+            "token_type_ids",
+            "segments",
+            "caption_mode",
+            "mlm_labels",
+            "visual_masked",
+            "visual_replace",
+            "caption_labels",
+            "align_labels",
+        )
+    }
     flat_ids = visual_ids.reshape(-1)
     is_video = t["video_src"] >= 0
     src = t["video_src"].clamp_min(0)
     words = flat_ids[src]  # (B, L) visual word per video position
     input_ids = torch.where(is_video, words + sp.text_vocab_size, t["input_ids"])
     replace = t["visual_replace"]
-    input_ids = torch.where(t["visual_masked"] & (replace == REPLACE_MASK), torch.full_like(input_ids, sp.mask), input_ids)
+    input_ids = torch.where(
+        t["visual_masked"] & (replace == REPLACE_MASK), torch.full_like(input_ids, sp.mask), input_ids
+    )
     input_ids = torch.where(t["visual_masked"] & (replace >= 0), replace + sp.text_vocab_size, input_ids)
     out = {
         "input_ids": input_ids,
@@ -298,22 +349,33 @@ def to_device(host: HostBatch, visual_ids: torch.Tensor, visual_features: torch.
 def check_sequence_budget(o: ObjectiveConfig) -> None:
     """A joint sequence `[CLS] text [>] video [SEP]` must keep room for video after the longest text."""
     if o.max_text_tokens + 4 > o.max_seq_len:
-        raise ConfigError(f"objective.max_seq_len ({o.max_seq_len}) leaves no room for video after "
-                          f"objective.max_text_tokens ({o.max_text_tokens}): it must be at least max_text_tokens + 4")
+        raise ConfigError(
+            f"objective.max_seq_len ({o.max_seq_len}) leaves no room for video after "
+            f"objective.max_text_tokens ({o.max_text_tokens}): it must be at least max_text_tokens + 4"
+        )
 
 
-def text_ids_and_clip_counts(batch: Any, tokenizer: Any, frames_per_clip: int,
-                             max_text_tokens: int) -> tuple[list[list[int]], list[int]]:
+def text_ids_and_clip_counts(
+    batch: Any, tokenizer: Any, frames_per_clip: int, max_text_tokens: int
+) -> tuple[list[list[int]], list[int]]:
     """Per sample of a loader batch: its text's WordPieces (no special tokens, at most `max_text_tokens`) and
     the number of whole clips its decoded frames hold."""
-    ids = tokenizer([m.get("text", "") for m in batch.meta], add_special_tokens=False, truncation=True,
-                    max_length=max_text_tokens)["input_ids"]
+    ids = tokenizer(
+        [m.get("text", "") for m in batch.meta], add_special_tokens=False, truncation=True, max_length=max_text_tokens
+    )["input_ids"]
     t = batch.frames.shape[1]
     return ids, [min(int(m["num_frames"]), t) // frames_per_clip for m in batch.meta]
 
 
-def joint_inputs(texts: Sequence[Sequence[int]], videos: Sequence[Sequence[int]], sp: Specials, *, caption_mode: bool,
-                 max_len: int, device: torch.device) -> dict[str, torch.Tensor]:
+def joint_inputs(
+    texts: Sequence[Sequence[int]],
+    videos: Sequence[Sequence[int]],
+    sp: Specials,
+    *,
+    caption_mode: bool,
+    max_len: int,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
     """Model inputs for `[CLS] text [>] video [SEP]` rows of known visual words (evaluation, generation): the
     training layout (`layout_rows`) with the words placed on the host; clips beyond max_len are cut."""
     n_clips = max((len(v) for v in videos), default=0) or 1
@@ -323,8 +385,12 @@ def joint_inputs(texts: Sequence[Sequence[int]], videos: Sequence[Sequence[int]]
     rows = [Row(list(text), [(i, j) for j in range(len(video))]) for i, (text, video) in enumerate(zip(texts, videos))]
     host = layout_rows(rows, n_clips, sp, max_len)
     is_video = host.video_src >= 0
-    input_ids = torch.where(is_video, words.reshape(-1)[host.video_src.clamp_min(0)] + sp.text_vocab_size,
-                            host.input_ids)
+    input_ids = torch.where(
+        is_video, words.reshape(-1)[host.video_src.clamp_min(0)] + sp.text_vocab_size, host.input_ids
+    )
     mode = torch.full((len(rows),), caption_mode, dtype=torch.bool)
-    return {"input_ids": input_ids.to(device), "token_type_ids": host.token_type_ids.to(device),
-            "attention_mask": attention_mask(host.segments, mode).to(device)}
+    return {
+        "input_ids": input_ids.to(device),
+        "token_type_ids": host.token_type_ids.to(device),
+        "attention_mask": attention_mask(host.segments, mode).to(device),
+    }

@@ -32,7 +32,9 @@ from videobert_ds.objectives.layout import (
 )
 
 
-def _masked_ce(logits_fn, hidden: torch.Tensor, labels: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _masked_ce(
+    logits_fn, hidden: torch.Tensor, labels: torch.Tensor, lo: int, hi: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy over vocabulary slice [lo, hi) at labelled positions; (sum loss / count, accuracy).
     Empty selections give 0 with the head still in the graph (every rank's backward touches the same params)."""
     sel = labels != IGNORE
@@ -45,13 +47,20 @@ def _masked_ce(logits_fn, hidden: torch.Tensor, labels: torch.Tensor, lo: int, h
     return loss, acc.detach()
 
 
-def pretraining_losses(model: torch.nn.Module, inputs: dict[str, torch.Tensor], cfg: ObjectiveConfig) -> dict[str, torch.Tensor]:
+def pretraining_losses(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor], cfg: ObjectiveConfig
+) -> dict[str, torch.Tensor]:
     hidden, pooled = model(inputs["input_ids"], inputs["token_type_ids"], inputs["attention_mask"])
     return losses_from_outputs(model, hidden, pooled, inputs, cfg)
 
 
-def losses_from_outputs(model: torch.nn.Module, hidden: torch.Tensor, pooled: torch.Tensor,
-                        inputs: dict[str, torch.Tensor], cfg: ObjectiveConfig) -> dict[str, torch.Tensor]:
+def losses_from_outputs(
+    model: torch.nn.Module,
+    hidden: torch.Tensor,
+    pooled: torch.Tensor,
+    inputs: dict[str, torch.Tensor],
+    cfg: ObjectiveConfig,
+) -> dict[str, torch.Tensor]:
     """The losses from an encoder forward already run (distillation runs it itself, for every layer's states)."""
     text_vocab = model.config.text_vocab_size
     vocab = model.config.vocab_size
@@ -74,11 +83,17 @@ def losses_from_outputs(model: torch.nn.Module, hidden: torch.Tensor, pooled: to
         sel = inputs["mvm_labels"] != IGNORE
         pred = model.clip_features(hidden[sel]).float()
         out["video"] = F.mse_loss(pred, inputs["feature_targets"][sel], reduction="sum") / (
-            sel.sum().clamp_min(1) * pred.shape[-1])
+            sel.sum().clamp_min(1) * pred.shape[-1]
+        )
     else:
         out["video"] = hidden.sum() * 0.0
-    out["loss"] = (cfg.lambda_mlm * out["mlm"] + cfg.lambda_mvm * out["mvm"] + cfg.lambda_align * out["align"]
-                   + cfg.lambda_caption * out["caption"] + cfg.lambda_video * out["video"])
+    out["loss"] = (
+        cfg.lambda_mlm * out["mlm"]
+        + cfg.lambda_mvm * out["mvm"]
+        + cfg.lambda_align * out["align"]
+        + cfg.lambda_caption * out["caption"]
+        + cfg.lambda_video * out["video"]
+    )
     for k in ("mlm", "mvm", "align", "caption", "video"):
         out[k] = out[k].detach()
     return out
@@ -111,10 +126,13 @@ class PretrainingInputs:
     feature_stats: tuple[torch.Tensor, torch.Tensor]
 
     def samples(self, batch: Any) -> list[ClipSample]:
-        ids, clips = text_ids_and_clip_counts(batch, self.tokenizer, self.visual_tokenizer.frames_per_clip,
-                                              self.objective.max_text_tokens)
-        return [ClipSample(text_ids=i, num_clips=n, video_id=str(m.get("video_id", "")), segment=int(m.get("segment", 0)))
-                for i, n, m in zip(ids, clips, batch.meta)]
+        ids, clips = text_ids_and_clip_counts(
+            batch, self.tokenizer, self.visual_tokenizer.frames_per_clip, self.objective.max_text_tokens
+        )
+        return [
+            ClipSample(text_ids=i, num_clips=n, video_id=str(m.get("video_id", "")), segment=int(m.get("segment", 0)))
+            for i, n, m in zip(ids, clips, batch.meta)
+        ]
 
     def __call__(self, batch: Any, device: torch.device, train: bool = True) -> dict[str, Any]:
         samples = self.samples(batch)

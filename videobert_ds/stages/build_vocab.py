@@ -84,8 +84,10 @@ def nmi_report(words: np.ndarray, labels: dict[str, list[str]], seed: int) -> di
     out = {}
     for name, values in labels.items():
         values = np.asarray(values)
-        out[name] = {"nmi": float(normalized_mutual_info_score(values, words)),
-                     "nmi_shuffled": float(normalized_mutual_info_score(rng.permutation(values), words))}
+        out[name] = {
+            "nmi": float(normalized_mutual_info_score(values, words)),
+            "nmi_shuffled": float(normalized_mutual_info_score(rng.permutation(values), words)),
+        }
     return out
 
 
@@ -125,9 +127,20 @@ class BuildVocabStage(Stage):
         from videobert_ds.visual.keyframes import thumbnails
 
         d = self.cfg.data
-        loader = build_clip_loader(d.shards, d.train_split, self.cfg.encode_batch_size, d.num_frames, rank=rank,
-                                   world_size=world, seed=self.cfg.run.seed, shuffle=False, backend=d.backend,
-                                   device=device, num_threads=d.num_threads, prefetch=d.prefetch)
+        loader = build_clip_loader(
+            d.shards,
+            d.train_split,
+            self.cfg.encode_batch_size,
+            d.num_frames,
+            rank=rank,
+            world_size=world,
+            seed=self.cfg.run.seed,
+            shuffle=False,
+            backend=d.backend,
+            device=device,
+            num_threads=d.num_threads,
+            prefetch=d.prefetch,
+        )
         fpc = encoder.frames_per_clip
         size = self.cfg.keyframe_size
         feats, labels, clips, thumbs = [], [], [], []
@@ -162,8 +175,9 @@ class BuildVocabStage(Stage):
         x, labels = enc.features, enc.labels
         encoded_s = time.perf_counter() - started
         k = self.cfg.kmeans
-        vocab = VisualVocabulary.fit(x, encoder, depth=k.depth, branching=k.branching, seed=self.cfg.run.seed,
-                                     max_iter=k.max_iter, tol=k.tol)
+        vocab = VisualVocabulary.fit(
+            x, encoder, depth=k.depth, branching=k.branching, seed=self.cfg.run.seed, max_iter=k.max_iter, tol=k.tol
+        )
         words = vocab.to(device).assign(x)  # the same method the VisualTokenizer uses in training
         keyframes = None
         if self.cfg.keyframe_size:  # a collective: every rank takes part
@@ -179,9 +193,13 @@ class BuildVocabStage(Stage):
             names = sorted({name for lab in all_labels for name in lab})
             labelled = {n: [lab.get(n, "") for lab in all_labels] for n in names}
             report = {
-                "vocab_size": vocab.size, "depth": vocab.depth, "branching": vocab.branching,
-                "feature_dim": vocab.feature_dim, "clips": int(len(all_words)),
-                "words_used": int(len(np.unique(all_words))), "encoder": vocab.encoder,
+                "vocab_size": vocab.size,
+                "depth": vocab.depth,
+                "branching": vocab.branching,
+                "feature_dim": vocab.feature_dim,
+                "clips": int(len(all_words)),
+                "words_used": int(len(np.unique(all_words))),
+                "encoder": vocab.encoder,
                 "seconds": {"encode": encoded_s, "total": time.perf_counter() - started},
                 "clips_per_s_encode": len(all_words) / max(encoded_s, 1e-9),
                 "nmi": nmi_report(all_words, labelled, self.cfg.run.seed) if names else {},
@@ -189,13 +207,21 @@ class BuildVocabStage(Stage):
             vocab.save(run_dir / "vocab.safetensors")
             if keyframes is not None:
                 path = keyframes.save(keyframes_path(run_dir / "vocab.safetensors"))
-                report["keyframes"] = {"file": path.name, "frame_size": list(keyframes.frames.shape[1:3]),
-                                       "mean_distance": float(keyframes.distances.mean())}
+                report["keyframes"] = {
+                    "file": path.name,
+                    "frame_size": list(keyframes.frames.shape[1:3]),
+                    "mean_distance": float(keyframes.distances.mean()),
+                }
             tmp = run_dir / ".vocab_report.json.tmp"
             tmp.write_text(json.dumps(report, indent=2) + "\n")
             tmp.replace(run_dir / "vocab_report.json")
-            log.info("visual vocabulary: %d words (%d used) from %d clips -> %s", vocab.size, report["words_used"],
-                     report["clips"], run_dir / "vocab.safetensors")
+            log.info(
+                "visual vocabulary: %d words (%d used) from %d clips -> %s",
+                vocab.size,
+                report["words_used"],
+                report["clips"],
+                run_dir / "vocab.safetensors",
+            )
             for name, v in report["nmi"].items():
                 log.info("  NMI(words; %s) = %.3f   (shuffled labels: %.3f)", name, v["nmi"], v["nmi_shuffled"])
         dist.barrier()

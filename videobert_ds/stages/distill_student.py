@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +33,18 @@ from torch import nn
 from videobert_ds.core.atomic import write_json
 from videobert_ds.core.config import ConfigError, StageConfig, load_yaml
 from videobert_ds.data.text import load_tokenizer
-from videobert_ds.eval.distill_report import REPORT, report_markdown, update_report
+from videobert_ds.eval.distill_report import report_markdown, update_report
 from videobert_ds.inference.throughput import count_params, inference_clips_per_s
 from videobert_ds.model.flops import transformer_flops_per_token
 from videobert_ds.model.model_dir import ENCODER_DIR, VOCAB_FILE, missing_files, save_model_dir
 from videobert_ds.model.specials import Specials, specials_from_config
 from videobert_ds.model.videobert import VideoBertForPreTraining, videobert_config
-from videobert_ds.objectives.distillation import DistillConfig, DistillationObjective, init_from_teacher, resolve_layer_map
+from videobert_ds.objectives.distillation import (
+    DistillationObjective,
+    DistillConfig,
+    init_from_teacher,
+    resolve_layer_map,
+)
 from videobert_ds.objectives.layout import ObjectiveConfig, check_sequence_budget
 from videobert_ds.objectives.pretraining import PretrainingInputs
 from videobert_ds.training.checkpoint import COMPLETE, CheckpointManager
@@ -50,8 +54,13 @@ from videobert_ds.visual.vocab import feature_stats, vocab_metadata
 
 log = logging.getLogger(__name__)
 
-TEACHER_SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "max_position_embeddings")
+TEACHER_SIZE_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+)
 
 
 @dataclass
@@ -106,7 +115,9 @@ def resolve_teacher(path: str) -> TeacherSource:
     if (p / "config.json").is_file():
         missing = missing_files(p)
         if missing:
-            raise ConfigError(f"teacher.path: {p} is not a self-contained VideoBERT model dir (missing {', '.join(missing)})")
+            raise ConfigError(
+                f"teacher.path: {p} is not a self-contained VideoBERT model dir (missing {', '.join(missing)})"
+            )
         return TeacherSource("model_dir", p)
     if (p / COMPLETE).is_file() and (p.parent.parent / "config.yaml").is_file():
         _check_teacher_run(p.parent.parent)
@@ -117,8 +128,9 @@ def resolve_teacher(path: str) -> TeacherSource:
         if tag is None:
             raise ConfigError(f"teacher.path: run dir {p} has no complete checkpoint")
         return TeacherSource("checkpoint", p, tag)
-    raise ConfigError(f"teacher.path: {p} is neither a teacher model dir (config.json) nor a teacher run or "
-                      "checkpoint dir")
+    raise ConfigError(
+        f"teacher.path: {p} is neither a teacher model dir (config.json) nor a teacher run or checkpoint dir"
+    )
 
 
 def _check_teacher_run(run_dir: Path) -> None:
@@ -158,10 +170,12 @@ def partition_share(model: nn.Module) -> dict[str, float]:
         held = p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
         total, local = total + full, local + held
         fractions.append(held / max(full, 1))
-    return {"params_total": total, "params_local": local, "min_fraction": min(fractions, default=1.0),
-            "max_fraction": max(fractions, default=1.0)}
-
-
+    return {
+        "params_total": total,
+        "params_local": local,
+        "min_fraction": min(fractions, default=1.0),
+        "max_fraction": max(fractions, default=1.0),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,12 +198,16 @@ class StudentStage(Stage):
         t = teacher_sizes(source)
         m, d = self.cfg.model, self.cfg.distill
         if min(m.num_hidden_layers, m.hidden_size, m.num_attention_heads) < 1 or m.hidden_size % m.num_attention_heads:
-            raise ConfigError(f"model: hidden_size ({m.hidden_size}) must be a positive multiple of "
-                              f"num_attention_heads ({m.num_attention_heads}), with num_hidden_layers >= 1")
+            raise ConfigError(
+                f"model: hidden_size ({m.hidden_size}) must be a positive multiple of "
+                f"num_attention_heads ({m.num_attention_heads}), with num_hidden_layers >= 1"
+            )
         if m.init == "teacher" and not self.widths_match(t):
-            raise ConfigError(f"model.init=teacher needs the teacher's widths (hidden {t['hidden_size']}, intermediate "
-                              f"{t['intermediate_size']}, heads {t['num_attention_heads']}) and at most its "
-                              f"{t['num_hidden_layers']} layers; use init=random or auto")
+            raise ConfigError(
+                f"model.init=teacher needs the teacher's widths (hidden {t['hidden_size']}, intermediate "
+                f"{t['intermediate_size']}, heads {t['num_attention_heads']}) and at most its "
+                f"{t['num_hidden_layers']} layers; use init=random or auto"
+            )
         try:
             layer_map = resolve_layer_map(d.layer_map, m.num_hidden_layers, t["num_hidden_layers"])
         except ValueError as err:
@@ -203,17 +221,24 @@ class StudentStage(Stage):
             raise ConfigError("distill.lambda_attention > 0 but layer_map maps no student layer to a teacher layer")
         check_sequence_budget(self.cfg.objective)
         if self.cfg.objective.max_seq_len > t["max_position_embeddings"]:
-            raise ConfigError(f"objective.max_seq_len ({self.cfg.objective.max_seq_len}) exceeds the teacher's "
-                              f"max_position_embeddings ({t['max_position_embeddings']})")
+            raise ConfigError(
+                f"objective.max_seq_len ({self.cfg.objective.max_seq_len}) exceeds the teacher's "
+                f"max_position_embeddings ({t['max_position_embeddings']})"
+            )
         frames_per_clip = vocab_metadata(t["vocab"])["frames_per_clip"]
         if self.cfg.data.num_frames < frames_per_clip:
-            raise ConfigError(f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({frames_per_clip})")
+            raise ConfigError(
+                f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({frames_per_clip})"
+            )
 
     def widths_match(self, t: dict[str, Any]) -> bool:
         """Teacher layers fit the student as they are: same widths and heads, no more layers than the teacher."""
         m = self.cfg.model
         same = (m.hidden_size, m.intermediate_size, m.num_attention_heads) == (
-            t["hidden_size"], t["intermediate_size"], t["num_attention_heads"])
+            t["hidden_size"],
+            t["intermediate_size"],
+            t["num_attention_heads"],
+        )
         return same and m.num_hidden_layers <= t["num_hidden_layers"]
 
     # -- the teacher's files -------------------------------------------------------------------
@@ -241,11 +266,13 @@ class StudentStage(Stage):
             dist.barrier()  # every rank reads the consolidated dir below
         t = self.teacher_dir()
         self.visual_tokenizer, self.vocab = load_visual_tokenizer(
-            t / ENCODER_DIR, t / VOCAB_FILE, device, self.cfg.visual.clips_per_batch)
+            t / ENCODER_DIR, t / VOCAB_FILE, device, self.cfg.visual.clips_per_batch
+        )
         self.feature_stats = feature_stats(self.vocab, device)  # clip-feature targets scaled as the teacher's were
         if len(self.tokenizer) != self.teacher_config["text_vocab_size"]:
-            raise ValueError(f"{t}: tokenizer has {len(self.tokenizer)} tokens, the teacher "
-                             f"{self.teacher_config['text_vocab_size']}")
+            raise ValueError(
+                f"{t}: tokenizer has {len(self.tokenizer)} tokens, the teacher {self.teacher_config['text_vocab_size']}"
+            )
 
     @functools.cached_property
     def specials(self) -> Specials:
@@ -253,8 +280,9 @@ class StudentStage(Stage):
 
     @functools.cached_property
     def inputs(self) -> PretrainingInputs:
-        return PretrainingInputs(self.tokenizer, self.visual_tokenizer, self.specials, self.cfg.objective,
-                                 self.feature_stats)
+        return PretrainingInputs(
+            self.tokenizer, self.visual_tokenizer, self.specials, self.cfg.objective, self.feature_stats
+        )
 
     def make_inputs(self, batch: Any, device: torch.device, train: bool = True) -> dict[str, Any]:
         return self.inputs(batch, device, train=train)
@@ -263,11 +291,17 @@ class StudentStage(Stage):
         """The teacher's vocabulary, special tokens, positions and alignment head at the student's size."""
         c, m = self.teacher_config, self.cfg.model
         return videobert_config(
-            text_vocab_size=c["text_vocab_size"], visual_vocab_size=c["visual_vocab_size"],
-            visual_feature_dim=c["visual_feature_dim"], special_token_ids=c["special_token_ids"],
-            hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
-            intermediate_size=m.intermediate_size, max_position_embeddings=c["max_position_embeddings"],
-            hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+            text_vocab_size=c["text_vocab_size"],
+            visual_vocab_size=c["visual_vocab_size"],
+            visual_feature_dim=c["visual_feature_dim"],
+            special_token_ids=c["special_token_ids"],
+            hidden_size=m.hidden_size,
+            num_hidden_layers=m.num_hidden_layers,
+            num_attention_heads=m.num_attention_heads,
+            intermediate_size=m.intermediate_size,
+            max_position_embeddings=c["max_position_embeddings"],
+            hidden_dropout_prob=m.hidden_dropout_prob,
+            attention_probs_dropout_prob=m.attention_probs_dropout_prob,
             video_position_offset=c.get("video_position_offset"),
             alignment_similarity=bool(c.get("alignment_similarity", False)),
         )
@@ -304,25 +338,43 @@ class StudentStage(Stage):
         if self.rank == 0:
             teacher, student = module.teacher, module.student
             n_t, n_s = count_params(teacher), count_params(student)
-            update_report(run_dir, {
-                "teacher": {"path": str(self.cfg.teacher.path), "params": n_t, "layers": teacher.config.num_hidden_layers,
-                            "hidden_size": teacher.config.hidden_size},
-                "student": {"params": n_s, "layers": student.config.num_hidden_layers,
-                            "hidden_size": student.config.hidden_size},
-                "param_ratio": n_s / n_t, "layer_map": module.layer_map,
-            })
-            log.info("distilling a %d-parameter teacher into a %d-parameter student (%.1f%%); layer map %s",
-                     n_t, n_s, 100 * n_s / n_t, module.layer_map)
+            update_report(
+                run_dir,
+                {
+                    "teacher": {
+                        "path": str(self.cfg.teacher.path),
+                        "params": n_t,
+                        "layers": teacher.config.num_hidden_layers,
+                        "hidden_size": teacher.config.hidden_size,
+                    },
+                    "student": {
+                        "params": n_s,
+                        "layers": student.config.num_hidden_layers,
+                        "hidden_size": student.config.hidden_size,
+                    },
+                    "param_ratio": n_s / n_t,
+                    "layer_map": module.layer_map,
+                },
+            )
+            log.info(
+                "distilling a %d-parameter teacher into a %d-parameter student (%.1f%%); layer map %s",
+                n_t,
+                n_s,
+                100 * n_s / n_t,
+                module.layer_map,
+            )
 
     def step_stats(self, inputs: dict[str, Any]) -> tuple[int, float]:
         """Student training (6 FLOPs per weight per token, + attention) plus the teacher's forward (2 + its
         attention), the teacher stage's counting rule."""
         tokens, seq_len = inputs["_num_tokens"], inputs["input_ids"].shape[1]
         m, t = self.cfg.model, self.teacher_config
-        student = transformer_flops_per_token(m.num_hidden_layers, m.hidden_size, m.intermediate_size, seq_len,
-                                              training=True)
-        teacher = transformer_flops_per_token(t["num_hidden_layers"], t["hidden_size"], t["intermediate_size"],
-                                              seq_len, training=False)
+        student = transformer_flops_per_token(
+            m.num_hidden_layers, m.hidden_size, m.intermediate_size, seq_len, training=True
+        )
+        teacher = transformer_flops_per_token(
+            t["num_hidden_layers"], t["hidden_size"], t["intermediate_size"], seq_len, training=False
+        )
         return tokens, float(tokens * (student + teacher))
 
     def images(self, module: nn.Module, inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -333,26 +385,46 @@ class StudentStage(Stage):
     def export(self, module: nn.Module, out_dir: Path) -> None:
         """The student's self-contained model dir (weights, the teacher's tokenizer, visual vocabulary and
         clip encoder), then both models' inference throughput into the run's report."""
-        save_model_dir(module.student, self.tokenizer, out_dir, vocab=self.teacher_dir() / VOCAB_FILE,
-                       encoder_dir=self.teacher_dir() / ENCODER_DIR)
+        save_model_dir(
+            module.student,
+            self.tokenizer,
+            out_dir,
+            vocab=self.teacher_dir() / VOCAB_FILE,
+            encoder_dir=self.teacher_dir() / ENCODER_DIR,
+        )
         self.record_throughput(module)
 
     def record_throughput(self, module: nn.Module) -> None:
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         seq_len = self.cfg.objective.max_seq_len
-        rates = {name: inference_clips_per_s(getattr(module, name), seq_len, self.inference_batch, device)
-                 for name in ("teacher", "student")}
+        rates = {
+            name: inference_clips_per_s(getattr(module, name), seq_len, self.inference_batch, device)
+            for name in ("teacher", "student")
+        }
         module.to("cpu")
         run_dir = Path(self.cfg.run.dir)
-        report = update_report(run_dir, {
-            "teacher": {"inference_clips_per_s": rates["teacher"], "params": count_params(module.teacher),
-                        "layers": module.teacher.config.num_hidden_layers, "hidden_size": module.teacher.config.hidden_size},
-            "student": {"inference_clips_per_s": rates["student"], "params": count_params(module.student),
-                        "layers": module.student.config.num_hidden_layers, "hidden_size": module.student.config.hidden_size},
-            "param_ratio": count_params(module.student) / count_params(module.teacher),
-            "speedup": rates["student"] / rates["teacher"], "inference_device": str(device),
-            "inference_batch": self.inference_batch, "inference_seq_len": seq_len,
-        })
+        report = update_report(
+            run_dir,
+            {
+                "teacher": {
+                    "inference_clips_per_s": rates["teacher"],
+                    "params": count_params(module.teacher),
+                    "layers": module.teacher.config.num_hidden_layers,
+                    "hidden_size": module.teacher.config.hidden_size,
+                },
+                "student": {
+                    "inference_clips_per_s": rates["student"],
+                    "params": count_params(module.student),
+                    "layers": module.student.config.num_hidden_layers,
+                    "hidden_size": module.student.config.hidden_size,
+                },
+                "param_ratio": count_params(module.student) / count_params(module.teacher),
+                "speedup": rates["student"] / rates["teacher"],
+                "inference_device": str(device),
+                "inference_batch": self.inference_batch,
+                "inference_seq_len": seq_len,
+            },
+        )
         from torch.utils.tensorboard import SummaryWriter
 
         with SummaryWriter(str(run_dir / "tb")) as writer:

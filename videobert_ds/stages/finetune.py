@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,8 +77,10 @@ def discover_label_sets(shards: str | Path, split: str, wanted: list[str]) -> di
                 values.setdefault(key, set()).add(str(value))
     missing = [k for k in wanted if k not in values]
     if missing:
-        raise ConfigError(f"finetune.classification.label_sets: no {split} sample has label(s) {', '.join(missing)} "
-                          f"(found: {', '.join(sorted(values)) or 'none'})")
+        raise ConfigError(
+            f"finetune.classification.label_sets: no {split} sample has label(s) {', '.join(missing)} "
+            f"(found: {', '.join(sorted(values)) or 'none'})"
+        )
     keys = wanted or sorted(values)
     return {k: sorted(values[k]) for k in keys if len(values[k]) >= 2}
 
@@ -94,12 +95,16 @@ class FinetuneStage(Stage):
         init, f = Path(self.cfg.model.init), self.cfg.finetune
         missing = missing_files(init)
         if missing:
-            raise ConfigError(f"model.init: {init} is not an exported VideoBERT model dir (missing {', '.join(missing)})")
+            raise ConfigError(
+                f"model.init: {init} is not an exported VideoBERT model dir (missing {', '.join(missing)})"
+            )
         unknown = [t for t in f.tasks if t not in TASKS]
         if unknown or not f.tasks:
             raise ConfigError(f"finetune.tasks: {unknown or 'empty'}; choose from {', '.join(TASKS)}")
         if f.classification.input not in ("video", "video_text"):
-            raise ConfigError(f"finetune.classification.input must be video or video_text, got {f.classification.input!r}")
+            raise ConfigError(
+                f"finetune.classification.input must be video or video_text, got {f.classification.input!r}"
+            )
         weights = {t: getattr(f, t).weight for t in TASKS}
         if any(w < 0 for w in weights.values()):
             raise ConfigError(f"finetune: task weights must be >= 0 ({weights})")
@@ -107,11 +112,14 @@ class FinetuneStage(Stage):
             raise ConfigError("finetune.retrieval: hard_negatives must be >= 1 and max_candidates >= 2")
         positions = self.init_config["max_position_embeddings"]
         if f.max_seq_len > positions:
-            raise ConfigError(f"finetune.max_seq_len ({f.max_seq_len}) exceeds the model's max_position_embeddings "
-                              f"({positions})")
+            raise ConfigError(
+                f"finetune.max_seq_len ({f.max_seq_len}) exceeds the model's max_position_embeddings ({positions})"
+            )
         frames_per_clip = vocab_metadata(init / VOCAB_FILE)["frames_per_clip"]
         if self.cfg.data.num_frames < frames_per_clip:
-            raise ConfigError(f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({frames_per_clip})")
+            raise ConfigError(
+                f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({frames_per_clip})"
+            )
         self.label_sets = self.resolve_label_sets(Path(self.cfg.run.dir))
 
     @functools.cached_property
@@ -121,8 +129,9 @@ class FinetuneStage(Stage):
     # -- set-up --------------------------------------------------------------------------------
     def setup(self, run_dir: Path, rank: int, device: torch.device) -> None:
         init = Path(self.cfg.model.init)
-        self.visual_tokenizer, _ = load_visual_tokenizer(init / ENCODER_DIR, init / VOCAB_FILE, device,
-                                                         self.cfg.visual.clips_per_batch)
+        self.visual_tokenizer, _ = load_visual_tokenizer(
+            init / ENCODER_DIR, init / VOCAB_FILE, device, self.cfg.visual.clips_per_batch
+        )
         if not (run_dir / LABELS_FILE).is_file() and rank == 0:
             write_json(run_dir / LABELS_FILE, self.label_sets)
 
@@ -134,11 +143,14 @@ class FinetuneStage(Stage):
         path = run_dir / LABELS_FILE
         if path.is_file():
             return json.loads(path.read_text())
-        sets = discover_label_sets(self.cfg.data.shards, self.cfg.data.train_split,
-                                   self.cfg.finetune.classification.label_sets)
+        sets = discover_label_sets(
+            self.cfg.data.shards, self.cfg.data.train_split, self.cfg.finetune.classification.label_sets
+        )
         if not sets:
-            raise ConfigError(f"finetune: classification needs labels, and no {self.cfg.data.train_split} sample "
-                              "carries a label set with two or more values")
+            raise ConfigError(
+                f"finetune: classification needs labels, and no {self.cfg.data.train_split} sample "
+                "carries a label set with two or more values"
+            )
         return sets
 
     @functools.cached_property
@@ -167,26 +179,43 @@ class FinetuneStage(Stage):
 
     # -- per step ------------------------------------------------------------------------------
     def task_samples(self, batch: Any) -> list[TaskSample]:
-        ids, clips = text_ids_and_clip_counts(batch, self.tokenizer, self.visual_tokenizer.frames_per_clip,
-                                              self.cfg.finetune.max_text_tokens)
-        return [TaskSample(text_ids=i, num_clips=n, video_id=str(m.get("video_id", "")),
-                           labels={k: str(v) for k, v in (m.get("labels") or {}).items()}, qa=m.get("qa"))
-                for i, n, m in zip(ids, clips, batch.meta)]
+        ids, clips = text_ids_and_clip_counts(
+            batch, self.tokenizer, self.visual_tokenizer.frames_per_clip, self.cfg.finetune.max_text_tokens
+        )
+        return [
+            TaskSample(
+                text_ids=i,
+                num_clips=n,
+                video_id=str(m.get("video_id", "")),
+                labels={k: str(v) for k, v in (m.get("labels") or {}).items()},
+                qa=m.get("qa"),
+            )
+            for i, n, m in zip(ids, clips, batch.meta)
+        ]
 
     def make_inputs(self, batch: Any, device: torch.device) -> dict[str, Any]:
         samples = self.task_samples(batch)
         ids, _ = self.visual_tokenizer(batch.frames, batch.num_frames)
         tb = build_task_batch(samples, ids.shape[1], self.specials, self.cfg.finetune, self.label_index, self.tokenizer)
         inputs: dict[str, Any] = to_device(tb.host, ids, None, self.specials, device)
-        inputs.update(task=task_tensors(tb, device), num_main=tb.num_main, num_candidates=tb.num_candidates,
-                      _num_tokens=tb.counts["num_tokens"])
+        inputs.update(
+            task=task_tensors(tb, device),
+            num_main=tb.num_main,
+            num_candidates=tb.num_candidates,
+            _num_tokens=tb.counts["num_tokens"],
+        )
         return inputs
 
     def step_stats(self, inputs: dict[str, Any]) -> tuple[int, float]:
         """Training FLOPs of the micro-batch's real tokens, counted as the teacher stage counts them."""
         c, tokens = self.init_config, inputs["_num_tokens"]
-        per_token = transformer_flops_per_token(c["num_hidden_layers"], c["hidden_size"], c["intermediate_size"],
-                                                inputs["input_ids"].shape[1], training=True)
+        per_token = transformer_flops_per_token(
+            c["num_hidden_layers"],
+            c["hidden_size"],
+            c["intermediate_size"],
+            inputs["input_ids"].shape[1],
+            training=True,
+        )
         return tokens, float(tokens * per_token)
 
     # -- export --------------------------------------------------------------------------------

@@ -10,14 +10,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from videobert_ds.core.config import ConfigError, StageConfig
@@ -97,17 +95,25 @@ class TeacherStage(Stage):
             raise ConfigError(f"visual.encoder: no exported clip encoder at {v.encoder}")
         enc_cfg = json.loads((Path(v.encoder) / "config.json").read_text())
         # The encoder's clip feature is its narration embedding when it has one (video/autoencoder.py).
-        enc_dims = {"feature_dim": enc_cfg.get("embedding_dim") or enc_cfg.get("feature_dim"),
-                    "frames_per_clip": enc_cfg.get("frames_per_clip")}
+        enc_dims = {
+            "feature_dim": enc_cfg.get("embedding_dim") or enc_cfg.get("feature_dim"),
+            "frames_per_clip": enc_cfg.get("frames_per_clip"),
+        }
         for key, value in enc_dims.items():
             if value != meta["encoder"].get(key):
-                raise ConfigError(f"visual.vocab was fit on a different clip encoder: {key} "
-                                  f"{meta['encoder'].get(key)} != {value} of {v.encoder}")
+                raise ConfigError(
+                    f"visual.vocab was fit on a different clip encoder: {key} "
+                    f"{meta['encoder'].get(key)} != {value} of {v.encoder}"
+                )
         if m.visual_vocab_size and m.visual_vocab_size != meta["size"]:
-            raise ConfigError(f"model.visual_vocab_size ({m.visual_vocab_size}) does not match the visual "
-                              f"vocabulary's {meta['size']} words ({v.vocab})")
+            raise ConfigError(
+                f"model.visual_vocab_size ({m.visual_vocab_size}) does not match the visual "
+                f"vocabulary's {meta['size']} words ({v.vocab})"
+            )
         if self.cfg.data.num_frames < meta["frames_per_clip"]:
-            raise ConfigError(f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({meta['frames_per_clip']})")
+            raise ConfigError(
+                f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({meta['frames_per_clip']})"
+            )
         if self.cfg.text.tokenizer and not Path(self.cfg.text.tokenizer).is_dir():
             raise ConfigError(f"text.tokenizer: no tokenizer dir at {self.cfg.text.tokenizer}")
         if m.init_text_from and not Path(m.init_text_from).is_dir():
@@ -115,13 +121,17 @@ class TeacherStage(Stage):
         o = self.cfg.objective
         check_sequence_budget(o)
         if o.max_text_tokens + 2 + o.max_seq_len > m.max_position_embeddings:
-            raise ConfigError(f"model.max_position_embeddings ({m.max_position_embeddings}) must cover the video "
-                              f"positions: at least objective.max_text_tokens + 2 + objective.max_seq_len "
-                              f"= {o.max_text_tokens + 2 + o.max_seq_len}")
+            raise ConfigError(
+                f"model.max_position_embeddings ({m.max_position_embeddings}) must cover the video "
+                f"positions: at least objective.max_text_tokens + 2 + objective.max_seq_len "
+                f"= {o.max_text_tokens + 2 + o.max_seq_len}"
+            )
         g = self.cfg.generate
         if not 1 <= g.num_words <= o.max_seq_len - 3:
-            raise ConfigError(f"generate.num_words: must be in [1, objective.max_seq_len - 3 = {o.max_seq_len - 3}], "
-                              f"got {g.num_words}")
+            raise ConfigError(
+                f"generate.num_words: must be in [1, objective.max_seq_len - 3 = {o.max_seq_len - 3}], "
+                f"got {g.num_words}"
+            )
         if g.temperature < 0 or g.top_k < 0:
             raise ConfigError(f"generate: temperature and top_k must be >= 0, got {g.temperature} and {g.top_k}")
 
@@ -131,12 +141,19 @@ class TeacherStage(Stage):
 
     def setup(self, run_dir: Path, rank: int, device: torch.device) -> None:
         if not self.cfg.text.tokenizer and rank == 0 and not self.tokenizer_dir().is_dir():
-            log.info("training a %d-word WordPiece tokenizer on the %s transcripts", self.cfg.text.vocab_size,
-                     self.cfg.data.train_split)
-            train_wordpiece(shard_texts(self.cfg.data.shards, self.cfg.data.train_split), self.cfg.text.vocab_size,
-                            self.tokenizer_dir())
+            log.info(
+                "training a %d-word WordPiece tokenizer on the %s transcripts",
+                self.cfg.text.vocab_size,
+                self.cfg.data.train_split,
+            )
+            train_wordpiece(
+                shard_texts(self.cfg.data.shards, self.cfg.data.train_split),
+                self.cfg.text.vocab_size,
+                self.tokenizer_dir(),
+            )
         self.visual_tokenizer, self.vocab = load_visual_tokenizer(
-            self.cfg.visual.encoder, self.cfg.visual.vocab, device, self.cfg.visual.clips_per_batch)
+            self.cfg.visual.encoder, self.cfg.visual.vocab, device, self.cfg.visual.clips_per_batch
+        )
         self.feature_stats = feature_stats(self.vocab, device)
         self.keyframes = self.load_keyframes(rank)
 
@@ -147,14 +164,21 @@ class TeacherStage(Stage):
         path = keyframes_path(self.cfg.visual.vocab)
         if not path.is_file():
             if rank == 0:
-                log.warning("no key frames at %s (a build_vocab run with keyframe_size > 0 writes them): "
-                            "no text -> video images in TensorBoard", path)
+                log.warning(
+                    "no key frames at %s (a build_vocab run with keyframe_size > 0 writes them): "
+                    "no text -> video images in TensorBoard",
+                    path,
+                )
             return None
         keyframes = KeyFrames.load(path)
         if keyframes.num_words != self.vocab.size:  # a stale file: a picture is not worth stopping training for
             if rank == 0:
-                log.warning("%s holds %d key frames, the vocabulary %d words: no text -> video images",
-                            path, keyframes.num_words, self.vocab.size)
+                log.warning(
+                    "%s holds %d key frames, the vocabulary %d words: no text -> video images",
+                    path,
+                    keyframes.num_words,
+                    self.vocab.size,
+                )
             return None
         return keyframes
 
@@ -170,12 +194,17 @@ class TeacherStage(Stage):
         m, sp = self.cfg.model, self.specials
         meta = vocab_metadata(self.cfg.visual.vocab)
         return videobert_config(
-            text_vocab_size=sp.text_vocab_size, visual_vocab_size=sp.visual_vocab_size,
+            text_vocab_size=sp.text_vocab_size,
+            visual_vocab_size=sp.visual_vocab_size,
             visual_feature_dim=meta["feature_dim"],
             special_token_ids=sp.token_ids(),
-            hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
-            intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
-            hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+            hidden_size=m.hidden_size,
+            num_hidden_layers=m.num_hidden_layers,
+            num_attention_heads=m.num_attention_heads,
+            intermediate_size=m.intermediate_size,
+            max_position_embeddings=m.max_position_embeddings,
+            hidden_dropout_prob=m.hidden_dropout_prob,
+            attention_probs_dropout_prob=m.attention_probs_dropout_prob,
             video_position_offset=self.cfg.objective.max_text_tokens + 2,
             alignment_similarity=m.alignment_similarity,
         )
@@ -195,8 +224,9 @@ class TeacherStage(Stage):
     # -- per step ------------------------------------------------------------------------------
     @functools.cached_property
     def inputs(self) -> PretrainingInputs:
-        return PretrainingInputs(self.tokenizer, self.visual_tokenizer, self.specials, self.cfg.objective,
-                                 self.feature_stats)
+        return PretrainingInputs(
+            self.tokenizer, self.visual_tokenizer, self.specials, self.cfg.objective, self.feature_stats
+        )
 
     def make_inputs(self, batch: Any, device: torch.device, train: bool = True) -> dict[str, Any]:
         return self.inputs(batch, device, train=train)
@@ -204,8 +234,9 @@ class TeacherStage(Stage):
     def step_stats(self, inputs: dict[str, Any]) -> tuple[int, float]:
         """Training FLOPs of the micro-batch's real tokens over its padded length (model/flops.py)."""
         m, tokens = self.cfg.model, inputs["_num_tokens"]
-        per_token = transformer_flops_per_token(m.num_hidden_layers, m.hidden_size, m.intermediate_size,
-                                                inputs["input_ids"].shape[1], training=True)
+        per_token = transformer_flops_per_token(
+            m.num_hidden_layers, m.hidden_size, m.intermediate_size, inputs["input_ids"].shape[1], training=True
+        )
         return tokens, float(tokens * per_token)
 
     # -- validation images ---------------------------------------------------------------------
@@ -219,14 +250,22 @@ class TeacherStage(Stage):
         g = self.cfg.generate
         prompts = list(g.prompts) or list(dict.fromkeys(t for t in inputs.get("_texts", []) if t.strip()))[:4] or [""]
         text_ids = prompt_ids(self.tokenizer, prompts, self.cfg.objective.max_text_tokens)
-        words = sample_visual_words(module.model, self.specials, text_ids, num_words=g.num_words,
-                                    temperature=g.temperature, top_k=g.top_k, seed=self.cfg.run.seed,
-                                    device=inputs["input_ids"].device)
+        words = sample_visual_words(
+            module.model,
+            self.specials,
+            text_ids,
+            num_words=g.num_words,
+            temperature=g.temperature,
+            top_k=g.top_k,
+            seed=self.cfg.run.seed,
+            device=inputs["input_ids"].device,
+        )
         return {prompt_tag(p): render_grid(w[None], self.keyframes.frames) for p, w in zip(prompts, words)}
 
     # -- export --------------------------------------------------------------------------------
     def export(self, module: nn.Module, out_dir: Path) -> None:
         """A self-contained model dir: weights + config, the text tokenizer, the visual vocabulary (with its
         key frames when build_vocab wrote them) and the clip encoder that turns frames into its visual words."""
-        save_model_dir(module.model, self.tokenizer, out_dir, vocab=self.cfg.visual.vocab,
-                       encoder_dir=self.cfg.visual.encoder)
+        save_model_dir(
+            module.model, self.tokenizer, out_dir, vocab=self.cfg.visual.vocab, encoder_dir=self.cfg.visual.encoder
+        )

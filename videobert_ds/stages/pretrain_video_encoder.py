@@ -16,13 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from videobert_ds.core.config import ConfigError, StageConfig
-from videobert_ds.training.stage import Stage
 from videobert_ds.objectives.autoencoder import AutoencoderObjective, EncoderObjectiveConfig, split_into_clips
+from videobert_ds.training.stage import Stage
 from videobert_ds.visual.autoencoder import ClipAutoencoder, ClipAutoencoderConfig, denormalize_frames, normalize_frames
 from videobert_ds.visual.narration import hash_words
 
@@ -62,7 +61,9 @@ class VideoEncoderStage(Stage):
     def check(self) -> None:
         m, d = self.cfg.model, self.cfg.data
         if d.num_frames < m.frames_per_clip:
-            raise ConfigError(f"data.num_frames ({d.num_frames}) is shorter than one clip (model.frames_per_clip {m.frames_per_clip})")
+            raise ConfigError(
+                f"data.num_frames ({d.num_frames}) is shorter than one clip (model.frames_per_clip {m.frames_per_clip})"
+            )
         manifest = json.loads((Path(d.shards) / "manifest.json").read_text())
         size = manifest.get("size")
         size = size[0] if isinstance(size, (list, tuple)) else size
@@ -76,7 +77,9 @@ class VideoEncoderStage(Stage):
             raise ConfigError(f"model.pixel_kernel must be a positive odd number, got {m.pixel_kernel}")
         o = self.cfg.objective
         if o.lambda_narration > 0 and m.embedding_dim <= 0:
-            raise ConfigError("objective.lambda_narration > 0 needs model.embedding_dim > 0 (the narration-space embedding)")
+            raise ConfigError(
+                "objective.lambda_narration > 0 needs model.embedding_dim > 0 (the narration-space embedding)"
+            )
         if o.lambda_video < 0 or o.lambda_narration < 0 or o.lambda_video + o.lambda_narration <= 0:
             raise ConfigError("objective: lambda_video and lambda_narration must be >= 0, and not both 0")
         if o.temperature <= 0 or o.narration_buckets < 1:
@@ -88,14 +91,19 @@ class VideoEncoderStage(Stage):
 
     def build_module(self) -> nn.Module:
         # _from_config partitions at construction under ZeRO-3 (see engine.build_module).
-        return AutoencoderObjective(ClipAutoencoder._from_config(self.cfg.model.hf_config()),
-                                    self.cfg.model.foreground_weight, self.cfg.objective)
+        return AutoencoderObjective(
+            ClipAutoencoder._from_config(self.cfg.model.hf_config()),
+            self.cfg.model.foreground_weight,
+            self.cfg.objective,
+        )
 
     def make_inputs(self, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
         clips, valid = split_into_clips(batch.frames.to(device), batch.num_frames, self.cfg.model.frames_per_clip)
         inputs = {"clips": normalize_frames(clips), "valid": valid}
         if self.cfg.objective.lambda_narration > 0:
-            ids, offsets, has_text = hash_words([m.get("text", "") for m in batch.meta], self.cfg.objective.narration_buckets)
+            ids, offsets, has_text = hash_words(
+                [m.get("text", "") for m in batch.meta], self.cfg.objective.narration_buckets
+            )
             inputs.update(text_ids=ids.to(device), text_offsets=offsets.to(device), has_text=has_text.to(device))
         return inputs
 

@@ -117,9 +117,15 @@ class ClipAutoencoder(PreTrainedModel):
         self.decoder = nn.Sequential(*dec)
         self.to_pixels = nn.Conv3d(rev[-1], 3, kernel_size=config.pixel_kernel, padding=config.pixel_kernel // 2)
         pooled = 2 * config.channels[-1]  # mean and max of each channel of the last conv layer
-        self.to_embedding = (nn.Sequential(nn.Linear(pooled, 2 * config.embedding_dim), nn.GELU(),
-                                           nn.Linear(2 * config.embedding_dim, config.embedding_dim))
-                             if config.embedding_dim else None)
+        self.to_embedding = (
+            nn.Sequential(
+                nn.Linear(pooled, 2 * config.embedding_dim),
+                nn.GELU(),
+                nn.Linear(2 * config.embedding_dim, config.embedding_dim),
+            )
+            if config.embedding_dim
+            else None
+        )
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -138,7 +144,8 @@ class ClipAutoencoder(PreTrainedModel):
         return self.to_feature(self.encoder(clips).flatten(1))
 
     def embed(self, grid: torch.Tensor) -> torch.Tensor:
-        """The last conv layer's output (N, C, t, h, w) -> L2-normalised narration-space embeddings (N, embedding_dim)."""
+        """The last conv layer's output (N, C, t, h, w) -> L2-normalised narration-space embeddings
+        (N, embedding_dim)."""
         if self.to_embedding is None:
             raise ValueError("this clip autoencoder has no embedding head (embedding_dim = 0)")
         pooled = torch.cat([grid.mean((2, 3, 4)), grid.amax((2, 3, 4))], dim=1)
@@ -153,8 +160,9 @@ class ClipAutoencoder(PreTrainedModel):
         x = self.from_feature(features).view(-1, *self.grid_shape)
         return torch.tanh(self.to_pixels(self.decoder(x)))
 
-    def forward(self, clips: torch.Tensor, decode_index: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, clips: torch.Tensor, decode_index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Normalised clips -> (reconstruction, bottleneck features, embeddings or None without the head).
         `decode_index`: rebuild only these clips (the reconstruction then has len(decode_index) rows)."""
         grid = self.encoder(clips)
@@ -198,5 +206,5 @@ class AutoencoderClipEncoder(ClipEncoder):
         return self.model.clip_features(normalize_frames(clips))
 
     @classmethod
-    def from_pretrained(cls, model_dir: str) -> "AutoencoderClipEncoder":
+    def from_pretrained(cls, model_dir: str) -> AutoencoderClipEncoder:
         return cls(ClipAutoencoder.from_pretrained(model_dir))

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import safe_open
+
 from videobert_ds.core.atomic import save_safetensors
 
 FORMAT = "videobert-keyframes-v1"
@@ -79,8 +80,10 @@ class KeyFrames:
         """Read a key-frames file; a missing or foreign file is a one-line error."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"key frames file not found: {path} (it is written by a build_vocab run "
-                                    "with keyframe_size > 0, beside the vocabulary)")
+            raise FileNotFoundError(
+                f"key frames file not found: {path} (it is written by a build_vocab run "
+                "with keyframe_size > 0, beside the vocabulary)"
+            )
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 meta = f.metadata() or {}
@@ -97,8 +100,9 @@ class KeyFrames:
         return cls(frames, distances, clips)
 
 
-def _local_nearest(features: torch.Tensor, leaves: torch.Tensor,
-                   clips: list[ClipId]) -> tuple[torch.Tensor, torch.Tensor]:
+def _local_nearest(
+    features: torch.Tensor, leaves: torch.Tensor, clips: list[ClipId]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per leaf, (squared distance (V,) float64, row index (V,) int64, -1 when there are no rows) of the
     nearest row of features (N, D), equal distances going to the smallest clip identity.
 
@@ -108,8 +112,10 @@ def _local_nearest(features: torch.Tensor, leaves: torch.Tensor,
     not depend on which rank or tile a clip was in."""
     v = leaves.shape[0]
     if features.shape[0] == 0:
-        return (torch.full((v,), float("inf"), dtype=torch.float64, device=leaves.device),
-                torch.full((v,), -1, dtype=torch.long, device=leaves.device))
+        return (
+            torch.full((v,), float("inf"), dtype=torch.float64, device=leaves.device),
+            torch.full((v,), -1, dtype=torch.long, device=leaves.device),
+        )
     x, c = features.float(), leaves.float()
     c_norm = (c**2).sum(1)
     rows = max(1, _TILE_ELEMS // max(1, v))
@@ -126,14 +132,15 @@ def _local_nearest(features: torch.Tensor, leaves: torch.Tensor,
     exact = torch.stack([((x[short_i[:, j]].double() - c64) ** 2).sum(1) for j in range(short_i.shape[1])], 1)
     best, col = exact.min(1)
     idx = short_i.gather(1, col[:, None]).squeeze(1)
-    for w in (((exact == best[:, None]).sum(1) > 1).nonzero().flatten().tolist()):  # exact ties: rare
+    for w in ((exact == best[:, None]).sum(1) > 1).nonzero().flatten().tolist():  # exact ties: rare
         tied = short_i[w][exact[w] == best[w]].tolist()
         idx[w] = min(tied, key=lambda i: clips[i])
     return best, idx
 
 
-def select_keyframes(features: torch.Tensor, thumbs: torch.Tensor, clips: list[ClipId],
-                     leaves: torch.Tensor) -> KeyFrames:
+def select_keyframes(
+    features: torch.Tensor, thumbs: torch.Tensor, clips: list[ClipId], leaves: torch.Tensor
+) -> KeyFrames:
     """The key frame of every leaf over all ranks' clips (a collective when torch.distributed is up).
 
     features (N, D) and thumbs (N, h, w, 3) uint8 are this rank's clips, `clips` their identities, leaves
@@ -151,8 +158,7 @@ def select_keyframes(features: torch.Tensor, thumbs: torch.Tensor, clips: list[C
     if dist_on:
         dist.all_reduce(best, op=dist.ReduceOp.MIN)
     # Candidates: the words where this rank's nearest clip ties the global minimum.
-    cands = [(w, clips[i]) for w, (i, ok) in enumerate(zip(idx.tolist(), (dists == best).tolist()))
-             if ok and i >= 0]
+    cands = [(w, clips[i]) for w, (i, ok) in enumerate(zip(idx.tolist(), (dists == best).tolist())) if ok and i >= 0]
     parts: list = [cands]
     if dist_on:
         parts = [None] * dist.get_world_size()

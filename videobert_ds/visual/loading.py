@@ -29,8 +29,9 @@ def load_encoder(kind: str, path: str | Path) -> ClipEncoder:
     raise ValueError(f"{kind!r} is not one of {', '.join(ENCODER_TYPES)}")
 
 
-def load_visual_tokenizer(encoder_dir: str | Path, vocab_path: str | Path, device: torch.device,
-                          clips_per_batch: int = 256) -> tuple[VisualTokenizer, VisualVocabulary]:
+def load_visual_tokenizer(
+    encoder_dir: str | Path, vocab_path: str | Path, device: torch.device, clips_per_batch: int = 256
+) -> tuple[VisualTokenizer, VisualVocabulary]:
     """A frozen exported clip encoder + its vocabulary on `device`; a mismatch between them is a one-line
     ValueError."""
     encoder = AutoencoderClipEncoder.from_pretrained(str(encoder_dir))

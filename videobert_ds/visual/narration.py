@@ -56,8 +56,9 @@ class NarrationEncoder(nn.Module):
         return F.normalize(self.proj(self.words(ids, offsets)), dim=-1)
 
 
-def mil_nce_loss(clips: torch.Tensor, owner: torch.Tensor, texts: torch.Tensor, has_text: torch.Tensor,
-                 temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def mil_nce_loss(
+    clips: torch.Tensor, owner: torch.Tensor, texts: torch.Tensor, has_text: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric clip-narration contrastive loss over one batch; -> (loss, clip -> narration top-1 accuracy).
 
     clips (N, D) and texts (B, D) L2-normalised; owner (N,) the sample (text row) each clip belongs to;
@@ -78,19 +79,20 @@ def mil_nce_loss(clips: torch.Tensor, owner: torch.Tensor, texts: torch.Tensor, 
     clip_to_text = F.cross_entropy(logits, o)
     positive = o[None, :] == torch.arange(n_texts, device=o.device)[:, None]  # (texts, clips)
     by_text = logits.T
-    text_to_clips = (torch.logsumexp(by_text, 1) - torch.logsumexp(by_text.masked_fill(~positive, float("-inf")), 1))
+    text_to_clips = torch.logsumexp(by_text, 1) - torch.logsumexp(by_text.masked_fill(~positive, float("-inf")), 1)
     has_clip = positive.any(1)  # a narrated sample whose clips were all padding has no positive
     text_to_clips = text_to_clips[has_clip].mean()
     accuracy = (logits.argmax(1) == o).float().mean()
     return 0.5 * (clip_to_text + text_to_clips), accuracy.detach()
 
 
-def gather_across_ranks(clips: torch.Tensor, owner: torch.Tensor, texts: torch.Tensor,
-                        has_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every rank's clips and narrations (owner: row of the rank's own texts, -1 for a clip left out), so each is contrasted with the whole global batch (open_clip's
-    gather_with_grad). Shapes must match across ranks (a fixed micro-batch does). Every rank then computes
-    the same loss; the all_gather backward sums each rank's share of the gradient, and the data-parallel
-    gradient average turns that back into exactly the global-batch gradient."""
+def gather_across_ranks(
+    clips: torch.Tensor, owner: torch.Tensor, texts: torch.Tensor, has_text: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every rank's clips and narrations (owner: row of the rank's own texts, -1 for a clip left out), so each is
+    contrasted with the whole global batch (open_clip's gather_with_grad). Shapes must match across ranks (a fixed
+    micro-batch does). Every rank then computes the same loss; the all_gather backward sums each rank's share of the
+    gradient, and the data-parallel gradient average turns that back into exactly the global-batch gradient."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return clips, owner, texts, has_text
     import torch.distributed.nn.functional as dist_fn

@@ -144,7 +144,7 @@ class S3DEncoder(ClipEncoder):
                 if keys:
                     parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
             raise ValueError(f"S3D weights file {weights} does not match torchvision's S3D: " + ", ".join(parts))
-        self.features.load_state_dict({k[len("features."):]: v for k, v in state.items()})
+        self.features.load_state_dict({k[len("features.") :]: v for k, v in state.items()})
 
     def train(self, mode: bool = True) -> S3DEncoder:
         # A frozen feature extractor: BatchNorm must keep its running statistics.

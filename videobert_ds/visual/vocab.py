@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from videobert_ds.core.atomic import save_safetensors
 
+from videobert_ds.core.atomic import save_safetensors
 from videobert_ds.visual.encoders import ClipEncoder
 from videobert_ds.visual.kmeans import KMeansTree, fit_kmeans_tree
 
@@ -72,12 +72,14 @@ class VisualVocabulary:
         """Fit on this rank's clip features (N, D) from `encoder`; distributed when torch.distributed is up."""
         ident = encoder.identity()
         if features.ndim != 2 or features.shape[1] != ident["feature_dim"]:
-            raise ValueError(f"features must be (N, {ident['feature_dim']}) from {ident['name']}, got {tuple(features.shape)}")
+            raise ValueError(
+                f"features must be (N, {ident['feature_dim']}) from {ident['name']}, got {tuple(features.shape)}"
+            )
         tree = fit_kmeans_tree(features, depth, branching, seed=seed, **kmeans_kwargs)
         return cls(tree, frames_per_clip=ident["frames_per_clip"], encoder=ident, seed=seed)
 
     def resolve_method(self, method: str = "auto") -> str:
-        """"exact" or "descent": what `method` means for this vocabulary ("auto" depends only on its size)."""
+        """ "exact" or "descent": what `method` means for this vocabulary ("auto" depends only on its size)."""
         if method not in METHODS:
             raise ValueError(f"assignment method must be one of {METHODS}, got {method!r}")
         if method != "auto":
@@ -94,14 +96,18 @@ class VisualVocabulary:
     def check_encoder(self, encoder: ClipEncoder) -> None:
         """Raise a one-line ValueError naming every identity field where `encoder` differs from ours."""
         got = encoder.identity()
-        diffs = [f"{k} {self.encoder.get(k)!r} != {got.get(k)!r}" for k in sorted(set(self.encoder) | set(got))
-                 if self.encoder.get(k) != got.get(k)]
+        diffs = [
+            f"{k} {self.encoder.get(k)!r} != {got.get(k)!r}"
+            for k in sorted(set(self.encoder) | set(got))
+            if self.encoder.get(k) != got.get(k)
+        ]
         if diffs:
             raise ValueError("visual vocabulary was fit on a different clip encoder: " + "; ".join(diffs))
 
     def to(self, device: torch.device | str) -> VisualVocabulary:
-        return VisualVocabulary(self.tree.to(device), frames_per_clip=self.frames_per_clip,
-                                encoder=self.encoder, seed=self.seed)
+        return VisualVocabulary(
+            self.tree.to(device), frames_per_clip=self.frames_per_clip, encoder=self.encoder, seed=self.seed
+        )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the one-file vocabulary (to a temporary name in the same folder, then renamed)."""
@@ -154,8 +160,12 @@ def vocab_metadata(path: str | os.PathLike) -> dict:
         meta = f.metadata() or {}
     if "branching" not in meta:
         raise ConfigError(f"visual.vocab: {path} is not a visual vocabulary file")
-    return {"size": int(meta["branching"]) ** int(meta["depth"]), "feature_dim": int(meta["feature_dim"]),
-            "frames_per_clip": int(meta["frames_per_clip"]), "encoder": json.loads(meta["encoder"])}
+    return {
+        "size": int(meta["branching"]) ** int(meta["depth"]),
+        "feature_dim": int(meta["feature_dim"]),
+        "frames_per_clip": int(meta["frames_per_clip"]),
+        "encoder": json.loads(meta["encoder"]),
+    }
 
 
 def feature_stats(vocab: VisualVocabulary, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -58,8 +58,9 @@ def _init_level(
     # The k-means++ random numbers of every node, drawn up front: the picks then do not depend on how
     # nodes are chunked or batched (which differs with the number of ranks).
     trials = 2 + int(math.log(b))
-    uniforms = torch.rand(num_nodes, b, trials, generator=torch.Generator().manual_seed(_mix(seed, level, 2)),
-                          dtype=torch.float64).to(dev)
+    uniforms = torch.rand(
+        num_nodes, b, trials, generator=torch.Generator().manual_seed(_mix(seed, level, 2)), dtype=torch.float64
+    ).to(dev)
     out = parent[:, None, :].expand(num_nodes, b, dim).clone()  # a node with no points: parent copies
     lo, mine_start = 0, 0
     while lo < num_nodes:
@@ -107,7 +108,7 @@ def _kmeans_pp(pts: torch.Tensor, valid: torch.Tensor, u: torch.Tensor) -> torch
     picks repeat the first one (duplicate centroids: "Small nodes" in the module docstring).
     """
     g = pts.shape[0]
-    k, trials = u.shape[1], u.shape[2]
+    k = u.shape[1]
     rows = torch.arange(g, device=pts.device)
     sq = (pts**2).sum(2)
     n = valid.sum(1)
