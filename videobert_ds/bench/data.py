@@ -125,20 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             shards = make_corpus(Path(tmp), num_videos=args.videos, size=args.size, fps=args.fps)
-        results = [
-            bench_loader(
-                shards,
-                args.split,
-                backend,
-                batch_size=args.batch_size,
-                num_frames=args.frames,
-                threads=args.threads,
-                prefetch=args.prefetch,
-                warmup=args.warmup,
-                batches=args.batches,
-            )
-            for backend in args.backends.split(",")
-        ]
+        timing = {name: getattr(args, name) for name in ("batch_size", "threads", "prefetch", "warmup", "batches")}
+        backends = args.backends.split(",")
+        results = [bench_loader(shards, args.split, b, num_frames=args.frames, **timing) for b in backends]
     print(
         f"machine: {platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}; "
         f"B={args.batch_size} T={args.frames} threads={args.threads} prefetch={args.prefetch} "

@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -109,16 +109,20 @@ def load_model(model_dir: Path, device: torch.device, zero3: bool) -> tuple[Any,
 # ---------------------------------------------------------------------------------------------
 
 
-def zeroshot_scores(
-    heads: Any,
-    items: Sequence[EvalItem],
-    cfg: EvalStageConfig,
-    tokenizer: Any,
-    vocab: Specials,
-    max_len: int,
-    device: torch.device,
-) -> dict[str, list[list[float]]]:
+class EvalContext(NamedTuple):
+    """What every task's scoring needs: the model's scoring heads and its tokenizers, lengths and device."""
+
+    heads: Any
+    cfg: EvalStageConfig
+    tokenizer: Any
+    vocab: Specials
+    max_len: int
+    device: torch.device
+
+
+def zeroshot_scores(ctx: EvalContext, items: Sequence[EvalItem]) -> dict[str, list[list[float]]]:
     """attribute -> per item (in `items` order) the score of each label word."""
+    heads, cfg, tokenizer, vocab, max_len, device = ctx
     rows: list[tuple[int, str, int]] = []  # (item, attribute, WordPieces of the slot)
     fills, cands, members = {}, {}, {}
     for attr, template in cfg.zeroshot.templates.items():
@@ -160,9 +164,8 @@ def retrieval_pools(n: int, pool_size: int, seed: int) -> np.ndarray:
     return pools
 
 
-def retrieval_metrics(
-    heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, vocab: Specials, max_len: int, device: torch.device
-) -> dict[str, dict[str, Any]]:
+def retrieval_metrics(ctx: EvalContext, items: Sequence[EvalItem]) -> dict[str, dict[str, Any]]:
+    heads, cfg, tokenizer, vocab, max_len, device = ctx
     n = len(items)
     pools = retrieval_pools(n, cfg.retrieval.pool_size, cfg.retrieval.seed)
     # t2v: text q against videos pools[q]; v2t: video q against texts pools[q]. Score each (text, video) once.
@@ -204,16 +207,9 @@ def retrieval_metrics(
     return out
 
 
-def generate_captions(
-    heads: Any,
-    items: Sequence[EvalItem],
-    cfg: EvalStageConfig,
-    tokenizer: Any,
-    vocab: Specials,
-    max_len: int,
-    device: torch.device,
-) -> list[tuple[str, str]]:
+def generate_captions(ctx: EvalContext, items: Sequence[EvalItem]) -> list[tuple[str, str]]:
     """(greedy, beam) caption per item."""
+    heads, cfg, tokenizer, vocab, max_len, device = ctx
     c = cfg.caption
     banned = sorted(set(tokenizer.all_special_ids) - {vocab.video_sep})
 
@@ -239,10 +235,9 @@ def generate_captions(
     return results
 
 
-def joint_throughput(
-    heads: Any, items: Sequence[EvalItem], cfg: EvalStageConfig, vocab: Specials, max_len: int, device: torch.device
-) -> float:
+def joint_throughput(ctx: EvalContext, items: Sequence[EvalItem]) -> float:
     """Seconds (slowest rank) for one joint forward of every clip with its own text, after a warm-up call."""
+    heads, cfg, tokenizer, vocab, max_len, device = ctx
     alignment_scores(heads, [items[0].text_ids], [items[0].visual_ids], vocab, max_len=max_len, device=device)
 
     def fn(idx: list[int]) -> list[float]:
@@ -385,15 +380,16 @@ def run_evaluation(cfg: EvalStageConfig, device: torch.device) -> dict[str, Any]
     # 2-5. The tasks; every rank computes its share, every rank gets all results.
     timings = {}
     t = time.perf_counter()
-    zs = zeroshot_scores(heads, items, cfg, tokenizer, vocab, max_len, device) if cfg.zeroshot.templates else {}
+    ctx = EvalContext(heads, cfg, tokenizer, vocab, max_len, device)
+    zs = zeroshot_scores(ctx, items) if cfg.zeroshot.templates else {}
     timings["zeroshot"] = time.perf_counter() - t
     t = time.perf_counter()
-    retrieval = retrieval_metrics(heads, captioned, cfg, vocab, max_len, device) if len(captioned) >= 2 else {}
+    retrieval = retrieval_metrics(ctx, captioned) if len(captioned) >= 2 else {}
     timings["retrieval"] = time.perf_counter() - t
     t = time.perf_counter()
-    captions = generate_captions(heads, captioned, cfg, tokenizer, vocab, max_len, device)
+    captions = generate_captions(ctx, captioned)
     timings["captioning"] = time.perf_counter() - t
-    fwd_seconds = joint_throughput(heads, items, cfg, vocab, max_len, device)
+    fwd_seconds = joint_throughput(ctx, items)
     finetuned = bool(getattr(config, "finetune_tasks", None))
     label_sets = finetuned_label_sets(config)
     if finetuned:

@@ -278,14 +278,15 @@ class StudentStage(Stage):
     def specials(self) -> Specials:
         return specials_from_config(self.teacher_config, self.tokenizer)
 
-    @functools.cached_property
-    def inputs(self) -> PretrainingInputs:
-        return PretrainingInputs(
-            self.tokenizer, self.visual_tokenizer, self.specials, self.cfg.objective, self.feature_stats
-        )
-
     def make_inputs(self, batch: Any, device: torch.device, train: bool = True) -> dict[str, Any]:
-        return self.inputs(batch, device, train=train)
+        return self.batches(batch, device, train=train)
+
+    @functools.cached_property
+    def batches(self) -> PretrainingInputs:
+        """The teacher stage's batch pipeline over the teacher's tokenizer, visual words and feature scale: one
+        masked batch feeds both models."""
+        sp, objective = self.specials, self.cfg.objective
+        return PretrainingInputs(self.tokenizer, self.visual_tokenizer, sp, objective, self.feature_stats)
 
     def model_config(self):
         """The teacher's vocabulary, special tokens, positions and alignment head at the student's size."""

@@ -41,17 +41,10 @@ class VisualVocabulary:
         self.encoder = dict(encoder)
         self.seed = int(seed)
 
-    @property
-    def depth(self) -> int:
-        return self.tree.depth
-
-    @property
-    def branching(self) -> int:
-        return self.tree.branching
-
-    @property
-    def feature_dim(self) -> int:
-        return self.tree.dim
+    # The tree's shape, for callers that hold only the vocabulary.
+    depth = property(lambda self: self.tree.depth)
+    branching = property(lambda self: self.tree.branching)
+    feature_dim = property(lambda self: self.tree.dim)
 
     @property
     def size(self) -> int:
