@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: the whole pipeline on the embedded synthetic corpus (see videobert_ds/demo.py).
+# `make demo`: the whole pipeline on the embedded synthetic corpus (see videobert_ds/cli/demo.py).
 # Extra arguments pass through, e.g. `bash launcher/demo.sh --force`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -48,6 +48,7 @@ from videobert_ds.objectives.distillation import (
 from videobert_ds.objectives.layout import ObjectiveConfig, check_sequence_budget
 from videobert_ds.objectives.pretraining import PretrainingInputs
 from videobert_ds.training.checkpoint import COMPLETE, CheckpointManager
+from videobert_ds.training.memory import partition_share
 from videobert_ds.training.stage import Stage
 from videobert_ds.visual.loading import load_visual_tokenizer
 from videobert_ds.visual.vocab import feature_stats, vocab_metadata
@@ -159,23 +160,6 @@ def consolidate_teacher(source: TeacherSource, out_dir: Path) -> None:
     log.info("consolidating teacher checkpoint %s/%s into %s", source.path, source.tag, out_dir)
     export_run(source.path, out_dir, source.tag)
     write_json(marker, wanted)
-
-
-def partition_share(model: nn.Module) -> dict[str, float]:
-    """Elements this rank holds of the model, and the smallest / largest share of any one parameter."""
-    total = local = 0
-    fractions = []
-    for p in model.parameters():
-        full = getattr(p, "ds_numel", p.numel())
-        held = p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
-        total, local = total + full, local + held
-        fractions.append(held / max(full, 1))
-    return {
-        "params_total": total,
-        "params_local": local,
-        "min_fraction": min(fractions, default=1.0),
-        "max_fraction": max(fractions, default=1.0),
-    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ class BertSize:
     attention_probs_dropout_prob: float = 0.1
     visual_vocab_size: int = 0  # 0 = the vocabulary's size; otherwise it must match it
     init_text_from: str = ""  # a local BERT checkpoint dir to initialise the text side from
-    # Alignment logit = [CLS] classifier + scaled cosine of the mean text and video states (see models/videobert.py);
+    # Alignment logit = [CLS] classifier + scaled cosine of the mean text and video states (see model/videobert.py);
     # false = VideoBERT's [CLS] classifier alone.
     alignment_similarity: bool = True
 
@@ -94,7 +94,7 @@ class TeacherStage(Stage):
         if not (Path(v.encoder) / "config.json").is_file():
             raise ConfigError(f"visual.encoder: no exported clip encoder at {v.encoder}")
         enc_cfg = json.loads((Path(v.encoder) / "config.json").read_text())
-        # The encoder's clip feature is its narration embedding when it has one (video/autoencoder.py).
+        # The encoder's clip feature is its narration embedding when it has one (visual/autoencoder.py).
         enc_dims = {
             "feature_dim": enc_cfg.get("embedding_dim") or enc_cfg.get("feature_dim"),
             "frames_per_clip": enc_cfg.get("frames_per_clip"),

@@ -55,27 +55,31 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def write_partition_report(
-    module: torch.nn.Module, run_dir: Path, rank: int, world_size: int, extra: dict | None = None
-) -> None:
-    """How much of each parameter this rank holds (ZeRO-3 keeps ≈ 1/world of every one)."""
+def partition_share(model: torch.nn.Module) -> dict[str, float]:
+    """Elements this rank holds of the model, and the smallest / largest share of any one parameter (ZeRO-3 keeps
+    about 1/world of every one)."""
     total = local = 0
     fractions = []
-    for p in module.parameters():
+    for p in model.parameters():
         full = getattr(p, "ds_numel", p.numel())
         held = p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
-        total += full
-        local += held
+        total, local = total + full, local + held
         fractions.append(held / max(full, 1))
-    report = {
-        "rank": rank,
-        "world_size": world_size,
+    return {
         "params_total": total,
         "params_local": local,
         "min_fraction": min(fractions, default=1.0),
         "max_fraction": max(fractions, default=1.0),
-        **(extra or {}),
     }
+
+
+def write_partition_report(
+    module: torch.nn.Module, run_dir: Path, rank: int, world_size: int, extra: dict | None = None
+) -> None:
+    """RUN_DIR/partition_rank{rank}.json: how much of each parameter this rank holds."""
+    share = partition_share(module)
+    report = {"rank": rank, "world_size": world_size, **share, **(extra or {})}
+    total, local = share["params_total"], share["params_local"]
     (Path(run_dir) / f"partition_rank{rank}.json").write_text(json.dumps(report) + "\n")
     if rank == 0:
         log.info("parameters: %d total, %d (%.1f%%) held by rank 0", total, local, 100 * local / max(total, 1))
