@@ -201,3 +201,29 @@ def test_clear_errors(prepared_shards, tmp_path):
     _, all_keys = split_info(prepared_shards)
     with pytest.raises(ValueError, match="too few"):
         loader(prepared_shards, batch_size=len(all_keys) + 1)
+
+
+def test_to_device_pins_then_copies_asynchronously_to_a_gpu(monkeypatch):
+    """Host -> GPU copies go through page-locked memory with non_blocking=True (a pageable copy blocks the host).
+    No CUDA here: record what to_device asks of the tensor on the way to cuda:0, and that the CPU path asks
+    neither."""
+    from videobert_ds.data.decoders.base import to_device
+
+    calls: list[tuple] = []
+
+    def pin_memory(self, *args, **kwargs):
+        calls.append(("pin_memory", self.device.type))
+        return self
+
+    def to(self, *args, **kwargs):
+        calls.append(("to", args, kwargs))
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    counts = torch.tensor([3, 4], dtype=torch.int64)
+    assert to_device(counts, torch.device("cuda", 0)) is counts
+    assert calls == [("pin_memory", "cpu"), ("to", (torch.device("cuda", 0),), {"non_blocking": True})]
+    calls.clear()
+    to_device(counts, torch.device("cpu"))
+    assert calls == [("to", (torch.device("cpu"),), {})]

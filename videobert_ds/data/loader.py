@@ -9,22 +9,26 @@
     state = loader.state_dict()       # {"epoch": e, "batches_in_epoch": n}; load_state_dict resumes there
 
 Which samples each rank gets, and in which order, is sampling.py; decoding is DALI
-(decoders/dali.py) or PyAV (decoders/pyav.py), behind one contract (decoders/base.py).
+(decoders/dali.py) or PyAV (decoders/pyav.py), behind one contract (decoders/base.py). choose_decoder
+picks by device, codec and frame size: on a GPU, NVDEC ("mixed") where the clips are at least its minimum
+size for the codec (decoders/nvdec.py), else DALI's CPU decoder (VP8/VP9) or PyAV, then a pinned copy.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from videobert_ds.data.decoders.base import PAD_MODES, ClipDecoder
-from videobert_ds.data.decoders.dali import DaliClipDecoder, dali_can_decode
+from videobert_ds.data.decoders.base import PAD_MODES, ClipDecoder, EncodedBatches, to_device
+from videobert_ds.data.decoders.dali import DaliClipDecoder, dali_decode_device, probe_gpu_decode
+from videobert_ds.data.decoders.nvdec import nvdec_min_size
 from videobert_ds.data.decoders.pyav import PyAVClipDecoder
 from videobert_ds.data.sampling import RawSample, ShardInfo, batch_stream, steps_per_epoch
 
@@ -78,27 +82,89 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def choose_backend(backend: str, codec: str, device: torch.device) -> str:
-    """ "dali" or "pyav" for this codec and device; auto prefers DALI where its decoder reads the codec."""
+def manifest_frame_size(manifest: dict[str, Any]) -> tuple[int, int] | None:
+    """(width, height) of a shard dir's clips from its manifest ("width"/"height", or "size": N or [W, H])."""
+    if "width" in manifest and "height" in manifest:
+        return int(manifest["width"]), int(manifest["height"])
+    size = manifest.get("size")
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    return None
+
+
+class DecoderChoice(NamedTuple):
+    """Which decoder reads a shard dir: ``backend`` "dali" or "pyav"; ``dali_device`` "mixed" (NVDEC) or "cpu"
+    (DALI's CPU decoder, or PyAV; on a CUDA device the frames are then copied there)."""
+
+    backend: str
+    dali_device: str
+
+
+_WARNED: set[tuple[str, tuple[int, int] | None, str]] = set()  # (codec, size, device) warned about NVDEC
+
+
+def choose_decoder(
+    backend: str, codec: str, device: torch.device, size: tuple[int, int] | None = None
+) -> DecoderChoice:
+    """The decoder for ``codec`` clips of ``size`` (width, height; None = unknown) on ``device``. "auto" prefers
+    NVDEC on a CUDA device where the clips are at least its minimum size, then DALI's CPU decoder, then PyAV."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    readable = dali_can_decode(codec, device)
-    if backend == "dali" and not readable:
-        raise ValueError(
-            f"DALI's {device.type} video decoder cannot decode {codec} (on CPU only VP8/VP9/MJPEG); "
-            "use backend='pyav' or a GPU"
+    where = dali_decode_device(codec, device, size)
+    least = nvdec_min_size(codec)  # None: not in NVDEC's table (MJPEG), decoded on the CPU without a word
+    gpu_refused = device.type == "cuda" and where != "mixed" and least is not None and size is not None
+    if gpu_refused:
+        too_small = f"{codec} clips of {size[0]}x{size[1]} are below NVDEC's minimum {least[0]}x{least[1]}"
+    if backend == "pyav":
+        return DecoderChoice("pyav", "cpu")
+    if where is None:
+        if gpu_refused:
+            reason = f"{too_small} (the GPU decoder refuses them) and DALI's CPU decoder reads only VP8/VP9/MJPEG"
+        else:
+            reason = f"DALI's {device.type} video decoder cannot decode {codec} (on CPU only VP8/VP9/MJPEG)"
+        if backend == "dali":
+            raise ValueError(f"{reason}; use backend='pyav'" + ("" if gpu_refused else " or a GPU"))
+        log.warning("clip loader: %s; decoding with PyAV instead", reason)
+        return DecoderChoice("pyav", "cpu")
+    if gpu_refused:
+        _warn_once(
+            (codec, size, device.type),
+            "clip loader: %s, so a GPU cannot decode them; decoding on the CPU with DALI and copying the frames to "
+            "%s (prepare at >= %dx%d to decode on the GPU)",
+            too_small,
+            device,
+            *least,
         )
-    if backend == "auto":
-        if readable:
-            return "dali"
-        log.warning(
-            "clip loader: DALI's %s video decoder cannot decode %s (on CPU only VP8/VP9/MJPEG); "
-            "decoding with PyAV instead",
-            device.type,
-            codec,
-        )
-        return "pyav"
-    return backend
+    return DecoderChoice("dali", where)
+
+
+def choose_backend(backend: str, codec: str, device: torch.device, size: tuple[int, int] | None = None) -> str:
+    """ "dali" or "pyav" for this codec, frame size and device (see choose_decoder)."""
+    return choose_decoder(backend, codec, device, size).backend
+
+
+def open_decoder(choice: DecoderChoice, batches: EncodedBatches, **settings: Any) -> ClipDecoder:
+    """The chosen ClipDecoder over ``batches``; ``settings`` are ClipDecoder's keywords (batch_size=, ...)."""
+    if choice.backend == "dali":
+        return DaliClipDecoder(batches, dali_device=choice.dali_device, **settings)
+    return PyAVClipDecoder(batches, **settings)
+
+
+def _warn_once(key: tuple, msg: str, *args: Any) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(msg, *args)
+
+
+def first_clip(shard: str | Path) -> bytes:
+    """The first encoded clip in a tar shard (for the start-up probe)."""
+    with tarfile.open(shard, "r|*") as tar:
+        for member in tar:
+            if member.isfile() and member.name.rsplit(".", 1)[-1] in VIDEO_EXTS:
+                return tar.extractfile(member).read()
+    raise RuntimeError(f"{shard} holds no video member ({', '.join(VIDEO_EXTS)})")
 
 
 @dataclass(frozen=True)
@@ -109,7 +175,7 @@ class LoaderOptions:
     world_size: int = 1
     seed: int = 0
     shuffle: bool = True
-    backend: str = "auto"  # "auto" (DALI where it reads the codec), "dali" or "pyav"
+    backend: str = "auto"  # "auto" (see choose_decoder), "dali" or "pyav"
     device: str | torch.device | None = None  # None: the current CUDA device, else the CPU
     num_threads: int = 2
     prefetch: int = 2
@@ -148,7 +214,10 @@ class ClipLoader:
         self.num_frames = num_frames
         self.rank, self.world_size, self.seed, self.shuffle = o.rank, o.world_size, o.seed, o.shuffle
         self.device = resolve_device(o.device)
-        self.backend = choose_backend(o.backend, self.codec, self.device)
+        self.frame_size = manifest_frame_size(manifest)
+        self.backend, self.dali_device = choose_decoder(o.backend, self.codec, self.device, self.frame_size)
+        if self.dali_device == "mixed":  # fail now, with what to do, if this GPU cannot decode video
+            probe_gpu_decode(first_clip(self.shards[0].path), self.device)
         self.num_threads, self.prefetch, self.shuffle_buffer = o.num_threads, o.prefetch, o.shuffle_buffer
         self.pad_mode = o.pad_mode
         self.steps_per_epoch = steps_per_epoch([s.num_samples for s in self.shards], o.world_size, batch_size)
@@ -195,7 +264,7 @@ class ClipLoader:
             frames, meta = next(decoder)
             self._batches += 1  # counted before the yield: a batch handed over is delivered
             counts = [min(int(m["num_frames"]), self.num_frames) for m in meta]
-            yield ClipBatch(frames, torch.tensor(counts, dtype=torch.int64, device=self.device), meta)
+            yield ClipBatch(frames, to_device(torch.tensor(counts, dtype=torch.int64), self.device), meta)
         self._roll_epoch()
 
     def close(self) -> None:
@@ -218,8 +287,9 @@ class ClipLoader:
             yield [_video_bytes(s) for s in samples], [_sample_meta(s) for s in samples]
 
     def _make_decoder(self) -> ClipDecoder:
-        cls: type[ClipDecoder] = DaliClipDecoder if self.backend == "dali" else PyAVClipDecoder
-        return cls(self._encoded_batches(), **{name: getattr(self, name) for name in _DECODER_SETTINGS})
+        choice = DecoderChoice(self.backend, self.dali_device)
+        settings = {name: getattr(self, name) for name in _DECODER_SETTINGS}
+        return open_decoder(choice, self._encoded_batches(), **settings)
 
 
 def _video_bytes(sample: RawSample) -> bytes:

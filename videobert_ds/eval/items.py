@@ -19,7 +19,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from videobert_ds.data.loader import VIDEO_EXTS, choose_backend, read_shard_manifest
+from videobert_ds.data.decoders.base import to_device
+from videobert_ds.data.decoders.dali import probe_gpu_decode
+from videobert_ds.data.loader import VIDEO_EXTS, choose_decoder, manifest_frame_size, open_decoder, read_shard_manifest
 from videobert_ds.data.sampling import RawSample
 from videobert_ds.data.splits import rank_samples
 
@@ -67,25 +69,24 @@ def encode_items(
     num_threads: int = 2,
 ) -> tuple[list[EvalItem], float]:
     """This rank's items, and the seconds spent turning decoded frames into visual words."""
-    from videobert_ds.data.decoders.dali import DaliClipDecoder
-    from videobert_ds.data.decoders.pyav import PyAVClipDecoder
-
     batches = _batches(rank_samples(shard_dir, split, rank, world_size), batch_size)
     if not batches:
         return [], 0.0
-    codec = read_shard_manifest(shard_dir).get("codec", "vp9")
-    cls = DaliClipDecoder if choose_backend(backend, codec, device) == "dali" else PyAVClipDecoder
+    manifest = read_shard_manifest(shard_dir)
+    choice = choose_decoder(backend, manifest.get("codec", "vp9"), device, manifest_frame_size(manifest))
+    if choice.dali_device == "mixed":  # fail now, with what to do, if this GPU cannot decode video
+        probe_gpu_decode(batches[0][0][0], device)
     # The decoders read ahead; repeating the last batch keeps them fed past the end (never consumed).
     feed = chain(batches, repeat((batches[-1][0], None)))
-    decoder = cls(
-        feed, batch_size=batch_size, num_frames=num_frames, device=device, num_threads=num_threads, prefetch=1
+    decoder = open_decoder(
+        choice, feed, batch_size=batch_size, num_frames=num_frames, device=device, num_threads=num_threads, prefetch=1
     )
     items: list[EvalItem] = []
     seconds = 0.0
     try:
         for _ in batches:
             frames, meta = next(decoder)
-            counts = torch.tensor([min(int(m["num_frames"]), num_frames) for m in meta], device=frames.device)
+            counts = to_device(torch.tensor([min(int(m["num_frames"]), num_frames) for m in meta]), frames.device)
             start = time.perf_counter()
             ids, valid = visual_tokenizer(frames, counts)
             ids, valid = ids.cpu(), valid.cpu()

@@ -18,6 +18,15 @@ PAD_MODES = ("constant", "edge")
 EncodedBatches = Iterator[tuple[list[bytes], Any]]
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``. To a GPU it goes through page-locked memory, asynchronously: a copy from
+    pageable memory is staged by the driver, runs slower and blocks the host until done. torch's caching host
+    allocator keeps the pinned buffer alive until the copy has run."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 class ClipDecoder(ABC):
     """Iterator of (frames uint8 (B,T,H,W,C) on ``device``, payload) for each (encoded clips, payload) input.
 
