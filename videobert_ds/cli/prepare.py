@@ -1,10 +1,11 @@
 """videobert-prepare: raw videos + transcripts -> WebDataset tar shards (the library is videobert_ds.data.prepare).
 
-    videobert-prepare --manifest corpus/manifest.jsonl --out shards --fps 10 --size 112
+    videobert-prepare --manifest corpus/manifest.jsonl --out shards --fps 10 --size 128
     mpirun -n 8 videobert-prepare --manifest ... --out shards      # ranks split the inputs (mpi4py)
 
 Errors are one line, ``videobert-prepare: error: ...``, printed once per job (by launcher rank 0); exit status
-2 for bad arguments or output directory, 1 when no sample was written.
+2 for bad arguments or an output directory that is in use (``.prepare.lock``) or cannot be written, 1 when no
+sample was written (then nothing is published; the report goes to report.failed.json).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from videobert_ds.data.prepare import PROG, PrepareError, PrepareOptions, launcher_rank, prepare_corpus
-from videobert_ds.data.shards import REPORT
+from videobert_ds.data.shards import FAILED_REPORT
 from videobert_ds.data.video_io import CODECS
 
 
@@ -59,16 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--manifest", type=Path, required=True, help="input JSONL, one video a line")
     p.add_argument("--out", type=Path, required=True, help="shard directory to write")
-    p.add_argument("--codec", choices=sorted(CODECS), default="vp9", help="clip codec: vp9 (webm) or h264 (mp4)")
-    p.add_argument("--fps", type=_positive(float), default=10.0, help="output frame rate")
-    p.add_argument("--size", type=_positive(int), default=112, help="output frames are SIZE x SIZE")
-    p.add_argument("--samples-per-shard", type=_positive(int), default=256)
+    d = PrepareOptions()
+    p.add_argument("--codec", choices=sorted(CODECS), default=d.codec, help="clip codec: vp9 (webm) or h264 (mp4)")
+    p.add_argument("--fps", type=_positive(float), default=d.fps, help="output frame rate")
     p.add_argument(
-        "--window", type=_positive(float), default=4.0, help="seconds per video-only sample (videos without transcript)"
+        "--size",
+        type=_positive(int),
+        default=d.size,
+        help=f"output frames are SIZE x SIZE (default {d.size}: the least NVDEC decodes VP9 at on a GPU)",
     )
-    p.add_argument("--max-clip-seconds", type=_positive(float), default=8.0, help="longer cues are cut")
-    p.add_argument("--min-clip-seconds", type=float, default=0.5, help="shorter cues are skipped")
-    p.add_argument("--decode-threads", type=int, default=0, help="source decoder threads (0: auto)")
+    p.add_argument("--samples-per-shard", type=_positive(int), default=d.samples_per_shard)
+    p.add_argument(
+        "--window",
+        type=_positive(float),
+        default=d.window,
+        help="seconds per video-only sample (videos without transcript)",
+    )
+    p.add_argument("--max-clip-seconds", type=_positive(float), default=d.max_clip_seconds, help="longer cues are cut")
+    p.add_argument("--min-clip-seconds", type=float, default=d.min_clip_seconds, help="shorter cues are skipped")
+    p.add_argument("--decode-threads", type=int, default=d.decode_threads, help="source decoder threads (0: auto)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared corpus in --out")
     p.add_argument(
         "--progress",
@@ -103,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     if report["samples_written"] == 0:
-        _fail(f"no samples written (reasons in {args.out / REPORT})", code=1)
+        _fail(f"no samples written, nothing published (reasons in {args.out / FAILED_REPORT})", code=1)
     return 0
 
 

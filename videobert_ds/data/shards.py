@@ -7,6 +7,7 @@ A shard is only ever visible under its final name once its tar and its index are
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from wds2idx import IndexCreator  # ships with the DALI wheel
 from videobert_ds.core.atomic import atomic_path
 
 __all__ = [
+    "FAILED_REPORT",
     "MANIFEST",
     "REPORT",
     "ShardRecord",
@@ -31,6 +33,7 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 REPORT = "report.json"
+FAILED_REPORT = "report.failed.json"  # the report of a run that wrote no sample (and published nothing)
 _SHARD_RE = re.compile(r"^shard-\d{6}\.(tar|idx)$")
 
 
@@ -106,7 +109,8 @@ class SplitShardWriter:
     def abort(self) -> None:
         """Close and delete everything this writer made (used when a run fails)."""
         for writer, path, _, _ in self._open.values():
-            writer.close()
+            with contextlib.suppress(OSError):  # a full disk fails the close's flush too: delete anyway
+                writer.close()
             path.unlink(missing_ok=True)
         self._open.clear()
         for rec in self.finished:
@@ -121,10 +125,12 @@ def is_complete(out: Path) -> bool:
 
 
 def remove_published(out: Path) -> None:
-    """Remove a previous run's published files (manifest first, so the dir reads incomplete)."""
+    """Remove a previous run's published files (manifest first, so the dir reads incomplete), and the report of a
+    previous run that published nothing."""
     out = Path(out)
     (out / MANIFEST).unlink(missing_ok=True)
     (out / REPORT).unlink(missing_ok=True)
+    (out / FAILED_REPORT).unlink(missing_ok=True)
     for p in out.iterdir():
         if _SHARD_RE.match(p.name):
             p.unlink()

@@ -12,6 +12,7 @@ import html
 import json
 import math
 import re
+import stat
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -216,17 +217,34 @@ def _sniff(text: str) -> str:
     return "srt"
 
 
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, for messages: a FIFO, a directory, a device, a socket."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
 def load_transcript(path: str | Path) -> Transcript:
     """Read and parse a transcript file chosen by extension (.srt, .vtt, .json; others sniffed).
 
-    Raises ``TranscriptError`` with reason ``transcript_missing`` / ``transcript_unreadable`` /
-    ``transcript_malformed``. A non-UTF-8 file is decoded with a fallback and counted as
-    ``transcript_non_utf8`` in ``issues``.
+    Raises ``TranscriptError`` with reason ``transcript_missing`` / ``transcript_not_a_file`` (a FIFO, device or
+    directory) / ``transcript_unreadable`` / ``transcript_malformed``. A non-UTF-8 file is decoded with a
+    fallback and counted as ``transcript_non_utf8`` in ``issues``.
     """
     path = Path(path)
     try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):  # reading a FIFO blocks for ever, /dev/zero never ends
+            kind = file_kind(mode)
+            raise TranscriptError("transcript_not_a_file", f"transcript is not a regular file ({kind}): {path}")
         data = path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise TranscriptError("transcript_missing", f"transcript not found: {path}") from None
     except OSError as e:
         raise TranscriptError("transcript_unreadable", f"cannot read transcript {path}: {e.strerror}") from None

@@ -4,6 +4,7 @@ the video in one streaming pass, encode every clip in memory and decode it back 
 from __future__ import annotations
 
 import json
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any
 from videobert_ds.data.prepare.entries import Entry, Skip
 from videobert_ds.data.prepare.labels import Annotator
 from videobert_ds.data.prepare.options import PrepareOptions
-from videobert_ds.data.transcripts import Cue, TranscriptError, load_transcript
+from videobert_ds.data.transcripts import Cue, TranscriptError, file_kind, load_transcript
 from videobert_ds.data.video_io import (
     CODECS,
     ClipError,
@@ -98,9 +99,15 @@ def process_video(entry: Entry, opts: PrepareOptions) -> VideoResult:
         res.skip = Skip(entry.line, reason, detail, entry.id, src)
         return res
 
-    if not entry.video.exists():
+    try:
+        st = entry.video.stat()
+    except (FileNotFoundError, NotADirectoryError):
         return skip("video_missing", f"video not found: {entry.video}")
-    if entry.video.is_file() and entry.video.stat().st_size == 0:
+    except OSError as e:
+        return skip("video_unreadable", f"cannot read video {entry.video}: {e.strerror}")
+    if not stat.S_ISREG(st.st_mode):  # opening a FIFO blocks for ever, a device never ends
+        return skip("video_not_a_file", f"not a regular file ({file_kind(st.st_mode)}): {entry.video}")
+    if st.st_size == 0:
         return skip("video_empty", f"zero-length video: {entry.video}")
     mode, segments, texts = _plan(entry, opts, reasons)
     if mode == "cues" and not segments:
