@@ -9,76 +9,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 import torch
 
+from videobert_ds.training.timing import StepTimer, device_peak_flops
+
 log = logging.getLogger(__name__)
-
-# Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, from the vendors' data sheets
-# (without sparsity). MFU = achieved model FLOP/s / this peak.
-GPU_BF16_PEAK = [
-    ("H200", 989.4e12),
-    ("H100 PCIe", 756.0e12),
-    ("H100", 989.4e12),
-    ("GH200", 989.4e12),
-    ("A100", 312.0e12),
-    ("L40S", 362.1e12),
-    ("A10G", 70.0e12),
-    ("V100", 125.0e12),
-]
-
-
-def device_peak_flops(device: torch.device) -> tuple[float | None, str]:
-    """(peak bf16 FLOP/s, device name); peak is None on CPU or an unknown GPU (then no MFU is logged)."""
-    if device.type != "cuda":
-        return None, "cpu"
-    name = torch.cuda.get_device_name(device)
-    for fragment, peak in GPU_BF16_PEAK:
-        if fragment in name:
-            return peak, name
-    return None, name
 
 
 def memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return psutil.Process(os.getpid()).memory_info().rss / 2**30
-
-
-class StepTimer:
-    """Wall time per step split into waiting-for-data and the rest, summed over a log window."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.data_s = 0.0
-        self.total_s = 0.0
-        self.samples = 0
-        self.tokens = 0
-        self.flops = 0.0
-        self.steps = 0
-        self._mark = time.perf_counter()
-
-    def data_ready(self, wait_started: float) -> None:
-        self.data_s += time.perf_counter() - wait_started
-
-    def step_done(self, samples: int, tokens: int = 0, flops: float = 0.0) -> None:
-        now = time.perf_counter()
-        self.total_s += now - self._mark
-        self._mark = now
-        self.samples += samples
-        self.tokens += tokens
-        self.flops += flops
-        self.steps += 1
-
-    def restart_clock(self) -> None:
-        """Exclude time spent outside the step loop (validation, checkpoints) from throughput."""
-        self._mark = time.perf_counter()
 
 
 class Monitor:

@@ -24,10 +24,10 @@ from videobert_ds.training.checkpoint import CheckpointManager
 from videobert_ds.training.loaders import SampleKeyLog, build_split_loader, endless
 from videobert_ds.training.memory import held_state_bytes, peak_rss_bytes, write_partition_report
 from videobert_ds.training.metrics import MetricsLogger
-from videobert_ds.training.monitor import StepTimer
 from videobert_ds.training.schedule import lr_scheduler
 from videobert_ds.training.stage import Stage
 from videobert_ds.training.stopping import StopFlag
+from videobert_ds.training.timing import StepTimer
 from videobert_ds.training.validate import Validator
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Trainer:
         self._log_start(step, engine, metrics)
         key_log = SampleKeyLog(self.run_dir, env.rank, enabled=cfg.data.log_sample_keys)
 
-        timer, gas, micro = StepTimer(), engine.gradient_accumulation_steps(), 0
+        timer, gas, micro = StepTimer(env.device), engine.gradient_accumulation_steps(), 0
         last_val: dict[str, float] = {}
         stopped = False
         batches = endless(train_loader)
@@ -88,7 +88,8 @@ class Trainer:
             engine.step()  # DeepSpeed steps the optimizer only on the last micro-step of each accumulation
             metrics.record(out)
             micro += 1
-            timer.step_done(self.micro_batch, tokens, flops)
+            # The micro-step that ends a logged step syncs the device first: CUDA runs asynchronously.
+            timer.step_done(self.micro_batch, tokens, flops, sync=not micro % gas and metrics.should_log(step + 1))
             if micro % gas:
                 continue
             step += 1
