@@ -76,6 +76,19 @@ def _masked_mean(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
 
+class VocabDecoder(nn.Linear):
+    """The masked-token head's output projection (tied to the input embeddings) that can compute only a slice of
+    the joint vocabulary's rows: text MLM needs the text rows, masked visual words the visual rows, and at
+    BERT-large the joint vocabulary is ~50 k rows. The slice is taken inside this module's own forward, so under
+    ZeRO-3 the (tied, partitioned) weight is gathered by this module's hooks exactly as for the full product."""
+
+    def forward(self, x: torch.Tensor, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        if lo == 0 and (hi is None or hi == self.out_features):
+            return super().forward(x)
+        bias = self.bias[lo:hi] if self.bias is not None else None
+        return F.linear(x, self.weight[lo:hi], bias)
+
+
 class VideoBertForPreTraining(BertPreTrainedModel):
     config_class = BertConfig
     base_model_prefix = "bert"
@@ -88,6 +101,7 @@ class VideoBertForPreTraining(BertPreTrainedModel):
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer=True)
         self.cls = BertOnlyMLMHead(config)
+        self.cls.predictions.decoder = VocabDecoder(config.hidden_size, config.vocab_size)  # tied in post_init
         self.alignment = nn.Linear(config.hidden_size, 1)
         self.alignment_text = self.alignment_video = self.alignment_scale = None
         if getattr(config, "alignment_similarity", False):
@@ -144,9 +158,14 @@ class VideoBertForPreTraining(BertPreTrainedModel):
         video_pos = is_video.long().cumsum(1) - 1 + offset
         return torch.where(is_video, video_pos, text_pos)
 
-    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits over the joint vocabulary for selected positions (N, H) -> (N, V)."""
-        return self.cls(hidden)
+    def token_logits(self, hidden: torch.Tensor, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """Logits over the joint vocabulary's ids [lo, hi) (default: all) for selected positions (..., H) ->
+        (..., hi - lo): equal to the full logits sliced, without computing the other rows."""
+        head = self.cls.predictions
+        x = head.transform(hidden)
+        if isinstance(head.decoder, VocabDecoder):
+            return head.decoder(x, lo, hi)
+        return head.decoder(x)[..., lo:hi]  # a plain Linear set by set_output_embeddings
 
     def alignment_logits(
         self, hidden: torch.Tensor, pooled: torch.Tensor, input_ids: torch.Tensor, token_type_ids: torch.Tensor

@@ -90,13 +90,13 @@ class AutoencoderObjective(nn.Module):
             texts = self.narration(inputs["text_ids"], inputs["text_offsets"]).float()
             clips_per_sample = embeddings.shape[0] // texts.shape[0]
             owner = torch.arange(texts.shape[0], device=embeddings.device).repeat_interleave(clips_per_sample)
-            # Padded clips stay in (flagged by owner -1 -> dropped below) so every rank gathers the same shapes.
+            # Padded clips stay in, flagged by owner -1 (every rank gathers the same shapes; the loss weights them
+            # out instead of indexing them out, which would make the host wait for the device).
             owner = owner.masked_fill(~valid, -1)
             embeddings, has_text = embeddings.float(), inputs["has_text"]
             if o.gather_negatives:
                 embeddings, owner, texts, has_text = gather_across_ranks(embeddings, owner, texts, has_text)
-            real = owner >= 0
-            l_nce, acc = mil_nce_loss(embeddings[real], owner[real], texts, has_text, o.temperature)
+            l_nce, acc = mil_nce_loss(embeddings, owner, texts, has_text, o.temperature)
             loss = loss + o.lambda_narration * l_nce
             out.update(l_nce=l_nce.detach(), acc_narration=acc)
         out["loss"] = loss

@@ -136,14 +136,17 @@ def hidden_mse(
     valid: torch.Tensor,
 ) -> torch.Tensor:
     """Mean over mapped layers of the MSE between projected student states and teacher states at the
-    valid (non-padding) positions; the projection is shared by all layers (TinyBERT's W_h)."""
+    valid (non-padding) positions; the projection is shared by all layers (TinyBERT's W_h). `valid` holds the
+    flat indices of those positions in (B * L) (layout.SELECTIONS' valid_index: gathered, counted on the host)."""
     losses = []
+    count = max(valid.shape[0], 1)
     for s_idx, t_idx in enumerate(layer_map):
         if t_idx < 0:
             continue
-        pred = projection(student_hidden[s_idx][valid]).float()
-        target = teacher_hidden[t_idx][valid].float()
-        losses.append(F.mse_loss(pred, target, reduction="sum") / (max(target.shape[0], 1) * target.shape[-1]))
+        s_h, t_h = student_hidden[s_idx], teacher_hidden[t_idx]
+        pred = projection(s_h.reshape(-1, s_h.shape[-1]).index_select(0, valid)).float()
+        target = t_h.reshape(-1, t_h.shape[-1]).index_select(0, valid).float()
+        losses.append(F.mse_loss(pred, target, reduction="sum") / (count * target.shape[-1]))
     return torch.stack(losses).mean()
 
 
@@ -155,10 +158,12 @@ def attention_kl(
     eps: float = 1e-12,
 ) -> torch.Tensor:
     """KL(teacher || student) between attention distributions (each query row is a distribution over
-    keys), averaged over heads and valid queries, then over mapped transformer layers (the embedding
+    keys), averaged over heads and valid queries ((B, L) bool), then over mapped transformer layers (the embedding
     entry of the map has no attention). Per head when both models have as many heads; otherwise the
-    head-averaged distributions are compared (still distributions, so the KL stays meaningful)."""
+    head-averaged distributions are compared (still distributions, so the KL stays meaningful). Padding queries
+    are weighted out rather than indexed out, so nothing here reads the device on the host."""
     losses = []
+    weight = valid.float()[:, None, :]  # (B, 1, L)
     for s_idx, t_idx in enumerate(layer_map):
         if s_idx == 0 or t_idx <= 0:
             continue
@@ -167,8 +172,7 @@ def attention_kl(
             p_s, p_t = p_s.mean(1, keepdim=True), p_t.mean(1, keepdim=True)
         # Masked keys have p = 0 in both: xlogy makes 0 * log 0 = 0, the clamp keeps log p_s finite there.
         kl = (torch.xlogy(p_t, p_t) - p_t * torch.log(p_s.clamp_min(eps))).sum(-1)  # (B, heads, L)
-        sel = valid[:, None, :].expand_as(kl)
-        losses.append(kl[sel].sum() / max(int(sel.sum()), 1))
+        losses.append((kl * weight).sum() / (weight.sum() * kl.shape[1]).clamp_min(1))
     if not losses:
         raise ValueError("attention KL needs at least one student transformer layer mapped to a teacher layer")
     return torch.stack(losses).mean()
@@ -206,35 +210,41 @@ def distillation_losses(
     masked words and captioning, the visual words for masked visual words. Alignment is compared on the
     rows that carry an alignment label (joint, non-captioning rows), where the teacher was trained on it.
     """
-    from videobert_ds.objectives.layout import IGNORE
+    from videobert_ds.objectives.layout import IGNORE, selection
 
     text_vocab, vocab = student.config.text_vocab_size, student.config.vocab_size
     s_h, t_h = student_out.last_hidden_state, teacher_out.last_hidden_state
-    selections = {
-        "kd_mlm": (inputs["mlm_labels"] != IGNORE, 0, text_vocab),
-        "kd_mvm": (inputs["mvm_labels"] != IGNORE, text_vocab, vocab),
-        "kd_caption": (inputs["caption_labels"] != IGNORE, 0, text_vocab),
+    hs, ht = s_h.reshape(-1, s_h.shape[-1]), t_h.reshape(-1, t_h.shape[-1])
+    index = {
+        "kd_mlm": selection(inputs, "mlm_index", inputs["mlm_labels"] != IGNORE),
+        "kd_caption": selection(inputs, "caption_index", inputs["caption_labels"] != IGNORE),
+        "kd_mvm": selection(inputs, "mvm_index", inputs["mvm_labels"] != IGNORE),
     }
-    # One head call per model for the three selections (the decoder is the largest matrix of a small model).
-    s_logits = student.token_logits(torch.cat([s_h[sel] for sel, _, _ in selections.values()]))
+    # One head call per model and vocabulary slice: the text rows for masked words and captioning together, the
+    # visual rows for masked visual words (the decoder is the largest matrix of a small model; only the rows a
+    # loss reads are computed). Row counts are the index lengths, known on the host.
+    text = torch.cat([index["kd_mlm"], index["kd_caption"]])
+    s_text = student.token_logits(hs.index_select(0, text), 0, text_vocab)
+    s_vis = student.token_logits(hs.index_select(0, index["kd_mvm"]), text_vocab, vocab)
     with torch.no_grad():
-        t_logits = teacher.token_logits(torch.cat([t_h[sel] for sel, _, _ in selections.values()]))
+        t_text = teacher.token_logits(ht.index_select(0, text), 0, text_vocab)
+        t_vis = teacher.token_logits(ht.index_select(0, index["kd_mvm"]), text_vocab, vocab)
+    n_mlm = index["kd_mlm"].shape[0]
     out: dict[str, torch.Tensor] = {}
-    start = 0
-    for name, (sel, lo, hi) in selections.items():
-        n = int(sel.sum())
-        out[name] = soft_kl(s_logits[start : start + n, lo:hi], t_logits[start : start + n, lo:hi], cfg.temperature)
-        start += n
+    out["kd_mlm"] = soft_kl(s_text[:n_mlm], t_text[:n_mlm], cfg.temperature)
+    out["kd_mvm"] = soft_kl(s_vis, t_vis, cfg.temperature)
+    out["kd_caption"] = soft_kl(s_text[n_mlm:], t_text[n_mlm:], cfg.temperature)
 
-    rows = inputs["align_labels"] >= 0
+    rows = selection(inputs, "align_index", inputs["align_labels"] >= 0)
     ids, types = inputs["input_ids"], inputs["token_type_ids"]
     s_align = student.alignment_logits(s_h, student_out.pooler_output, ids, types)
     with torch.no_grad():
         t_align = teacher.alignment_logits(t_h, teacher_out.pooler_output, ids, types)
-    out["kd_align"] = binary_soft_kl(s_align[rows], t_align[rows], cfg.temperature)
+    out["kd_align"] = binary_soft_kl(s_align.index_select(0, rows), t_align.index_select(0, rows), cfg.temperature)
 
     valid = inputs["input_ids"] != student.config.pad_token_id
-    out["hidden"] = hidden_mse(student_out.hidden_states, teacher_out.hidden_states, projection, layer_map, valid)
+    valid_index = selection(inputs, "valid_index", valid)
+    out["hidden"] = hidden_mse(student_out.hidden_states, teacher_out.hidden_states, projection, layer_map, valid_index)
     if cfg.lambda_attention > 0:
         out["attention"] = attention_kl(student_out.attentions, teacher_out.attentions, layer_map, valid)
     lambdas = cfg.kd_lambdas()

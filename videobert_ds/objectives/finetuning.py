@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from videobert_ds.model.specials import Specials
-from videobert_ds.objectives.layout import IGNORE, HostBatch, Row, layout_rows
+from videobert_ds.objectives.layout import IGNORE, HostBatch, Row, layout_rows, selection
 from videobert_ds.objectives.pretraining import _masked_ce
 
 TASKS = ("classification", "caption", "qa", "retrieval")
@@ -215,11 +215,12 @@ def build_task_batch(
 
 
 def _empty_safe_ce(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy and accuracy over rows whose target is not IGNORE; 0 (in the graph) when none."""
+    """Mean cross-entropy and accuracy over rows whose target is not IGNORE; 0 (in the graph) when none. The
+    ignored rows are weighted out (ignore_index), not indexed out, so nothing reads the device on the host."""
     keep = target != IGNORE
     count = keep.sum().clamp_min(1)
-    loss = F.cross_entropy(logits[keep].float(), target[keep], reduction="sum") / count
-    acc = (logits[keep].argmax(-1) == target[keep]).float().sum() / count
+    loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="sum") / count
+    acc = ((logits.argmax(-1) == target) & keep).float().sum() / count
     in_graph = torch.where(torch.isfinite(logits), logits, torch.zeros_like(logits)).sum() * 0.0  # -inf * 0 is NaN
     return loss + in_graph, acc.detach()
 
@@ -230,7 +231,7 @@ def qa_choice_logits(
     """(n_questions, C) scores: each candidate's mean log-prob of its pieces at its slot; -inf = no candidate."""
     text_vocab = model.config.text_vocab_size
     picked = hidden.gather(1, slots[..., None].expand(-1, -1, hidden.shape[-1]))  # (n_qa, W, H)
-    logp = model.token_logits(picked)[..., :text_vocab].float().log_softmax(-1)
+    logp = model.token_logits(picked, 0, text_vocab).float().log_softmax(-1)
     valid = pieces != IGNORE
     per_piece = logp.gather(-1, pieces.clamp_min(0)[..., None]).squeeze(-1) * valid
     per_row = per_piece.sum(-1) / valid.sum(-1).clamp_min(1)
@@ -298,10 +299,12 @@ class FinetuneObjective(nn.Module):
             total = total + cfg.classification.weight * out["classification"]
 
         if "caption" in cfg.tasks:
+            # Caption labels sit in the main rows, which come first in `hidden` as in the host batch: the host's
+            # flat caption positions index both.
             labels = inputs["caption_labels"][main]
-            pad = labels.new_full((hidden.shape[0] - labels.shape[0], labels.shape[1]), IGNORE)
+            index = selection(inputs, "caption_index", labels != IGNORE)
             out["caption"], out["acc_caption"] = _masked_ce(
-                model.token_logits, hidden, torch.cat([labels, pad]), 0, model.config.text_vocab_size
+                model.token_logits, hidden, labels, index, 0, model.config.text_vocab_size
             )
             total = total + cfg.caption.weight * out["caption"]
 

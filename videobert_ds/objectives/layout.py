@@ -3,9 +3,12 @@
 Sequences: joint `[CLS] text [>] video [SEP]`, text-only `[CLS] text [SEP]`, video-only
 `[CLS] [>] video [SEP]`, mixed by configured ratios. Every random decision (sample kind, masked
 positions, negatives, sub-sampling rate, neighbour concatenation) is made on the host from lengths the
-host already knows (token counts, the clips' frame counts in the sample json), using torch's global CPU
-RNG (restored on resume); the visual-word ids and clip features themselves stay on the device and are
-placed by index (`to_device`), so building a batch never waits for the GPU. The losses that read these
+host already knows (token counts, the clips' frame counts in the sample json), using a CPU generator the caller
+passes (the trainer's prefetch derives one from the run seed, the rank and the batch's data position, so a batch
+built ahead in a background thread, or again after a resume, is the same batch); the masking draws are vectorised
+over the batch. The visual-word ids and clip features themselves stay on the device and are placed by index
+(`to_device`), so building a batch never waits for the GPU, and the losses find their positions through index
+tensors built here (`SELECTIONS`) instead of reading masks back from the device. The losses that read these
 batches are in objectives/pretraining.py.
 """
 
@@ -74,26 +77,40 @@ class HostBatch:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def _choice(probs: list[float]) -> int:
-    return int(torch.multinomial(torch.tensor(probs, dtype=torch.float), 1).item())
+def _rand(g: torch.Generator) -> float:
+    return float(torch.rand((), generator=g))
 
 
-def _rand() -> float:
-    return float(torch.rand(()).item())
-
-
-def _randint(low: int, high: int) -> int:
+def _randint(low: int, high: int, g: torch.Generator) -> int:
     """Uniform in [low, high)."""
-    return int(torch.randint(low, high, ()).item())
+    return int(torch.randint(low, high, (), generator=g))
 
 
-def _mask_positions(n: int, prob: float) -> list[int]:
-    """Positions to mask among n: each with probability `prob`, and at least one when n > 0 and prob > 0
-    (short sequences would otherwise often carry no prediction at all)."""
-    if n == 0 or prob <= 0:
-        return []
-    picked = (torch.rand(n) < prob).nonzero().flatten().tolist()
-    return picked or [_randint(0, n)]
+def _choice(probs: list[float], g: torch.Generator) -> int:
+    return int(torch.multinomial(torch.tensor(probs, dtype=torch.float), 1, generator=g))
+
+
+def generator_from_global() -> torch.Generator:
+    """A CPU generator seeded by one draw of torch's global RNG: callers that do not pass their own generator get
+    draws that follow the global seed (restored on resume, fixed by the validator)."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+
+
+def _mask_draws(eligible: torch.Tensor, prob: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking over (B, L) eligible positions, vectorised: each position is picked with probability `prob`,
+    and a row with eligible positions but no pick gets one uniformly chosen position (short sequences would
+    otherwise often carry no prediction at all). -> (picked (B, L) bool, u (B, L) uniform draws that choose the
+    replacement: < 0.8 [MASK], < 0.9 a random token, else kept)."""
+    b, length = eligible.shape
+    if prob <= 0 or length == 0:
+        return torch.zeros_like(eligible), torch.zeros(eligible.shape)
+    picked = (torch.rand((b, length), generator=g) < prob) & eligible
+    n = eligible.sum(1)
+    # The fallback pick: the k-th eligible position, k uniform in [0, n).
+    k = (torch.rand(b, generator=g) * n).long().clamp_max((n - 1).clamp_min(0))
+    rank = eligible.long().cumsum(1) - 1
+    fallback = eligible & (rank == k[:, None]) & ~picked.any(1, keepdim=True)
+    return picked | fallback, torch.rand((b, length), generator=g)
 
 
 @dataclass
@@ -163,9 +180,17 @@ def layout_rows(rows: list[Row], n_clips: int, sp: Specials, max_seq_len: int) -
 
 
 def build_batch(
-    samples: list[ClipSample], n_clips: int, sp: Specials, cfg: ObjectiveConfig, train: bool = True
+    samples: list[ClipSample],
+    n_clips: int,
+    sp: Specials,
+    cfg: ObjectiveConfig,
+    train: bool = True,
+    generator: torch.Generator | None = None,
 ) -> HostBatch:
-    """Sequences, masks and labels for one micro-batch (see the module docstring)."""
+    """Sequences, masks and labels for one micro-batch (see the module docstring). Every draw comes from
+    `generator` (default: one seeded from torch's global RNG), so a batch built ahead in another thread is the
+    same batch."""
+    g = generator if generator is not None else generator_from_global()
     counts = {"skipped": 0, "concatenated": 0}
 
     # Each entry: (text ids, [(source sample, clip index)], kind, caption?, aligned?)
@@ -177,7 +202,7 @@ def build_batch(
         used[i] = True
         text, clips = list(s.text_ids), [(i, c) for c in range(min(s.num_clips, n_clips))]
         # Augmentation: concatenate with the next segment of the same video when it is in the batch.
-        if train and _rand() < cfg.concat_neighbours_prob:
+        if train and _rand(g) < cfg.concat_neighbours_prob:
             for j in range(len(samples)):
                 t = samples[j]
                 if not used[j] and t.video_id == s.video_id and t.segment == s.segment + 1:
@@ -196,15 +221,15 @@ def build_batch(
         else:
             kind = (
                 [KIND_JOINT, KIND_TEXT, KIND_VIDEO][
-                    _choice([cfg.joint_ratio, cfg.text_only_ratio, cfg.video_only_ratio])
+                    _choice([cfg.joint_ratio, cfg.text_only_ratio, cfg.video_only_ratio], g)
                 ]
                 if train
                 else KIND_JOINT
             )
         # Augmentation: sub-sample the visual words at a random rate 1..max_subsample_rate.
         if train and clips and cfg.max_subsample_rate > 1:
-            clips = clips[:: _randint(1, cfg.max_subsample_rate + 1)]
-        caption = kind == KIND_JOINT and _rand() < cfg.caption_ratio
+            clips = clips[:: _randint(1, cfg.max_subsample_rate + 1, g)]
+        caption = kind == KIND_JOINT and _rand(g) < cfg.caption_ratio
         entries.append(
             {
                 "text": text,
@@ -220,10 +245,10 @@ def build_batch(
     # swap never hands an entry back clips of its own video).
     originals = [(o["video_id"], o["clips"]) for o in entries if o["clips"]]
     for e in entries:
-        if e["aligned"] == 1 and _rand() < cfg.align_negative_prob:
+        if e["aligned"] == 1 and _rand(g) < cfg.align_negative_prob:
             others = [clips for video_id, clips in originals if video_id != e["video_id"]]
             if others:
-                e["clips"] = others[_randint(0, len(others))]
+                e["clips"] = others[_randint(0, len(others), g)]
                 e["aligned"] = 0
 
     if not entries:  # nothing usable: one empty [CLS][SEP] keeps every rank's forward calls equal
@@ -243,25 +268,23 @@ def build_batch(
     host.counts.update(counts)
     if not train:
         return host
-    for r, row in enumerate(rows):
-        if row.caption:
-            continue
-        for k in _mask_positions(len(row.text), cfg.mask_prob):
-            pos = 1 + k
-            host.mlm_labels[r, pos] = row.text[k]
-            u = _rand()
-            if u < 0.8:
-                host.input_ids[r, pos] = sp.mask
-            elif u < 0.9:
-                host.input_ids[r, pos] = _randint(sp.first_regular_text, sp.text_vocab_size)
-        v_start = 2 + len(row.text)  # after [CLS] text [>]
-        for k in _mask_positions(int((host.video_src[r] >= 0).sum()), cfg.mask_prob):
-            pos = v_start + k
-            host.visual_masked[r, pos] = True
-            u = _rand()
-            host.visual_replace[r, pos] = (
-                REPLACE_MASK if u < 0.8 else (_randint(0, sp.visual_vocab_size) if u < 0.9 else REPLACE_KEEP)
-            )
+    # Masking, vectorised over the whole batch; captioning rows are never masked.
+    b, length = host.input_ids.shape
+    pos = torch.arange(length)
+    text_len = torch.tensor([len(row.text) for row in rows])
+    open_rows = ~host.caption_mode[:, None]
+    # Text: positions 1..len(text) (after [CLS]); 80% [MASK], 10% a random regular token, 10% kept.
+    picked, u = _mask_draws(open_rows & (pos >= 1) & (pos <= text_len[:, None]), cfg.mask_prob, g)
+    random_text = torch.randint(sp.first_regular_text, sp.text_vocab_size, (b, length), generator=g)
+    host.mlm_labels = torch.where(picked, host.input_ids, host.mlm_labels)
+    host.input_ids = torch.where(picked & (u < 0.8), sp.mask, host.input_ids)
+    host.input_ids = torch.where(picked & (u >= 0.8) & (u < 0.9), random_text, host.input_ids)
+    # Visual words: every placed clip; 80% [MASK], 10% a random visual word, 10% kept.
+    picked, u = _mask_draws(open_rows & (host.video_src >= 0), cfg.mask_prob, g)
+    random_word = torch.randint(0, sp.visual_vocab_size, (b, length), generator=g)
+    host.visual_masked = picked
+    replace = torch.where(u < 0.8, REPLACE_MASK, torch.where(u < 0.9, random_word, REPLACE_KEEP))
+    host.visual_replace = torch.where(picked, replace, host.visual_replace)
     return host
 
 
@@ -270,7 +293,7 @@ def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     stream's earlier kernels finish, from pinned memory it is queued."""
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
-    return t
+    return t.to(device)
 
 
 def attention_mask(segments: torch.Tensor, caption_mode: torch.Tensor) -> torch.Tensor:
@@ -290,6 +313,34 @@ def attention_mask(segments: torch.Tensor, caption_mode: torch.Tensor) -> torch.
     eye = torch.eye(length, dtype=torch.bool, device=segments.device)[None]
     mask = mask | (eye & (seg_q == SEG_PAD))
     return mask[:, None]
+
+
+# Where each loss reads, as flat indices into the (B * L) positions (or B rows for alignment), known on the host:
+# the losses gather with index_select and take counts from the index length, so no step reads the device to find
+# out which positions are masked (a boolean mask index or a count would make the host wait for the GPU).
+SELECTIONS = ("mlm_index", "mvm_index", "caption_index", "align_index", "valid_index")
+
+
+def selections(host: HostBatch) -> dict[str, torch.Tensor]:
+    """The SELECTIONS of a host batch (CPU tensors)."""
+
+    def where(mask: torch.Tensor) -> torch.Tensor:
+        return mask.reshape(-1).nonzero().flatten()
+
+    return {
+        "mlm_index": where(host.mlm_labels != IGNORE),
+        "mvm_index": where(host.visual_masked),
+        "caption_index": where(host.caption_labels != IGNORE),
+        "align_index": where(host.align_labels >= 0),
+        "valid_index": where(host.segments != SEG_PAD),
+    }
+
+
+def selection(inputs: dict[str, torch.Tensor], name: str, mask: torch.Tensor) -> torch.Tensor:
+    """inputs[name], or (inputs built elsewhere, e.g. by hand in a test) the flat positions of `mask`, which makes
+    the host wait for the device: training inputs come from `to_device` and always carry them."""
+    index = inputs.get(name)
+    return index if index is not None else mask.reshape(-1).nonzero().flatten()
 
 
 def to_device(
@@ -318,6 +369,7 @@ def to_device(
             "align_labels",
         )
     }
+    t.update({k: host_to_device(v, device) for k, v in selections(host).items()})
     flat_ids = visual_ids.reshape(-1)
     is_video = t["video_src"] >= 0
     src = t["video_src"].clamp_min(0)
@@ -336,6 +388,7 @@ def to_device(
         "mvm_labels": torch.where(t["visual_masked"], words, torch.full_like(words, IGNORE)),
         "caption_labels": t["caption_labels"],
         "align_labels": t["align_labels"],
+        **{k: t[k] for k in SELECTIONS},
     }
     if visual_features is not None:
         feats = visual_features.reshape(-1, visual_features.shape[-1])[src].float()  # (B, L, D)

@@ -27,21 +27,27 @@ from videobert_ds.objectives.layout import (
     ObjectiveConfig,
     build_batch,
     host_to_device,
+    selection,
     text_ids_and_clip_counts,
     to_device,
 )
 
 
+def _flat(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows `index` of x's flattened (B * L) positions, by gather (no host sync)."""
+    return x.reshape(-1, *x.shape[2:]).index_select(0, index)
+
+
 def _masked_ce(
-    logits_fn, hidden: torch.Tensor, labels: torch.Tensor, lo: int, hi: int
+    logits_fn, hidden: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, lo: int, hi: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy over vocabulary slice [lo, hi) at labelled positions; (sum loss / count, accuracy).
-    Empty selections give 0 with the head still in the graph (every rank's backward touches the same params)."""
-    sel = labels != IGNORE
-    h = hidden[sel]
-    logits = logits_fn(h)[:, lo:hi].float()
-    target = labels[sel] - lo
-    count = sel.sum().clamp_min(1)
+    """Cross-entropy over vocabulary slice [lo, hi) at the flat positions `index` (labels there are ids of the
+    joint vocabulary, in [lo, hi)); (sum loss / count, accuracy). The head computes only the slice's rows and the
+    count is the index's length, known on the host. Empty selections give 0 with the head still in the graph
+    (every rank's backward touches the same params)."""
+    logits = logits_fn(_flat(hidden, index), lo, hi).float()
+    target = _flat(labels, index) - lo
+    count = max(index.shape[0], 1)
     loss = F.cross_entropy(logits, target, reduction="sum") / count
     acc = (logits.argmax(-1) == target).float().sum() / count
     return loss, acc.detach()
@@ -65,11 +71,15 @@ def losses_from_outputs(
     text_vocab = model.config.text_vocab_size
     vocab = model.config.vocab_size
     out: dict[str, torch.Tensor] = {}
-    out["mlm"], out["acc_text"] = _masked_ce(model.token_logits, hidden, inputs["mlm_labels"], 0, text_vocab)
-    mvm_labels = inputs["mvm_labels"]
-    shifted = torch.where(mvm_labels != IGNORE, mvm_labels + text_vocab, mvm_labels)
-    out["mvm"], out["acc_visual"] = _masked_ce(model.token_logits, hidden, shifted, text_vocab, vocab)
-    out["caption"], out["acc_caption"] = _masked_ce(model.token_logits, hidden, inputs["caption_labels"], 0, text_vocab)
+    mlm_index = selection(inputs, "mlm_index", inputs["mlm_labels"] != IGNORE)
+    mvm_index = selection(inputs, "mvm_index", inputs["mvm_labels"] != IGNORE)
+    caption_index = selection(inputs, "caption_index", inputs["caption_labels"] != IGNORE)
+    out["mlm"], out["acc_text"] = _masked_ce(model.token_logits, hidden, inputs["mlm_labels"], mlm_index, 0, text_vocab)
+    shifted = inputs["mvm_labels"] + text_vocab  # read only at mvm_index, where a visual word is labelled
+    out["mvm"], out["acc_visual"] = _masked_ce(model.token_logits, hidden, shifted, mvm_index, text_vocab, vocab)
+    out["caption"], out["acc_caption"] = _masked_ce(
+        model.token_logits, hidden, inputs["caption_labels"], caption_index, 0, text_vocab
+    )
 
     align = inputs["align_labels"]
     has_align = align >= 0
@@ -80,10 +90,9 @@ def losses_from_outputs(
     out["acc_align"] = (((logits > 0).float() == align) & has_align).float().sum().detach() / n_align
 
     if "feature_targets" in inputs:
-        sel = inputs["mvm_labels"] != IGNORE
-        pred = model.clip_features(hidden[sel]).float()
-        out["video"] = F.mse_loss(pred, inputs["feature_targets"][sel], reduction="sum") / (
-            sel.sum().clamp_min(1) * pred.shape[-1]
+        pred = model.clip_features(_flat(hidden, mvm_index)).float()
+        out["video"] = F.mse_loss(pred, _flat(inputs["feature_targets"], mvm_index), reduction="sum") / (
+            max(mvm_index.shape[0], 1) * pred.shape[-1]
         )
     else:
         out["video"] = hidden.sum() * 0.0

@@ -61,29 +61,33 @@ def mil_nce_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric clip-narration contrastive loss over one batch; -> (loss, clip -> narration top-1 accuracy).
 
-    clips (N, D) and texts (B, D) L2-normalised; owner (N,) the sample (text row) each clip belongs to;
-    has_text (B,) which samples have a narration. Clips of samples without one, and those texts, are left
-    out. clip -> text: cross-entropy over the texts. text -> clips: MIL-NCE, -log(sum over the sample's
-    clips / sum over all clips). With fewer than two narrated samples there is nothing to contrast: the loss
-    is 0 with the graph intact (every rank runs the same backward)."""
-    keep = has_text[owner]
-    n_texts = int(has_text.sum())
-    if n_texts < 2 or not bool(keep.any()):
-        zero = (clips.sum() + texts.sum()) * 0.0
-        return zero, zero.detach()
-    text_rows = has_text.nonzero().flatten()
-    remap = torch.full_like(has_text, -1, dtype=torch.long)
-    remap[text_rows] = torch.arange(n_texts, device=has_text.device)
-    c, o = clips[keep], remap[owner[keep]]
-    logits = c @ texts[text_rows].T / temperature  # (clips, texts)
-    clip_to_text = F.cross_entropy(logits, o)
-    positive = o[None, :] == torch.arange(n_texts, device=o.device)[:, None]  # (texts, clips)
-    by_text = logits.T
-    text_to_clips = torch.logsumexp(by_text, 1) - torch.logsumexp(by_text.masked_fill(~positive, float("-inf")), 1)
-    has_clip = positive.any(1)  # a narrated sample whose clips were all padding has no positive
-    text_to_clips = text_to_clips[has_clip].mean()
-    accuracy = (logits.argmax(1) == o).float().mean()
-    return 0.5 * (clip_to_text + text_to_clips), accuracy.detach()
+    clips (N, D) and texts (B, D) L2-normalised; owner (N,) the sample (text row) each clip belongs to, -1 for a
+    clip left out (padding); has_text (B,) which samples have a narration. Clips of samples without one, and those
+    texts, are left out. clip -> text: cross-entropy over the texts. text -> clips: MIL-NCE, -log(sum over the
+    sample's clips / sum over all clips). With fewer than two narrated samples there is nothing to contrast: the
+    loss is 0 with the graph intact (every rank runs the same backward).
+
+    Everything left out is weighted out (its logits pushed to the dtype's lowest finite value, its loss rows
+    multiplied by 0) rather than indexed out, so the shapes never depend on the data and nothing here reads a
+    device value on the host."""
+    low = torch.finfo(torch.float32).min  # finite: a row with nothing kept stays finite in forward and backward
+    real = owner >= 0
+    own = owner.clamp_min(0)
+    keep = real & has_text[own]  # (N,) clips that take part
+    logits = clips.float() @ texts.float().T / temperature  # (clips, texts)
+    kept_logits = logits.masked_fill(~has_text[None, :], low)
+    n_clips = keep.sum().clamp_min(1)
+    clip_to_text = (F.cross_entropy(kept_logits, own, reduction="none") * keep).sum() / n_clips
+    rows = torch.arange(texts.shape[0], device=own.device)
+    positive = (own[None, :] == rows[:, None]) & keep[None, :]  # (texts, clips)
+    by_text = logits.T.masked_fill(~keep[None, :], low)
+    text_to_clips = torch.logsumexp(by_text, 1) - torch.logsumexp(by_text.masked_fill(~positive, low), 1)
+    has_clip = positive.any(1) & has_text  # a narrated sample whose clips were all padding has no positive
+    text_to_clips = (text_to_clips * has_clip).sum() / has_clip.sum().clamp_min(1)
+    accuracy = ((kept_logits.argmax(1) == own) & keep).float().sum() / n_clips
+    enough = (has_text.sum() >= 2).float()  # fewer than two narrations: nothing to contrast
+    loss = 0.5 * (clip_to_text + text_to_clips) * enough
+    return loss, (accuracy * enough).detach()
 
 
 def gather_across_ranks(
