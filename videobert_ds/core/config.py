@@ -258,10 +258,93 @@ def check_against_deepspeed(cfg: StageConfig, ds_config: dict, has_gpu: bool) ->
 
 
 def check_paths(cfg: StageConfig) -> None:
-    """Paths the stage reads must exist before any rank starts work."""
-    manifest = Path(cfg.data.shards) / "manifest.json"
+    """Paths the stage reads must exist before any rank starts work, and the shard dir must be whole."""
+    check_shard_dir(cfg.data.shards)
+
+
+def read_dali_index(idx: str | Path) -> tuple[int, list[tuple[int, int]]]:
+    """A DALI webdataset index (wds2idx ``v1.2``: ``ext offset size name`` per member; ``v1.1``: no name):
+    (samples, [(data offset, size) of every member]). ValueError when it is garbled."""
+    lines = Path(idx).read_bytes().decode("ascii").splitlines()  # UnicodeDecodeError is a ValueError
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or head[0] not in ("v1.1", "v1.2") or not head[1].isdigit():
+        raise ValueError("no 'v1.x N' header")
+    samples, width = int(head[1]), 4 if head[0] == "v1.2" else 3
+    if len(lines) - 1 != samples:
+        raise ValueError(f"its header says {samples} samples, it lists {len(lines) - 1}")
+    members = []
+    for line in lines[1:]:
+        fields = line.split()
+        if not fields or len(fields) % width:
+            raise ValueError(f"malformed line {line[:60]!r}")
+        for i in range(0, len(fields), width):
+            offset, size = int(fields[i + 1]), int(fields[i + 2])
+            if offset < 512 or offset % 512 or size < 0:  # data starts after a header, on a 512-byte block
+                raise ValueError(f"member at offset {offset} is not on a tar block")
+            members.append((offset, size))
+    return samples, members
+
+
+def _tar_header_size(tar: Path, data_offset: int) -> int | None:
+    """The size field of the ustar header just before ``data_offset``, or None where no such header is."""
+    with tar.open("rb") as f:
+        f.seek(data_offset - 512)
+        header = f.read(512)
+    if len(header) < 512 or header[257:262] != b"ustar":
+        return None
+    try:
+        return int(header[124:136].rstrip(b"\0 ").decode("ascii") or "0", 8)
+    except ValueError:
+        return None
+
+
+def check_shard_dir(shards: str | Path) -> None:
+    """One-line ConfigError for a shard dir that is missing or damaged: manifest.json unreadable, a listed tar or
+    .idx missing, an index that is garbled or disagrees with manifest.json, a tar shorter than its index says (a
+    truncated copy) or holding other members. Cheap: a stat, the index and one 512-byte header per shard; the tars
+    themselves are not read."""
+    d = Path(shards)
+    manifest = d / "manifest.json"
     if not manifest.is_file():
-        raise ConfigError(f"data.shards: no shard directory at {cfg.data.shards} (missing manifest.json)")
+        raise ConfigError(f"data.shards: no shard directory at {shards} (missing manifest.json)")
+    again = "prepare it again"
+    try:
+        listed = json.loads(manifest.read_text(encoding="utf-8"))["shards"]
+        if not isinstance(listed, list) or not all(isinstance(s, dict) and isinstance(s["file"], str) for s in listed):
+            raise ValueError("'shards' is not a list of shards")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        why = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+        bad = f"data.shards: corrupt shard directory {d}"
+        raise ConfigError(f"{bad}: manifest.json is unreadable ({why}); {again}") from None
+    for entry in listed:
+        tar = d / entry["file"]
+        bad = f"data.shards: corrupt shard {tar}"
+        try:
+            tar_size = tar.stat().st_size
+        except FileNotFoundError:
+            raise ConfigError(f"{bad}: missing (listed in manifest.json); {again}") from None
+        if not isinstance(entry.get("idx"), str):
+            continue  # a shard dir made elsewhere, without DALI indexes
+        idx = d / entry["idx"]
+        try:
+            samples, members = read_dali_index(idx)
+        except FileNotFoundError:
+            raise ConfigError(f"{bad}: index {idx.name} is missing; {again}") from None
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{bad}: index {idx.name} is garbled ({e}); {again}") from None
+        if isinstance(entry.get("num_samples"), int) and samples != entry["num_samples"]:
+            raise ConfigError(
+                f"{bad}: index {idx.name} lists {samples} samples, manifest.json {entry['num_samples']}; {again}"
+            )
+        if not members:
+            continue
+        offset, size = max(members)
+        needed = -(-(offset + size) // 512) * 512  # the last member's data, padded to its 512-byte block
+        if tar_size < needed:
+            raise ConfigError(f"{bad}: truncated ({tar_size} bytes, its index needs {needed}); {again}")
+        if _tar_header_size(tar, offset) != size:
+            where = f"no member of {size} bytes at {offset}"
+            raise ConfigError(f"{bad}: does not match its index {idx.name} ({where}); {again}")
 
 
 def load_stage_config(cls: type, path: Path, overrides: list[str]) -> StageConfig:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from videobert_ds.core.config import ConfigError, StageConfig
+from videobert_ds.core.config import ConfigError, StageConfig, check_paths
 from videobert_ds.model.model_dir import missing_files
 
 
@@ -65,8 +65,7 @@ def check_eval_config(cfg: EvalStageConfig) -> None:
     model_dir = Path(cfg.model.dir)
     for name in missing_files(model_dir, ("config.json", "visual_vocab.safetensors", "clip_encoder/config.json")):
         raise ConfigError(f"model.dir: {model_dir} is not an exported VideoBERT model dir (no {name})")
-    if not (Path(cfg.data.shards) / "manifest.json").is_file():
-        raise ConfigError(f"data.shards: no shard directory at {cfg.data.shards} (missing manifest.json)")
+    check_paths(cfg)  # the shard dir exists and is whole: the same check as training's
     z = cfg.zeroshot
     if set(z.templates) != set(z.labels):
         raise ConfigError(
