@@ -11,6 +11,7 @@ positions + the alignment logit), so the same code runs on a plain model or a De
 
 from __future__ import annotations
 
+import contextlib
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from videobert_ds.data.decoders.base import to_device
 from videobert_ds.model.specials import Specials
 from videobert_ds.objectives.layout import joint_inputs
 
@@ -51,10 +53,18 @@ class EvalHeads(nn.Module):
         )
 
 
+def eval_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on a CUDA device (tensor cores; the heads return fp32 log-probs), nothing elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def score(
     heads: nn.Module, batch: dict[str, torch.Tensor], positions: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
+    """One forward of the heads, without gradients, in bf16 autocast on CUDA; the outputs stay on the device."""
+    with torch.no_grad(), eval_autocast(batch["input_ids"].device):
         return heads(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], positions)
 
 
@@ -116,18 +126,28 @@ def template_scores(
     batch = joint_inputs([f.text_ids for f in fills], videos, vocab, caption_mode=False, max_len=max_len, device=device)
     width = max(len(f.positions) for f in fills)
     # +1: the text block starts after [CLS]; padded slots point at [CLS] and are never read.
-    positions = torch.tensor(
-        [[1 + p for p in f.positions] + [0] * (width - len(f.positions)) for f in fills], device=device
-    )
-    logp, _, _ = score(heads, batch, positions)
-    out = []
+    positions = torch.tensor([[1 + p for p in f.positions] + [0] * (width - len(f.positions)) for f in fills])
+    # Every candidate's pieces as one flat (row, slot, token) index and its candidate number, built on the
+    # host and copied once: all means are computed on the device and read back together (no per-candidate sync).
+    rows, slots, tokens, owner, counts = [], [], [], [], []
     for r, (f, cands) in enumerate(zip(fills, candidates)):
-        n = len(f.positions)
-        row = []
         for pieces in cands:
-            idx = torch.tensor(pieces, device=device)
-            row.append(float(logp[r, torch.arange(n, device=device), idx].mean()))
-        out.append(row)
+            if len(pieces) != len(f.positions):
+                raise ValueError(f"a candidate of {len(pieces)} pieces for a slot of {len(f.positions)}")
+            rows += [r] * len(pieces)
+            slots += range(len(pieces))
+            tokens += pieces
+            owner += [len(counts)] * len(pieces)
+            counts.append(len(pieces))
+    index = to_device(torch.tensor([rows, slots, tokens, owner], dtype=torch.long), device)
+    logp, _, _ = score(heads, batch, to_device(positions, device))
+    picked = logp[index[0], index[1], index[2]]
+    sums = torch.zeros(len(counts), dtype=picked.dtype, device=picked.device).index_add_(0, index[3], picked)
+    means = (sums / to_device(torch.tensor(counts, dtype=picked.dtype), device)).tolist()
+    out, start = [], 0
+    for cands in candidates:
+        out.append(means[start : start + len(cands)])
+        start += len(cands)
     return out
 
 
