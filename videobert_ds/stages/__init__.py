@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from videobert_ds.core.config import ConfigError, from_dict, load_yaml
 from videobert_ds.training.export import export_checkpoint
 from videobert_ds.training.stage import Stage
@@ -39,3 +42,17 @@ def load_run_stage(run_dir: str | Path) -> Stage:
 def export_run(run_dir: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
     """Export a run's newest complete checkpoint (or `tag`) with the stage that trained it."""
     return export_checkpoint(load_run_stage(run_dir), run_dir, out_dir, tag)
+
+
+def cast_unpartitioned(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast the parameters ZeRO-3 has not partitioned to `dtype` (the precision of the Hugging Face model they
+    serve); a no-op in fp32 runs.
+
+    Under ZeRO-3 with bf16, a model built by `_from_config`/`from_pretrained` is created partitioned and in
+    bf16 (zero.Init), and DeepSpeed then casts no other parameter (once any is partitioned it assumes all
+    are): a loss-side module made with plain nn.Linear stays fp32, and ZeRO-3 refuses a parameter group of
+    two dtypes (the `defragment` assertion in deepspeed.initialize)."""
+    for p in module.parameters():
+        if not hasattr(p, "ds_id") and p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    return module

@@ -47,6 +47,7 @@ from videobert_ds.objectives.distillation import (
 )
 from videobert_ds.objectives.layout import ObjectiveConfig, check_sequence_budget
 from videobert_ds.objectives.pretraining import PretrainingInputs
+from videobert_ds.stages import cast_unpartitioned
 from videobert_ds.training.checkpoint import COMPLETE, CheckpointManager
 from videobert_ds.training.memory import partition_share
 from videobert_ds.training.stage import Stage
@@ -302,7 +303,9 @@ class StudentStage(Stage):
         if self.training_build:
             self.init_student(student, teacher)
         log.info("teacher loaded and student built in %.1f s", time.perf_counter() - started)
-        return DistillationObjective(student, teacher, self.cfg.objective, self.cfg.distill)
+        # The hidden-state projection is built outside ZeRO-3's construction context: the student's precision.
+        objective = DistillationObjective(student, teacher, self.cfg.objective, self.cfg.distill)
+        return cast_unpartitioned(objective, student.dtype)
 
     def init_student(self, student: VideoBertForPreTraining, teacher: VideoBertForPreTraining) -> None:
         """Before deepspeed.initialize: ZeRO-3's optimizer keeps its own fp32 copy of every partition, so a

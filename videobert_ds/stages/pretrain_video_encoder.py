@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from videobert_ds.core.config import ConfigError, StageConfig
 from videobert_ds.objectives.autoencoder import AutoencoderObjective, EncoderObjectiveConfig, split_into_clips
+from videobert_ds.stages import cast_unpartitioned
 from videobert_ds.training.stage import Stage
 from videobert_ds.visual.autoencoder import ClipAutoencoder, ClipAutoencoderConfig, denormalize_frames, normalize_frames
 from videobert_ds.visual.narration import hash_words
@@ -90,12 +91,11 @@ class VideoEncoderStage(Stage):
             raise ConfigError(f"objective.shift_augment must be in [0, {m.image_size // 2}), got {o.shift_augment}")
 
     def build_module(self) -> nn.Module:
-        # _from_config partitions at construction under ZeRO-3 (see engine.build_module).
-        return AutoencoderObjective(
-            ClipAutoencoder._from_config(self.cfg.model.hf_config()),
-            self.cfg.model.foreground_weight,
-            self.cfg.objective,
-        )
+        # _from_config partitions at construction under ZeRO-3 (see training/trainer.build_module); the
+        # narration encoder is built outside it and must match the model's precision (bf16 runs).
+        model = ClipAutoencoder._from_config(self.cfg.model.hf_config())
+        objective = AutoencoderObjective(model, self.cfg.model.foreground_weight, self.cfg.objective)
+        return cast_unpartitioned(objective, model.dtype)
 
     def make_inputs(self, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
         clips, valid = split_into_clips(batch.frames.to(device), batch.num_frames, self.cfg.model.frames_per_clip)
