@@ -14,6 +14,8 @@ batches are in objectives/pretraining.py.
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -406,6 +408,21 @@ def check_sequence_budget(o: ObjectiveConfig) -> None:
             f"objective.max_seq_len ({o.max_seq_len}) leaves no room for video after "
             f"objective.max_text_tokens ({o.max_text_tokens}): it must be at least max_text_tokens + 4"
         )
+
+
+_THREAD = threading.local()
+
+
+def thread_tokenizer(tokenizer: Any) -> Any:
+    """`tokenizer` in the main thread, this thread's own copy elsewhere: a Hugging Face fast tokenizer is not safe to
+    call from two threads at once (changing its truncation settings while another call runs raises "Already
+    borrowed"), and the trainer's prefetch thread tokenizes while the main thread may (validation)."""
+    if threading.current_thread() is threading.main_thread():
+        return tokenizer
+    copies = _THREAD.__dict__.setdefault("tokenizers", {})
+    if id(tokenizer) not in copies:
+        copies[id(tokenizer)] = (tokenizer, copy.deepcopy(tokenizer))  # the original kept: its id stays unique
+    return copies[id(tokenizer)][1]
 
 
 def text_ids_and_clip_counts(

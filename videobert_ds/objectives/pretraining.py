@@ -24,11 +24,13 @@ from videobert_ds.model.specials import Specials
 from videobert_ds.objectives.layout import (
     IGNORE,
     ClipSample,
+    HostBatch,
     ObjectiveConfig,
     build_batch,
     host_to_device,
     selection,
     text_ids_and_clip_counts,
+    thread_tokenizer,
     to_device,
 )
 
@@ -126,7 +128,11 @@ class PretrainingObjective(nn.Module):
 class PretrainingInputs:
     """Loader batch -> pretraining inputs and targets on the device: the text's WordPieces, the frozen visual
     tokenizer's words and clip features, sequences and masks drawn on the host (layout.build_batch), resolved on
-    the device. The teacher and the student (one batch feeds both of its models) build their batches with it."""
+    the device. The teacher and the student (one batch feeds both of its models) build their batches with it.
+
+    Two halves: `host` (tokenizing, masking draws, layout; CPU only, run ahead in the trainer's prefetch thread,
+    which stores its result as `batch.host`) and `__call__` (the visual words and the device tensors; builds the
+    host half itself, from torch's global RNG, when the batch has none, e.g. in validation)."""
 
     tokenizer: Any
     visual_tokenizer: Any  # visual.tokenizer.VisualTokenizer
@@ -135,18 +141,24 @@ class PretrainingInputs:
     feature_stats: tuple[torch.Tensor, torch.Tensor]
 
     def samples(self, batch: Any) -> list[ClipSample]:
-        ids, clips = text_ids_and_clip_counts(
-            batch, self.tokenizer, self.visual_tokenizer.frames_per_clip, self.objective.max_text_tokens
-        )
+        tokenizer, fpc = thread_tokenizer(self.tokenizer), self.visual_tokenizer.frames_per_clip
+        ids, clips = text_ids_and_clip_counts(batch, tokenizer, fpc, self.objective.max_text_tokens)
         return [
             ClipSample(text_ids=i, num_clips=n, video_id=str(m.get("video_id", "")), segment=int(m.get("segment", 0)))
             for i, n, m in zip(ids, clips, batch.meta)
         ]
 
-    def __call__(self, batch: Any, device: torch.device, train: bool = True) -> dict[str, Any]:
+    def host(self, batch: Any, generator: torch.Generator | None = None, train: bool = True) -> HostBatch:
+        """The host half: no device tensor is read (the clip count per sample is the frames' shape)."""
+        n_clips = batch.frames.shape[1] // self.visual_tokenizer.frames_per_clip
         samples = self.samples(batch)
+        return build_batch(samples, n_clips, self.specials, self.objective, train=train, generator=generator)
+
+    def __call__(self, batch: Any, device: torch.device, train: bool = True) -> dict[str, Any]:
+        host = getattr(batch, "host", None) if train else None
+        if host is None:
+            host = self.host(batch, train=train)
         ids, _, feats = self.visual_tokenizer(batch.frames, batch.num_frames, return_features=True)
-        host = build_batch(samples, ids.shape[1], self.specials, self.objective, train=train)
         inputs = to_device(host, ids, feats, self.specials, device, self.feature_stats)
         inputs["skipped_samples"] = host_to_device(torch.tensor(float(host.counts["skipped"])), device)
         inputs["_num_tokens"] = host.counts["num_tokens"]

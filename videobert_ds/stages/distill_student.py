@@ -263,6 +263,9 @@ class StudentStage(Stage):
     def specials(self) -> Specials:
         return specials_from_config(self.teacher_config, self.tokenizer)
 
+    def prepare_host(self, batch: Any, generator: torch.Generator) -> Any:
+        return self.batches.host(batch, generator)
+
     def make_inputs(self, batch: Any, device: torch.device, train: bool = True) -> dict[str, Any]:
         return self.batches(batch, device, train=train)
 

@@ -31,12 +31,13 @@ from videobert_ds.model.specials import Specials, specials_from_config
 from videobert_ds.objectives.finetuning import (
     TASKS,
     FinetuneObjective,
+    TaskBatch,
     TaskConfig,
     TaskSample,
     build_task_batch,
     task_tensors,
 )
-from videobert_ds.objectives.layout import text_ids_and_clip_counts, to_device
+from videobert_ds.objectives.layout import text_ids_and_clip_counts, thread_tokenizer, to_device
 from videobert_ds.training.stage import Stage
 from videobert_ds.visual.loading import load_visual_tokenizer
 from videobert_ds.visual.vocab import vocab_metadata
@@ -178,9 +179,9 @@ class FinetuneStage(Stage):
         return FinetuneObjective(model, self.cfg.finetune)
 
     # -- per step ------------------------------------------------------------------------------
-    def task_samples(self, batch: Any) -> list[TaskSample]:
+    def task_samples(self, batch: Any, tokenizer: Any = None) -> list[TaskSample]:
         ids, clips = text_ids_and_clip_counts(
-            batch, self.tokenizer, self.visual_tokenizer.frames_per_clip, self.cfg.finetune.max_text_tokens
+            batch, tokenizer or self.tokenizer, self.visual_tokenizer.frames_per_clip, self.cfg.finetune.max_text_tokens
         )
         return [
             TaskSample(
@@ -193,10 +194,17 @@ class FinetuneStage(Stage):
             for i, n, m in zip(ids, clips, batch.meta)
         ]
 
+    def prepare_host(self, batch: Any, generator: torch.Generator | None) -> TaskBatch:
+        """The task batch, on the host (the clip count per sample is the frames' shape; nothing random)."""
+        n_clips = batch.frames.shape[1] // self.visual_tokenizer.frames_per_clip
+        tokenizer = thread_tokenizer(self.tokenizer)
+        return build_task_batch(
+            self.task_samples(batch, tokenizer), n_clips, self.specials, self.cfg.finetune, self.label_index, tokenizer
+        )
+
     def make_inputs(self, batch: Any, device: torch.device) -> dict[str, Any]:
-        samples = self.task_samples(batch)
+        tb = getattr(batch, "host", None) or self.prepare_host(batch, None)
         ids, _ = self.visual_tokenizer(batch.frames, batch.num_frames)
-        tb = build_task_batch(samples, ids.shape[1], self.specials, self.cfg.finetune, self.label_index, self.tokenizer)
         inputs: dict[str, Any] = to_device(tb.host, ids, None, self.specials, device)
         inputs.update(
             task=task_tensors(tb, device),

@@ -228,6 +228,9 @@ class TeacherStage(Stage):
             self.tokenizer, self.visual_tokenizer, self.specials, self.cfg.objective, self.feature_stats
         )
 
+    def prepare_host(self, batch: Any, generator: torch.Generator) -> Any:
+        return self.inputs.host(batch, generator)
+
     def make_inputs(self, batch: Any, device: torch.device, train: bool = True) -> dict[str, Any]:
         return self.inputs(batch, device, train=train)
 

@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from videobert_ds.core.config import ConfigError, StageConfig
 from videobert_ds.objectives.autoencoder import AutoencoderObjective, EncoderObjectiveConfig, split_into_clips
+from videobert_ds.objectives.layout import host_to_device
 from videobert_ds.stages import cast_unpartitioned
 from videobert_ds.training.stage import Stage
 from videobert_ds.visual.autoencoder import ClipAutoencoder, ClipAutoencoderConfig, denormalize_frames, normalize_frames
@@ -97,14 +98,19 @@ class VideoEncoderStage(Stage):
         objective = AutoencoderObjective(model, self.cfg.model.foreground_weight, self.cfg.objective)
         return cast_unpartitioned(objective, model.dtype)
 
+    def prepare_host(self, batch: Any, generator: torch.Generator) -> Any:
+        """The narrations' hashed words (host only; nothing random)."""
+        if self.cfg.objective.lambda_narration <= 0:
+            return None
+        return hash_words([m.get("text", "") for m in batch.meta], self.cfg.objective.narration_buckets)
+
     def make_inputs(self, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
         clips, valid = split_into_clips(batch.frames.to(device), batch.num_frames, self.cfg.model.frames_per_clip)
         inputs = {"clips": normalize_frames(clips), "valid": valid}
         if self.cfg.objective.lambda_narration > 0:
-            ids, offsets, has_text = hash_words(
-                [m.get("text", "") for m in batch.meta], self.cfg.objective.narration_buckets
-            )
-            inputs.update(text_ids=ids.to(device), text_offsets=offsets.to(device), has_text=has_text.to(device))
+            words = getattr(batch, "host", None) or self.prepare_host(batch, None)
+            ids, offsets, has_text = (host_to_device(t, device) for t in words)
+            inputs.update(text_ids=ids, text_offsets=offsets, has_text=has_text)
         return inputs
 
     def step_stats(self, inputs: dict[str, Any]) -> tuple[int, float]:

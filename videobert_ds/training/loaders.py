@@ -1,12 +1,19 @@
-"""The clip loaders a training run reads (one split of the run's shards, cut into this rank's micro-batches) and
-the optional log of which samples each step consumed."""
+"""The clip loaders a training run reads (one split of the run's shards, cut into this rank's micro-batches), the
+background prefetch that builds each batch's host-side inputs ahead of the step, and the optional log of which
+samples each step consumed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from videobert_ds.core.config import StageConfig
 from videobert_ds.core.distributed import DistEnv
@@ -37,6 +44,109 @@ def endless(loader: Iterable[Any]) -> Iterator[Any]:
     """One stream over epochs; the loader's own state tracks epoch and position."""
     while True:
         yield from loader
+
+
+def batch_generator(seed: int, rank: int, position: dict[str, int]) -> torch.Generator:
+    """The CPU generator a batch's host-side draws (masking, sequence kinds, negatives) come from: a function of
+    the run seed, the rank and the batch's data position only, so the batch is the same whenever and wherever it
+    is built (ahead in a thread, again after a resume)."""
+    words = np.random.SeedSequence([seed, rank, position["epoch"], position["batches_in_epoch"]])
+    return torch.Generator().manual_seed(int(words.generate_state(1, dtype=np.uint64)[0]))
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class HostPrefetch:
+    """The training loader read `depth` batches ahead in a background thread, where each batch's host-side inputs
+    are built too (`prepare(batch, generator)`: tokenizing, masking draws, layout index arithmetic; its result is
+    stored as `batch.host` for the stage's make_inputs), so the step itself only does device work.
+
+    Endless (one stream over epochs) and resumable like the loader: `state_dict` is the position after the last
+    batch handed out (batches read ahead are not counted), `load_state_dict` drops the read-ahead and moves the
+    loader. `prepare` must draw only from the generator it gets (batch_generator), never from torch's global RNG,
+    which the main thread's dropout uses."""
+
+    def __init__(
+        self,
+        loader: Any,
+        prepare: Callable[[Any, torch.Generator], Any] | None,
+        depth: int,
+        seed: int,
+        rank: int,
+        device: torch.device | None = None,
+    ) -> None:
+        if depth < 1:
+            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+        self.loader, self.prepare, self.depth = loader, prepare, depth
+        self.seed, self.rank, self.device = seed, rank, device
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._state: dict[str, int] | None = None  # the loader's position after the last batch handed out
+
+    def state_dict(self) -> dict[str, int]:
+        if self._state is None:  # nothing read yet (the thread is not running): ask the loader itself
+            self._state = dict(self.loader.state_dict())
+        return dict(self._state)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.close()
+        self.loader.load_state_dict(state)
+        self._state = dict(self.loader.state_dict())
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._thread is None:
+            self.state_dict()  # pin the starting position before the thread moves the loader
+            self._stop = threading.Event()
+            self._queue = queue.Queue(maxsize=self.depth)
+            self._thread = threading.Thread(
+                target=self._work, args=(self._stop, self._queue), name="host-prefetch", daemon=True
+            )
+            self._thread.start()
+        item = self._queue.get()
+        if isinstance(item, _Failed):
+            self.close()
+            raise item.error
+        batch, self._state = item
+        return batch
+
+    def close(self) -> None:
+        """Stop the thread (after the batch it is reading), drop what it read ahead and close the loader's decoder;
+        iterating again continues after the last batch handed out."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)  # unblock a put
+        self._thread = None
+        self.loader.load_state_dict(self._state)  # closes its decoder, back at the last batch handed out
+
+    def _work(self, stop: threading.Event, out: queue.Queue) -> None:
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                with contextlib.suppress(queue.Full):
+                    out.put(item, timeout=0.1)
+                    return True
+            return False
+
+        try:
+            if self.device is not None and self.device.type == "cuda":
+                torch.cuda.set_device(self.device)  # a new thread starts on device 0
+            for batch in endless(self.loader):
+                position = dict(self.loader.state_dict())
+                if self.prepare is not None:
+                    batch.host = self.prepare(batch, batch_generator(self.seed, self.rank, position))
+                if not put((batch, position)):
+                    return
+        except BaseException as err:  # handed to the main thread, raised there by __next__
+            put(_Failed(err))
 
 
 class SampleKeyLog:

@@ -44,6 +44,13 @@ class Stage(abc.ABC):
     def make_inputs(self, batch: Any, device: torch.device) -> dict[str, Any]:
         """Loader batch -> inputs for the training module, on `device`."""
 
+    def prepare_host(self, batch: Any, generator: torch.Generator) -> Any:
+        """The host-side half of `make_inputs` (tokenizing, masking draws, layout; CPU only, no device value read),
+        run ahead in the training loader's prefetch thread; its result reaches `make_inputs` as `batch.host`.
+        Draw only from `generator` (seeded from the batch's data position), never from torch's global RNG.
+        None (the default): `make_inputs` does everything."""
+        return None
+
     def setup(self, run_dir: Path, rank: int, device: torch.device) -> None:  # noqa: B027 (optional hook)
         """Work before the model is built, on every rank (e.g. rank 0 trains a tokenizer); a barrier follows.
         Frozen helper models belong here: it runs before the ZeRO-3 construction context exists, so they

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from videobert_ds.core.config import StageConfig, micro_batch_size, save_config
 from videobert_ds.core.distributed import DistEnv
 from videobert_ds.training.checkpoint import CheckpointManager
-from videobert_ds.training.loaders import SampleKeyLog, build_split_loader, endless
+from videobert_ds.training.loaders import HostPrefetch, SampleKeyLog, build_split_loader
 from videobert_ds.training.memory import held_state_bytes, peak_rss_bytes, write_partition_report
 from videobert_ds.training.metrics import MetricsLogger
 from videobert_ds.training.schedule import lr_scheduler
@@ -63,10 +63,14 @@ class Trainer:
         cfg, env, sched = self.cfg, self.env, self.cfg.schedule
         engine = self._build_engine()
         train_loader = build_split_loader(cfg, cfg.data.train_split, self.micro_batch, env, shuffle=True)
+        # Read ahead in a thread that also builds each batch's host-side inputs (stage.prepare_host).
+        train_batches = HostPrefetch(
+            train_loader, self.stage.prepare_host, cfg.data.prefetch, cfg.run.seed, env.rank, env.device
+        )
         metrics = MetricsLogger(self.run_dir, sched, env)
         validator = Validator(self.stage, cfg, env, self.micro_batch, metrics.monitor)
         checkpointer = CheckpointManager(self.run_dir / "checkpoints", sched.keep_checkpoints, sched.checkpoint_every)
-        states = {"loader": train_loader}  # what a checkpoint carries besides engine and RNG: the data position
+        states = {"loader": train_batches}  # what a checkpoint carries besides engine and RNG: the data position
         step = checkpointer.resume(engine, resume, states)
         self._log_start(step, engine, metrics)
         key_log = SampleKeyLog(self.run_dir, env.rank, enabled=cfg.data.log_sample_keys)
@@ -74,7 +78,7 @@ class Trainer:
         timer, gas, micro = StepTimer(env.device), engine.gradient_accumulation_steps(), 0
         last_val: dict[str, float] = {}
         stopped = False
-        batches = endless(train_loader)
+        batches = iter(train_batches)
         engine.train()
         while step < sched.max_steps:
             wait_started = time.perf_counter()
@@ -112,6 +116,7 @@ class Trainer:
             log.warning(
                 "stopped by signal %s at step %d; checkpoint saved, resume with --resume auto", self.stop.signal, step
             )
+        train_batches.close()
         key_log.close()
         metrics.close()
         self.stopped_early = stopped
