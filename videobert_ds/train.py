@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from videobert_ds.training.preflight import check_train_split
     from videobert_ds.training.trainer import Trainer
 
-    env = init_distributed()
+    env = init_distributed(cfg.run.dist_timeout_minutes)
     batch_size = stage.loader_batch_size(ds_config, env.world_size)
     if batch_size and not args.build_only:  # needs the world size, known only now
         try:

@@ -33,6 +33,12 @@ class ConfigError(ValueError):
 class RunConfig:
     dir: str = "runs/default"
     seed: int = 0
+    # Bound on every collective (core/distributed.init_distributed); DeepSpeed's own default is 10 minutes.
+    dist_timeout_minutes: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.dist_timeout_minutes <= 0:
+            raise ConfigError(f"run.dist_timeout_minutes must be > 0, got {self.dist_timeout_minutes}")
 
 
 @dataclass

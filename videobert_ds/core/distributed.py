@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -39,21 +40,44 @@ def skip_cpu_shm_allreduce() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def init_distributed() -> DistEnv:
-    """Join the process group (env:// from the launcher or SLURM mapping, or MPI discovery)."""
+DEFAULT_TIMEOUT_MINUTES = 60.0
+
+# Where launchers other than torchrun/deepspeed say which rank of its node a process is (read before the
+# process group exists: DeepSpeed's MPI discovery sets LOCAL_RANK only inside init_distributed).
+LOCAL_RANK_VARS = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK")
+
+
+def local_rank_from_env() -> int:
+    for var in LOCAL_RANK_VARS:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def init_distributed(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> DistEnv:
+    """Join the process group (env:// from the launcher or SLURM mapping, or MPI discovery).
+
+    On CUDA the rank's device is set first: NCCL binds a communicator to the current device, and a group
+    created before set_device starts every rank of a node on GPU 0. `timeout_minutes` bounds every
+    collective (DeepSpeed's default is 10 minutes; a rank that works alone while the others wait in a
+    barrier, e.g. on a large corpus, needs more)."""
     # DeepSpeed is imported here, not at the top: the rank/sharding helpers below serve code that never joins.
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    if timeout_minutes <= 0:
+        raise ValueError(f"process-group timeout must be > 0 minutes, got {timeout_minutes}")
     skip_cpu_shm_allreduce()
-    deepspeed.init_distributed(auto_mpi_discovery=True)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     accel = get_accelerator()
+    local_rank = local_rank_from_env()
     if accel.device_name() == "cuda":
         accel.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+    deepspeed.init_distributed(auto_mpi_discovery=True, timeout=timedelta(minutes=timeout_minutes))
+    if int(os.environ.get("LOCAL_RANK", local_rank)) != local_rank:  # MPI discovery knew better
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if accel.device_name() == "cuda":
+            accel.set_device(local_rank)
+    device = torch.device("cuda", local_rank) if accel.device_name() == "cuda" else torch.device("cpu")
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
