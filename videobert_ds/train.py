@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--resume",
         default="auto",
-        help="'auto' (newest complete checkpoint in the run dir, if any), 'none', or a checkpoint tag dir",
+        help="'auto' (newest sound checkpoint in the run dir, if any; a damaged one is skipped), 'none', "
+        "or a checkpoint tag dir (from a trusted place: checkpoints are pickles)",
     )
     parser.add_argument("--no-export", action="store_true", help="skip exporting RUN_DIR/final at the end")
     parser.add_argument(
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             check_paths(cfg)
         stage = stage_cls(cfg)
         stage.check()
+        if args.resume not in ("auto", "none"):  # a checkpoint dir: complete and sound, or stop here
+            from videobert_ds.training.checkpoint import check_checkpoint_dir
+
+            check_checkpoint_dir(args.resume)
     except ConfigError as err:
         print(f"videobert-train: error: {err}", file=sys.stderr)
         return 2
@@ -125,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         trainer.build_only()
         dist.destroy_process_group()
         return 0
-    trainer.fit(resume=args.resume)
+    try:
+        trainer.fit(resume=args.resume)
+    except ConfigError as err:  # e.g. no loadable checkpoint: every rank raises the same one-line error
+        if env.rank == 0:
+            print(f"videobert-train: error: {err}", file=sys.stderr)
+        dist.destroy_process_group()
+        return 2
     stopped_early = trainer.stopped_early
     del trainer  # releases the ZeRO-3 construction context before the plain export below
 
@@ -133,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if not stopped_early and not args.no_export and env.rank == 0:
         from videobert_ds.stages import export_run
 
-        export_run(cfg.run.dir, Path(cfg.run.dir) / "final")
+        export_run(cfg.run.dir, Path(cfg.run.dir) / "final", force=True)  # final/ is the run's own output
     dist.barrier()
     dist.destroy_process_group()
     return 0

@@ -352,7 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="delete the demo dir and start over")
     args = parser.parse_args(argv)
     root = Path(args.root)
-    if args.force:
+    if args.force:  # refuse to delete what a demo did not make
+        from videobert_ds.core.atomic import is_within
+
+        is_demo = (root / "timings.json").exists() or (root / "logs").is_dir()
+        if root.is_dir() and any(root.iterdir()) and not is_demo:
+            parser.error(f"--force would delete {root}, which is not a demo dir (no timings.json or logs/)")
+        if is_within(Path.cwd(), root) or is_within(REPO, root):
+            parser.error(f"--force would delete {root}, which holds the current folder or the repository")
         shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     Demo(root.resolve(), args.ranks, args.num_videos).run()

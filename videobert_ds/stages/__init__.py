@@ -39,9 +39,10 @@ def load_run_stage(run_dir: str | Path) -> Stage:
     return cls(from_dict(cls.config_cls, data))
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
-    """Export a run's newest complete checkpoint (or `tag`) with the stage that trained it."""
-    return export_checkpoint(load_run_stage(run_dir), run_dir, out_dir, tag)
+def export_run(run_dir: str | Path, out_dir: str | Path, tag: str | None = None, force: bool = False) -> Path:
+    """Export a run's newest sound checkpoint (or `tag`) with the stage that trained it; `force` replaces an
+    `out_dir` that is not an earlier export (never the run dir or a folder above it)."""
+    return export_checkpoint(load_run_stage(run_dir), run_dir, out_dir, tag, force)
 
 
 def cast_unpartitioned(module: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -39,10 +39,10 @@ def reduce_means(sums: dict[str, torch.Tensor], count: int, prefix: str) -> dict
 class MetricsLogger:
     """Decides when the training curves are written and writes them; owns the run's Monitor."""
 
-    def __init__(self, run_dir: Path, sched: ScheduleConfig, env: DistEnv) -> None:
+    def __init__(self, run_dir: Path, sched: ScheduleConfig, env: DistEnv, start_step: int = 0) -> None:
         self.sched = sched
         self.rank = env.rank
-        self.monitor = Monitor(run_dir, env.rank, env.device, env.world_size)
+        self.monitor = Monitor(run_dir, env.rank, env.device, env.world_size, start_step)
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
 

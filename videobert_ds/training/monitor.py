@@ -15,6 +15,7 @@ import numpy as np
 import psutil
 import torch
 
+from videobert_ds.core.atomic import write_text
 from videobert_ds.training.timing import StepTimer, device_peak_flops
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,30 @@ def memory_gib(device: torch.device) -> float:
     return psutil.Process(os.getpid()).memory_info().rss / 2**30
 
 
+def drop_rows_after(metrics_file: Path, step: int) -> int:
+    """Keep the rows of `metrics_file` with step <= `step` (rewritten atomically); -> rows dropped. A run that
+    resumes from `step` logs the later steps again; a torn last line (a killed run) goes too."""
+    if not metrics_file.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in metrics_file.read_text().splitlines():
+        try:
+            row_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            row_step = None
+        if isinstance(row_step, int) and row_step <= step:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        write_text(metrics_file, "".join(kept))
+    return dropped
+
+
 class Monitor:
-    def __init__(self, run_dir: Path, rank: int, device: torch.device, world_size: int) -> None:
+    def __init__(self, run_dir: Path, rank: int, device: torch.device, world_size: int, start_step: int = 0) -> None:
+        """`start_step`: the step training (re)starts from; rows logged past it by an earlier attempt are
+        dropped from metrics.jsonl and hidden in TensorBoard (purge_step), so no step appears twice."""
         self.rank = rank
         self.device = device
         self.world_size = world_size
@@ -38,7 +61,10 @@ class Monitor:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb_dir = run_dir / "tb"
-            self.writer = SummaryWriter(str(self.tb_dir))
+            self.writer = SummaryWriter(str(self.tb_dir), purge_step=start_step + 1 if start_step else None)
+            dropped = drop_rows_after(run_dir / "metrics.jsonl", start_step)
+            if dropped:
+                log.info("metrics.jsonl: dropped %d rows past step %d (they are trained again)", dropped, start_step)
             self.metrics_file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 (open for the run)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:

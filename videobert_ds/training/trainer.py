@@ -67,11 +67,11 @@ class Trainer:
         train_batches = HostPrefetch(
             train_loader, self.stage.prepare_host, cfg.data.prefetch, cfg.run.seed, env.rank, env.device
         )
-        metrics = MetricsLogger(self.run_dir, sched, env)
-        validator = Validator(self.stage, cfg, env, self.micro_batch, metrics.monitor)
         checkpointer = CheckpointManager(self.run_dir / "checkpoints", sched.keep_checkpoints, sched.checkpoint_every)
         states = {"loader": train_batches}  # what a checkpoint carries besides engine and RNG: the data position
         step = checkpointer.resume(engine, resume, states)
+        metrics = MetricsLogger(self.run_dir, sched, env, start_step=step)  # drops rows logged past `step`
+        validator = Validator(self.stage, cfg, env, self.micro_batch, metrics.monitor)
         self._log_start(step, engine, metrics)
         key_log = SampleKeyLog(self.run_dir, env.rank, enabled=cfg.data.log_sample_keys)
 
