@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -21,18 +23,29 @@ VIDEO_SEP = "[>]"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", VIDEO_SEP]
 
 
-def shard_texts(shard_dir: str | Path, split: str = "train") -> Iterator[str]:
-    """Transcript sentences of a split, read from the shards' json members only (no video decoding)."""
-    import webdataset as wds
+def tar_json_members(fileobj: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each `.json` member of an uncompressed tar, in order. Only the 512-byte member headers
+    and the json members are read: tarfile seeks past every other member (the encoded clips, nearly all of
+    a shard's bytes), so `fileobj` must be seekable."""
+    with tarfile.open(fileobj=fileobj, mode="r:") as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".json"):
+                yield member.name, tar.extractfile(member).read()
 
+
+def shard_texts(shard_dir: str | Path, split: str = "train") -> Iterator[str]:
+    """Transcript sentences of a split, read from the local shards' json members only: the video bytes are
+    seeked past, never read (a WordPiece tokenizer over a large corpus must not read it whole)."""
     manifest = json.loads((Path(shard_dir) / "manifest.json").read_text())
-    urls = [str(Path(shard_dir) / s["file"]) for s in manifest["shards"] if s["split"] == split]
-    if not urls:
+    paths = [Path(shard_dir) / s["file"] for s in manifest["shards"] if s["split"] == split]
+    if not paths:
         raise ValueError(f"no {split!r} shards in {shard_dir} to train a tokenizer on")
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=None):
-        text = json.loads(sample["json"]).get("text", "")
-        if text:
-            yield text
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:  # unbuffered: a read-ahead buffer would pull in clip bytes
+            for _, data in tar_json_members(f):
+                text = json.loads(data).get("text", "")
+                if text:
+                    yield text
 
 
 def train_wordpiece(texts: Iterator[str], vocab_size: int, out_dir: str | Path) -> PreTrainedTokenizerFast:
