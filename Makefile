@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SETUP_STAMP := .venv/.setup-stamp
 
-.PHONY: setup demo demo-clean test lint format bench bench-data bench-kmeans bench-train tensorboard clean
+.PHONY: setup demo demo-clean test lint format bench bench-data bench-kmeans bench-train bench-gpu tensorboard clean
 
 setup: $(SETUP_STAMP)
 
@@ -42,6 +42,11 @@ bench-kmeans: setup
 
 bench-train: demo
 	$(PY) -m videobert_ds.bench.train
+
+# Every GPU check in one call (<= 8 min): the BERT-large teacher's bf16 ZeRO-3 step (tokens/s, MFU, memory, host
+# syncs) and NVDEC decoding. Without a GPU it prints one line and exits 0.
+bench-gpu: setup
+	$(PY) -m videobert_ds.bench.gpu
 
 tensorboard: setup
 	.venv/bin/tensorboard --logdir runs/demo --host 127.0.0.1 --port $${PORT:-6006}
