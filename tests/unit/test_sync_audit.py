@@ -4,8 +4,9 @@ A meta tensor has a shape but no data, so whatever reads a device value on the h
 `int()` / `bool()` / `float()` of a tensor, `.tolist()`, `nonzero`, one-argument `torch.where`, boolean-mask
 indexing `x[mask]` (its result's shape depends on the data). On a GPU each of these stalls the host until the
 stream drains, and under ZeRO-3 the parameter prefetch waits with it. So a step that runs start to end on meta
-(forward and backward) is a step without host syncs: the device part of building the batch (visual words placed
-by index, clip features, attention masks), then each stage's losses.
+(forward and backward) is a step without host syncs: the device part of building the batch (frames -> visual
+words through the frozen clip encoder and the vocabulary tree, the words placed by index, clip features,
+attention masks), then each stage's losses.
 
 What does not run here: the host side of batch building (tokenizing, masking draws), which runs on CPU tensors
 by design, and the all_gather of MIL-NCE negatives (world size 1: `gather_across_ranks` returns its inputs; a
@@ -14,6 +15,7 @@ collective is not a host sync anyway).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -27,8 +29,15 @@ from videobert_ds.objectives.distillation import DistillationObjective, DistillC
 from videobert_ds.objectives.finetuning import FinetuneObjective, TaskConfig, TaskSample, build_task_batch, task_tensors
 from videobert_ds.objectives.layout import ClipSample, ObjectiveConfig, build_batch, to_device
 from videobert_ds.objectives.pretraining import PretrainingObjective
-from videobert_ds.visual.autoencoder import ClipAutoencoder, ClipAutoencoderConfig, normalize_frames
+from videobert_ds.visual.autoencoder import (
+    AutoencoderClipEncoder,
+    ClipAutoencoder,
+    ClipAutoencoderConfig,
+    normalize_frames,
+)
 from videobert_ds.visual.narration import hash_words
+from videobert_ds.visual.tokenizer import VisualTokenizer
+from videobert_ds.visual.vocab import VisualVocabulary
 
 META = torch.device("meta")
 
@@ -151,3 +160,31 @@ def test_finetune_step_has_no_host_sync():
     inputs.update(task=meta(task_tensors(tb, META)), num_main=tb.num_main, num_candidates=tb.num_candidates)
     out = step(module, inputs)
     assert {"classification", "caption", "qa", "retrieval"} <= out.keys()
+
+
+@pytest.fixture(scope="module")
+def visual_vocab():
+    """A tiny clip encoder and a 4^3-word vocabulary fit on random features of its width."""
+    config = ClipAutoencoderConfig(frames_per_clip=4, image_size=16, channels=[4, 8], feature_dim=8)
+    torch.manual_seed(0)
+    encoder = AutoencoderClipEncoder(ClipAutoencoder(config))
+    vocab = VisualVocabulary.fit(torch.randn(512, 8), encoder, depth=3, branching=4, seed=0, progress=False)
+    return encoder, vocab
+
+
+@pytest.mark.parametrize("method", ["exact", "descent"])
+def test_visual_tokenizer_has_no_host_sync(visual_vocab, method: str):
+    """Frames -> visual words inside the teacher's and the student's step (descent: the paper's large vocabularies)."""
+    encoder, vocab = visual_vocab
+    tokenizer = VisualTokenizer(copy.deepcopy(encoder), vocab, method=method, clips_per_batch=3).to(META)
+    frames = torch.zeros(2, 8, 16, 16, 3, dtype=torch.uint8, device=META)
+    ids, valid, feats = tokenizer(frames, torch.tensor([8, 5], device=META), return_features=True)
+    assert ids.shape == (2, 2) and ids.device.type == "meta" and feats.shape == (2, 2, 8)
+
+
+def test_sync_free_descent_gives_the_trees_words(visual_vocab):
+    """The tokenizer's per-row descent assigns what KMeansTree.assign_descent (rows grouped by node) assigns."""
+    encoder, vocab = visual_vocab
+    tokenizer = VisualTokenizer(encoder, vocab, method="descent")
+    x = torch.randn(300, 8, generator=torch.Generator().manual_seed(1)) * 1.5
+    assert torch.equal(tokenizer._descend(x), vocab.tree.assign_descent(x))

@@ -69,6 +69,21 @@ class VisualTokenizer(nn.Module):
             self._tree, self._tree_key = KMeansTree(self.branching, levels), key
         return self._tree
 
+    def _descend(self, x: torch.Tensor) -> torch.Tensor:
+        """KMeansTree.assign_descent's leaf ids for a chunk of clip features (N, D), without a host sync: every row
+        gathers its own node's `branching` children at each level (N x branching x D floats, bounded by
+        clips_per_batch), where the tree's version groups rows by node, which needs the group sizes on the host
+        (a sync per level and bucket inside every training step)."""
+        tree, b = self._centroid_tree(), self.branching
+        x = x.float()
+        node = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        children = torch.arange(b, device=x.device)
+        for cents, norms in zip(tree.levels, tree._norms):
+            rows = node[:, None] * b + children  # (N, b)
+            d = torch.baddbmm(norms[rows][:, None, :], x[:, None, :], cents[rows].transpose(1, 2), alpha=-2)
+            node = rows.gather(1, d.squeeze(1).argmin(1, keepdim=True)).squeeze(1)
+        return node
+
     @torch.no_grad()
     def forward(
         self, frames: torch.Tensor, num_frames: torch.Tensor | None = None, return_features: bool = False
@@ -85,7 +100,7 @@ class VisualTokenizer(nn.Module):
         fpc = self.frames_per_clip
         clips = frames[:, : n * fpc].reshape(b * n, fpc, *frames.shape[2:])
         tree = self._centroid_tree()
-        assign = tree.assign_exact if self.method == "exact" else tree.assign_descent
+        assign = tree.assign_exact if self.method == "exact" else self._descend
         ids = torch.empty(b * n, dtype=torch.long, device=dev)
         all_feats = []
         for s in range(0, b * n, self.clips_per_batch):
