@@ -57,6 +57,25 @@ def test_masking_keeps_berts_distribution():
     assert (host.visual_replace[~vis] == REPLACE_KEEP).all()
 
 
+def test_sequence_kinds_captions_and_negatives_keep_their_ratios():
+    """The per-sample draws (one vectorised draw per sample): kinds 60/20/20, captioning on 25% of joint rows,
+    alignment negatives on 50% of the remaining joint rows, sub-sampling rates uniform in 1..5."""
+    cfg = ObjectiveConfig(concat_neighbours_prob=0.0)
+    host = build_batch(samples(2000, text=4, clips=10), 10, SP, cfg, generator=torch.Generator().manual_seed(3))
+    has_text = host.segments[:, 1] == 0
+    has_video = (host.video_src >= 0).any(1)
+    joint = has_text & has_video
+    for share, expected in ((joint, 0.6), (has_text & ~has_video, 0.2), (~has_text & has_video, 0.2)):
+        assert abs(share.float().mean().item() - expected) < 0.03
+    assert abs(host.caption_mode[joint].float().mean().item() - 0.25) < 0.03
+    aligned = host.align_labels[joint & ~host.caption_mode]
+    assert abs((aligned == 0).float().mean().item() - 0.5) < 0.04 and ((aligned == 0) | (aligned == 1)).all()
+    words = (host.video_src >= 0).sum(1)[~has_text & has_video]  # 10 clips at rate r: ceil(10 / r) words
+    counts = torch.bincount(words, minlength=11)
+    for rate in range(1, 6):
+        assert abs(counts[-(-10 // rate)].item() / len(words) - 0.2) < 0.06
+
+
 def test_every_row_gets_a_prediction_and_captions_none():
     """A row with text (or clips) but no draw under mask_prob gets one masked position; captioning rows none."""
     cfg = ObjectiveConfig(mask_prob=0.01, caption_ratio=0.5, **PLAIN)
@@ -118,7 +137,7 @@ def test_head_computes_only_the_slice_and_matches_full_then_slice():
     hook.remove()
     assert calls == [SP.text_vocab_size]
 
-    cfg = ObjectiveConfig(mask_prob=0.3, caption_ratio=0.3)
+    cfg = ObjectiveConfig(mask_prob=0.3, caption_ratio=0.5, joint_ratio=1.0, text_only_ratio=0.0, video_only_ratio=0.0)
     host = build_batch(samples(6, text=6, clips=4), 4, SP, cfg, generator=torch.Generator().manual_seed(5))
     inputs = to_device(host, torch.randint(0, 16, (6, 4)), torch.randn(6, 4, 8), SP, torch.device("cpu"))
     hidden, pooled = model(inputs["input_ids"], inputs["token_type_ids"], inputs["attention_mask"])

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from videobert_ds.core.config import ConfigError
@@ -79,19 +80,6 @@ class HostBatch:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def _rand(g: torch.Generator) -> float:
-    return float(torch.rand((), generator=g))
-
-
-def _randint(low: int, high: int, g: torch.Generator) -> int:
-    """Uniform in [low, high)."""
-    return int(torch.randint(low, high, (), generator=g))
-
-
-def _choice(probs: list[float], g: torch.Generator) -> int:
-    return int(torch.multinomial(torch.tensor(probs, dtype=torch.float), 1, generator=g))
-
-
 def generator_from_global() -> torch.Generator:
     """A CPU generator seeded by one draw of torch's global RNG: callers that do not pass their own generator get
     draws that follow the global seed (restored on resume, fixed by the validator)."""
@@ -140,31 +128,33 @@ def layout_rows(rows: list[Row], n_clips: int, sp: Specials, max_seq_len: int) -
         fitted.append((r, r.clips[:room]))
     length = max(2 + len(r.text) + (1 + len(c) if c else 0) for r, c in fitted)
     b = len(rows)
-    input_ids = torch.full((b, length), sp.pad, dtype=torch.long)
-    video_src = torch.full((b, length), -1, dtype=torch.long)
-    token_type = torch.zeros((b, length), dtype=torch.long)
-    segments = torch.full((b, length), SEG_PAD, dtype=torch.long)
-    caption_labels = torch.full((b, length), IGNORE, dtype=torch.long)
+    # Filled as numpy arrays (a slice assignment from a list is cheap; one small torch.tensor per row is not).
+    input_ids = np.full((b, length), sp.pad, dtype=np.int64)
+    video_src = np.full((b, length), -1, dtype=np.int64)
+    token_type = np.zeros((b, length), dtype=np.int64)
+    segments = np.full((b, length), SEG_PAD, dtype=np.int64)
+    caption_labels = np.full((b, length), IGNORE, dtype=np.int64)
     n_tokens = 0
     for i, (r, clips) in enumerate(fitted):
-        seq = [sp.cls, *r.text]
-        seg = [SEG_TEXT] * len(seq)
-        v_start = len(seq) + 1
-        if clips:
-            seq += [sp.video_sep] + [0] * len(clips)
-            seg += [SEG_VIDEO] * (1 + len(clips))
-        seq.append(sp.sep)
-        seg.append(SEG_VIDEO if clips else SEG_TEXT)
-        n = len(seq)
+        t = len(r.text)
+        n = 2 + t + (1 + len(clips) if clips else 0)
         n_tokens += n
-        input_ids[i, :n] = torch.tensor(seq)
-        segments[i, :n] = torch.tensor(seg)
+        input_ids[i, 0] = sp.cls
+        input_ids[i, 1 : 1 + t] = r.text
+        input_ids[i, n - 1] = sp.sep
+        segments[i, :n] = SEG_TEXT
         if clips:
-            token_type[i, v_start - 1 : n] = 1
-            video_src[i, v_start : v_start + len(clips)] = torch.tensor([s * n_clips + c for s, c in clips])
+            input_ids[i, 1 + t] = sp.video_sep
+            input_ids[i, 2 + t : n - 1] = 0
+            segments[i, 1 + t : n] = SEG_VIDEO
+            token_type[i, 1 + t : n] = 1
+            video_src[i, 2 + t : 2 + t + len(clips)] = [s * n_clips + c for s, c in clips]
         if r.caption:
-            targets = [*r.text, sp.video_sep]
-            caption_labels[i, : len(targets)] = torch.tensor(targets)
+            caption_labels[i, :t] = r.text
+            caption_labels[i, t] = sp.video_sep
+    input_ids, video_src, token_type, segments, caption_labels = (
+        torch.from_numpy(x) for x in (input_ids, video_src, token_type, segments, caption_labels)
+    )
     caption_mode = torch.tensor([r.caption for r in rows], dtype=torch.bool)
     return HostBatch(
         input_ids,
@@ -195,6 +185,12 @@ def build_batch(
     g = generator if generator is not None else generator_from_global()
     counts = {"skipped": 0, "concatenated": 0}
 
+    # Every per-sample draw at once, one row per sample (drawn whether used or not, so the stream is fixed):
+    # neighbour concatenation, sequence kind, sub-sampling rate, captioning, alignment negative, which negative.
+    draws = torch.rand((len(samples), 6), generator=g).tolist()
+    kinds = [cfg.joint_ratio, cfg.text_only_ratio, cfg.video_only_ratio]
+    bounds = np.cumsum(kinds) / sum(kinds)  # inverse CDF of the kind mixture
+
     # Each entry: (text ids, [(source sample, clip index)], kind, caption?, aligned?)
     entries: list[dict[str, Any]] = []
     used = [False] * len(samples)
@@ -202,9 +198,10 @@ def build_batch(
         if used[i]:
             continue
         used[i] = True
+        u_concat, u_kind, u_rate, u_caption = draws[i][:4]
         text, clips = list(s.text_ids), [(i, c) for c in range(min(s.num_clips, n_clips))]
         # Augmentation: concatenate with the next segment of the same video when it is in the batch.
-        if train and _rand(g) < cfg.concat_neighbours_prob:
+        if train and u_concat < cfg.concat_neighbours_prob:
             for j in range(len(samples)):
                 t = samples[j]
                 if not used[j] and t.video_id == s.video_id and t.segment == s.segment + 1:
@@ -221,17 +218,12 @@ def build_batch(
         elif not clips:
             kind = KIND_TEXT
         else:
-            kind = (
-                [KIND_JOINT, KIND_TEXT, KIND_VIDEO][
-                    _choice([cfg.joint_ratio, cfg.text_only_ratio, cfg.video_only_ratio], g)
-                ]
-                if train
-                else KIND_JOINT
-            )
+            kind = (KIND_JOINT, KIND_TEXT, KIND_VIDEO)[min(int(np.searchsorted(bounds, u_kind, "right")), 2)]
+            kind = kind if train else KIND_JOINT
         # Augmentation: sub-sample the visual words at a random rate 1..max_subsample_rate.
         if train and clips and cfg.max_subsample_rate > 1:
-            clips = clips[:: _randint(1, cfg.max_subsample_rate + 1, g)]
-        caption = kind == KIND_JOINT and _rand(g) < cfg.caption_ratio
+            clips = clips[:: 1 + min(int(u_rate * cfg.max_subsample_rate), cfg.max_subsample_rate - 1)]
+        caption = kind == KIND_JOINT and u_caption < cfg.caption_ratio
         entries.append(
             {
                 "text": text,
@@ -240,6 +232,7 @@ def build_batch(
                 "caption": caption,
                 "video_id": s.video_id,
                 "aligned": 1 if kind == KIND_JOINT and not caption else -1,
+                "draws": draws[i][4:],
             }
         )
 
@@ -247,10 +240,11 @@ def build_batch(
     # swap never hands an entry back clips of its own video).
     originals = [(o["video_id"], o["clips"]) for o in entries if o["clips"]]
     for e in entries:
-        if e["aligned"] == 1 and _rand(g) < cfg.align_negative_prob:
+        u_negative, u_which = e["draws"]
+        if e["aligned"] == 1 and u_negative < cfg.align_negative_prob:
             others = [clips for video_id, clips in originals if video_id != e["video_id"]]
             if others:
-                e["clips"] = others[_randint(0, len(others), g)]
+                e["clips"] = others[min(int(u_which * len(others)), len(others) - 1)]
                 e["aligned"] = 0
 
     if not entries:  # nothing usable: one empty [CLS][SEP] keeps every rank's forward calls equal
