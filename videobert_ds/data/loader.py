@@ -140,11 +140,6 @@ def choose_decoder(
     return DecoderChoice("dali", where)
 
 
-def choose_backend(backend: str, codec: str, device: torch.device, size: tuple[int, int] | None = None) -> str:
-    """ "dali" or "pyav" for this codec, frame size and device (see choose_decoder)."""
-    return choose_decoder(backend, codec, device, size).backend
-
-
 def open_decoder(choice: DecoderChoice, batches: EncodedBatches, **settings: Any) -> ClipDecoder:
     """The chosen ClipDecoder over ``batches``; ``settings`` are ClipDecoder's keywords (batch_size=, ...)."""
     if choice.backend == "dali":

@@ -38,11 +38,6 @@ def dali_decode_device(
     return "cpu" if name in CPU_CODECS else None
 
 
-def dali_can_decode(codec: str, device: torch.device, size: tuple[int, int] | None = None) -> bool:
-    """Whether DALI decodes this codec (at this size, if given) for this torch device, on the GPU or the CPU."""
-    return dali_decode_device(codec, device, size) is not None
-
-
 def explain_gpu_decode_error(text: str) -> str:
     """One line saying what to do about DALI's error text from decoding on the GPU ("mixed")."""
     low = text.lower()
