@@ -1,7 +1,8 @@
 """What the clip loader asks of a decoder: batches of encoded clips in, batches of uint8 frames on the device out.
 
 Two decoders keep this contract: DaliClipDecoder (dali.py; VP8/VP9/MJPEG on CPU, more codecs on a GPU) and
-PyAVClipDecoder (pyav.py; any codec libavcodec reads, on the CPU). The loader picks one per codec and device.
+PyAVClipDecoder (pyav.py; any codec libavcodec reads, on the CPU). The loader picks one per device, codec and
+frame size (loader.choose_decoder).
 """
 
 from __future__ import annotations
