@@ -14,13 +14,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING
 
 from videobert_ds.core.config import ConfigError, load_stage_config, resolve_config_path
 from videobert_ds.eval.config import EvalStageConfig, check_eval_config
-from videobert_ds.eval.run import run_evaluation, write_report
+from videobert_ds.model.model_dir import ModelDirError, check_model_dir, run_dir_problem
+
+if TYPE_CHECKING:
+    import torch
+
+# torch, DeepSpeed, DALI and the model are imported in main() after the checks, so a bad flag or model dir
+# is a one-line error in a fraction of a second.
 
 
 def _launched() -> bool:
@@ -28,6 +32,8 @@ def _launched() -> bool:
 
 
 def _device() -> torch.device:
+    import torch
+
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -67,10 +73,21 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append("model.zero3=true")
     try:
         cfg = load_stage_config(EvalStageConfig, resolve_config_path(args.config), overrides)
+        hint = run_dir_problem(cfg.model.dir)  # before check_eval_config's "no config.json": say where the model is
+        if hint:
+            raise ConfigError(f"model.dir: {hint}")
         check_eval_config(cfg)
+        check_model_dir(cfg.model.dir)  # weights present and readable, before the split is tokenized
     except ConfigError as err:
         print(f"videobert-eval: error: {err}", file=sys.stderr)
         return 2
+    except ModelDirError as err:
+        print(f"videobert-eval: error: model.dir: {err}", file=sys.stderr)
+        return 2
+
+    import torch.distributed as dist
+
+    from videobert_ds.eval.run import run_evaluation, write_report
 
     distributed = _launched() or cfg.model.zero3
     if distributed:

@@ -8,22 +8,16 @@ The work is videobert_ds.inference.text_to_video.
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from videobert_ds.core.atomic import atomic_path
-from videobert_ds.inference.text_to_video import (
-    GeneratorError,
-    load_generator,
-    max_text_tokens,
-    max_words,
-    prompt_ids,
-    render_grid,
-    sample_visual_words,
-)
-
+# torch and the model are imported in run() after the flags are checked: a bad flag is a one-line error at once.
 PROG = "videobert-generate"
 
 
@@ -44,19 +38,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> torch.Tensor:
-    from PIL import Image
-
+def check_flags(args: argparse.Namespace) -> None:
+    """UsageError (one line) for flags that cannot generate; nothing is imported or loaded yet."""
     if args.num_words < 1:
         raise UsageError(f"--num-words must be >= 1, got {args.num_words}")
-    if args.temperature < 0 or args.top_k < 0:
-        raise UsageError(f"--temperature and --top-k must be >= 0, got {args.temperature} and {args.top_k}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be >= 0 (0 = the whole vocabulary), got {args.top_k}")
+    if not 0 <= args.seed < 2**64:
+        raise UsageError(f"--seed must be in [0, 2**64), got {args.seed}")
+    if Path(args.out).suffix.lower() != ".png":
+        raise UsageError(f"--out must name a .png file, got {args.out}")
+
+
+def run(args: argparse.Namespace) -> torch.Tensor:
+    check_flags(args)
+    import torch
+    from PIL import Image
+
+    from videobert_ds.core.atomic import atomic_path
+    from videobert_ds.inference.text_to_video import (
+        GeneratorError,
+        load_generator,
+        max_text_tokens,
+        max_words,
+        prompt_ids,
+        render_grid,
+        sample_visual_words,
+    )
+
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"--out must name a .png file, got {out}")
     try:
         model, tokenizer, sp, keyframes = load_generator(Path(args.model), device)
     except GeneratorError as err:
@@ -83,6 +98,7 @@ def run(args: argparse.Namespace) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: warning: %(message)s")  # e.g. a prompt cut to fit
     try:
         words = run(args)
     except UsageError as err:

@@ -10,6 +10,8 @@ whatever it samples, so ranks stay matched under ZeRO-3 (the teacher's validatio
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from videobert_ds.model.model_dir import ModelDirError, check_model_dir, run_dir_problem
 from videobert_ds.model.specials import Specials, specials_from_config
 from videobert_ds.objectives.layout import REPLACE_MASK, Row, layout_rows, to_device
+
+log = logging.getLogger(__name__)
 
 KEYFRAMES_FILE = "visual_vocab_keyframes.safetensors"  # keyframes_path(MODEL_DIR / "visual_vocab.safetensors")
 
@@ -62,10 +67,26 @@ def generation_inputs(
 
 
 def prompt_ids(tokenizer: Any, texts: Sequence[str], max_text: int) -> list[list[int]]:
-    """WordPiece ids of each text (no special tokens), cut to max_text tokens as in training."""
-    if max_text < 1:
-        return [[] for _ in texts]
-    return tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_text)["input_ids"]
+    """WordPiece ids of each text (no special tokens), cut to max_text tokens as in training. A prompt that is cut
+    is logged once (a warning naming both lengths): the words it loses are not seen by the model."""
+    if not texts:
+        return []
+    keep = max(max_text, 0)
+    full = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    for text, ids in zip(texts, full):
+        if len(ids) > keep and (text, keep) not in _warned_cut:
+            _warned_cut.add((text, keep))
+            log.warning(
+                "prompt %r is %d text tokens, longer than the %d the model takes before the video: using the first %d",
+                text if len(text) <= 60 else text[:57] + "...",
+                len(ids),
+                keep,
+                keep,
+            )
+    return [list(ids[:keep]) for ids in full]
+
+
+_warned_cut: set[tuple[str, int]] = set()  # (prompt, length): the teacher's validation reuses its prompts
 
 
 @torch.no_grad()
@@ -83,8 +104,7 @@ def sample_visual_words(
     """Visual-word ids (B, num_words) int64 on the CPU, one row per text (token ids from `prompt_ids`),
     sampled left to right from `model` (a VideoBertForPreTraining, whole or ZeRO-3-partitioned).
     temperature 0 = greedy; top_k 0 = the whole vocabulary. The same seed gives the same words."""
-    if temperature < 0 or top_k < 0:
-        raise ValueError(f"temperature and top_k must be >= 0, got {temperature} and {top_k}")
+    check_sampling(temperature, top_k, seed)
     if not text_ids:
         raise ValueError("no texts to generate from")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -101,7 +121,9 @@ def sample_visual_words(
         if temperature == 0:
             w = logits.argmax(-1)
         else:
-            logits = logits / temperature
+            # Shift the best logit to 0 before dividing, in float64: any temperature > 0, however small, then
+            # gives finite probabilities (a tiny one tends to greedy) instead of inf / inf = nan.
+            logits = (logits - logits.max(-1, keepdim=True).values).double() / temperature
             if 0 < top_k < logits.shape[-1]:
                 kth = logits.topk(top_k, dim=-1).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -110,6 +132,20 @@ def sample_visual_words(
         input_ids = input_ids.clone()
         input_ids[rows, positions[:, k]] = (w + lo).to(device)
     return words
+
+
+SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed takes (negative seeds wrap around)
+
+
+def check_sampling(temperature: float, top_k: int, seed: int) -> None:
+    """ValueError (one line) for sampling settings that cannot sample: a temperature that is negative, NaN or
+    infinite, a negative top_k, a seed outside torch's 64-bit range."""
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = the whole vocabulary), got {top_k}")
+    if not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
+        raise ValueError(f"seed must fit in 64 bits, got {seed}")
 
 
 def render_grid(
@@ -153,12 +189,16 @@ class GeneratorError(ValueError):
 
 def load_generator(model_dir: Path, device: torch.device) -> tuple[nn.Module, Any, Specials, Any]:
     """-> (model in eval mode on device, text tokenizer, Specials, KeyFrames) from an exported model dir."""
-    from videobert_ds.data.text import load_tokenizer
-    from videobert_ds.model.videobert import VideoBertForPreTraining
-    from videobert_ds.visual.keyframes import KeyFrames
-
+    # The cheap checks first: a run dir, a missing config, missing or truncated weights, no key frames.
+    hint = run_dir_problem(model_dir)
+    if hint:
+        raise GeneratorError(hint)
     if not (model_dir / "config.json").is_file():
         raise GeneratorError(f"no exported VideoBERT model dir at {model_dir} (config.json missing)")
+    try:
+        check_model_dir(model_dir, encoder=False)  # generation needs no clip encoder
+    except ModelDirError as err:
+        raise GeneratorError(str(err)) from None
     kf_path = model_dir / KEYFRAMES_FILE
     if not kf_path.is_file():
         raise GeneratorError(
@@ -166,6 +206,10 @@ def load_generator(model_dir: Path, device: torch.device) -> tuple[nn.Module, An
             "build_vocab run that wrote key frames (keyframe_size > 0), re-exported with the model"
         )
     from transformers.utils import logging as hf_logging
+
+    from videobert_ds.data.text import load_tokenizer
+    from videobert_ds.model.videobert import VideoBertForPreTraining
+    from videobert_ds.visual.keyframes import KeyFrames
 
     hf_logging.disable_progress_bar()  # a CLI's stderr is for its one-line errors
     try:
