@@ -129,10 +129,6 @@ def test_published_files_honour_the_umask(umask: int, file_mode: int, dir_mode: 
     assert (tmp_path / "model" / "config.json").stat().st_mode & 0o777 == file_mode
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="safetensors' save_file writes its file 0600 after atomic_path's chmod: core/atomic.py must chmod after it",
-)
 @pytest.mark.parametrize("umask, file_mode, dir_mode", UMASKS)
 def test_safetensors_honour_the_umask(umask: int, file_mode: int, dir_mode: int, tmp_path: Path) -> None:
     old = os.umask(umask)
