@@ -3,7 +3,7 @@
 # tasks are MPI ranks (srun --mpi=pmix) that split the inputs; CPU only.
 #
 #   MANIFEST=/data/raw/manifest.jsonl sbatch slurm/prepare_shards.sh
-#   MANIFEST=... PREPARE_ARGS="--fps 10 --size 112 --codec vp9" sbatch --nodes=4 slurm/prepare_shards.sh
+#   MANIFEST=... PREPARE_ARGS="--fps 10 --size 128 --codec vp9" sbatch --nodes=4 slurm/prepare_shards.sh
 #
 # Environment: MANIFEST (required), RUNS, SHARDS (default $RUNS/shards), PREPARE_ARGS (more
 # videobert-prepare options), OVERWRITE=1 (redo a complete SHARDS dir; by default it is kept and the
