@@ -11,8 +11,6 @@ import pytest
 # The helpers hold assertions (shard checks): give them pytest's detailed failure messages too.
 pytest.register_assert_rewrite("tests.helpers")
 
-from tests.helpers import REPO  # noqa: E402
-
 # Keep the 2-core machine responsive when several ranks run at once.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -54,11 +52,12 @@ def pipeline_shards(tmp_path_factory) -> Path:
 
 
 def _run_stage(config: str, run_dir: Path, overrides: dict, ds_config: str = "zero3_cpu.json") -> Path:
-    from tests.helpers.distributed import run_training
+    """A 2-rank run of the shipped CPU config `ds_config` in bf16, the precision the GPU configs train in (the
+    demo keeps fp32: its recorded figures are fp32)."""
+    from tests.helpers.distributed import run_training, write_ds_config
 
-    proc = run_training(
-        REPO / "ds_configs" / ds_config, config, [f"run.dir={run_dir}", *(f"{k}={v}" for k, v in overrides.items())]
-    )
+    ds = write_ds_config(run_dir.parent / f"{run_dir.name}_ds.json", None, base=ds_config, bf16=True)
+    proc = run_training(ds, config, [f"run.dir={run_dir}", *(f"{k}={v}" for k, v in overrides.items())])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir
 

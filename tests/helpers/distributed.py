@@ -38,13 +38,32 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def write_ds_config(path: Path, micro_batch: int = 2, **overrides) -> Path:
-    """The shipped CPU ZeRO-3 config with a test-sized micro-batch."""
-    cfg = json.loads((REPO / "ds_configs" / "zero3_cpu.json").read_text())
-    cfg["train_micro_batch_size_per_gpu"] = micro_batch
+def write_ds_config(
+    path: Path, micro_batch: int | None = 2, *, base: str = "zero3_cpu.json", bf16: bool = False, **overrides
+) -> Path:
+    """A shipped CPU ZeRO-3 config (`base`) with a test-sized micro-batch (None: the shipped one) and, with
+    `bf16`, the precision the GPU configs train in (bf16 ZeRO-3 runs on CPU gloo ranks too)."""
+    cfg = json.loads((REPO / "ds_configs" / base).read_text())
+    if micro_batch is not None:
+        cfg["train_micro_batch_size_per_gpu"] = micro_batch
+    if bf16:
+        cfg["bf16"] = {"enabled": True}
     cfg.update(overrides)
     path.write_text(json.dumps(cfg))
     return path
+
+
+def assert_trained_in_bf16(run_dir: Path) -> None:
+    """The run's checkpoints hold bf16 ZeRO-3 optimizer shards (DeepSpeed names them bf16_zero_*), and its
+    export is fp32 (zero_to_fp32 gathers the fp32 master weights)."""
+    from safetensors import safe_open
+
+    shards = list((run_dir / "checkpoints").glob("step*/bf16_zero_pp_rank_*_optim_states.pt"))
+    assert shards, f"{run_dir}: no bf16 ZeRO-3 checkpoint shards"
+    final = run_dir / "final" / "model.safetensors"
+    if final.exists():
+        with safe_open(str(final), "pt") as f:
+            assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"F32"}, final  # noqa: SIM118 (not iterable)
 
 
 def deepspeed_cmd(ds_config: Path, config: str, overrides: list[str], num_ranks: int = 2) -> list[str]:

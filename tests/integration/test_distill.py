@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.distributed import read_metrics, run_training, write_ds_config
+from tests.helpers.distributed import assert_trained_in_bf16, read_metrics, run_training, write_ds_config
 from videobert_ds.model.videobert import VideoBertForPreTraining
 
 KD_OFF = {
@@ -104,7 +104,7 @@ def ok(proc) -> None:
 
 @pytest.fixture(scope="module")
 def ds_config(tmp_path_factory) -> Path:
-    return write_ds_config(tmp_path_factory.mktemp("ds") / "zero3_cpu_distill.json", micro_batch=4)
+    return write_ds_config(tmp_path_factory.mktemp("ds") / "zero3_cpu_bf16_distill.json", micro_batch=4, bf16=True)
 
 
 @pytest.fixture(scope="module")
@@ -212,8 +212,11 @@ def test_teacher_and_student_are_partitioned_and_teacher_stays_frozen(distilled,
 
     state = get_fp32_state_dict_from_zero_checkpoint(str(distilled / "checkpoints"), tag=f"step{STEPS:08d}")
     teacher = load_file(str(tiny_teacher / "final" / "model.safetensors"))
+    # The run is bf16: the frozen teacher is held and checkpointed in bf16, its exported weights rounded once.
     for name, value in teacher.items():
-        torch.testing.assert_close(state[f"teacher.{name}"], value.float(), msg=name)
+        torch.testing.assert_close(
+            state[f"teacher.{name}"].float(), value.to(torch.bfloat16).float(), rtol=0, atol=0, msg=name
+        )
 
 
 @pytest.mark.multiproc
@@ -222,6 +225,7 @@ def test_export_is_self_contained_and_report_records_sizes_and_speed(distilled, 
     from videobert_ds.visual.autoencoder import AutoencoderClipEncoder
     from videobert_ds.visual.vocab import VisualVocabulary
 
+    assert_trained_in_bf16(distilled)
     final = distilled / "final"
     student = VideoBertForPreTraining.from_pretrained(final)
     assert (student.config.num_hidden_layers, student.config.hidden_size) == (2, 80)  # student_tiny.yaml

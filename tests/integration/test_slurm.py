@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
-from tests.helpers.distributed import write_ds_config
+from tests.helpers.distributed import assert_trained_in_bf16, write_ds_config
 from videobert_ds.core.config import PACKAGE_CONFIGS
 
 pytestmark = pytest.mark.multiproc
@@ -164,8 +164,10 @@ def ds_config(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pipeline(cluster, synth_corpus, ds_config, tmp_path_factory):
-    """slurm/pipeline.sh --wait over every stage that exists, on 2 nodes, tiny configs."""
+def pipeline(cluster, synth_corpus, tmp_path_factory):
+    """slurm/pipeline.sh --wait over every stage that exists, on 2 nodes, tiny configs, in bf16 (the precision
+    of the GPU configs, ds_configs/zero3.json, that the pipeline runs on a cluster)."""
+    ds_config = write_ds_config(tmp_path_factory.mktemp("slurm_ds") / "zero3_cpu_bf16.json", micro_batch=2, bf16=True)
     runs = tmp_path_factory.mktemp("slurm_runs")
     stages = available_stages()
     env = job_env(
@@ -275,6 +277,7 @@ def test_pipeline_completes_with_every_stage_output(pipeline):
             assert (run / "checkpoints" / "latest").read_text() == "step00000006"
             assert any((run / "tb").iterdir())
             assert json.loads((run / "partition_rank1.json").read_text())["world_size"] == 2
+            assert_trained_in_bf16(run)
     if "vocab" in stages:
         assert (runs / "vocab" / "vocab.safetensors").is_file()
     if "finetune" in stages:  # the student fine-tuned on every task, its label heads in the exported config

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from tests.helpers import REPO
-from tests.helpers.distributed import launch_env, read_metrics, run_training, write_ds_config
+from tests.helpers.distributed import (
+    assert_trained_in_bf16,
+    launch_env,
+    read_metrics,
+    run_training,
+    write_ds_config,
+)
 from videobert_ds.model.videobert import VideoBertForPreTraining
 
 # ---------------------------------------------------------------------------------------------
@@ -49,6 +55,7 @@ def test_export_reproduces_logits_and_loads_as_bert(tiny_teacher):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoTokenizer, BertModel
 
+    assert_trained_in_bf16(tiny_teacher)  # the fp32 export of a bf16 run matches its fp32 master weights
     final = tiny_teacher / "final"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "visual_vocab.safetensors", "clip_encoder"):
         assert (final / name).exists(), name
