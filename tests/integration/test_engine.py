@@ -93,6 +93,19 @@ def test_loss_falls_and_logs(full_run):
     assert "reconstruction" in acc.Tags()["images"]
 
 
+def test_checkpoints_record_every_rank_file(full_run):
+    """Rank 0 writes the completion marker after all ranks saved: it lists both ranks' shards and RNG files
+    with their sizes, and the export names the checkpoint it came from."""
+    for tag in ("step00000004", "step00000008"):
+        tag_dir = full_run / "checkpoints" / tag
+        record = json.loads((tag_dir / "COMPLETE").read_text())
+        assert record["files"] == {p.name: p.stat().st_size for p in tag_dir.iterdir() if p.name != "COMPLETE"}
+        for rank in (0, 1):
+            assert f"rng_rank{rank}.pt" in record["files"]
+            assert f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in record["files"]
+    assert json.loads((full_run / "final" / "export.json").read_text())["tag"] == "step00000008"
+
+
 def test_each_rank_holds_half_of_each_parameter(full_run):
     for rank in (0, 1):
         report = json.loads((full_run / f"partition_rank{rank}.json").read_text())
@@ -126,12 +139,11 @@ def test_export_reproduces_checkpoint_outputs(full_run):
 
 def test_resume_matches_uninterrupted_run(full_run, prepared_shards, ds_config, tmp_path):
     """Stop after step 4 (keep only that checkpoint), resume: steps 5..8 repeat the uninterrupted losses
-    (tolerance 1e-5: same ops, same data, restored RNG) and consume exactly the same samples."""
+    (tolerance 1e-5: same ops, same data, restored RNG) and consume exactly the same samples. metrics.jsonl
+    still holds the first attempt's rows past step 4: the resumed run drops them, so each step appears once."""
     run_dir = tmp_path / "resumed"
     shutil.copytree(full_run, run_dir, ignore=shutil.ignore_patterns("final", "tb", "step00000008"))
     (run_dir / "checkpoints" / "latest").write_text("step00000004")
-    metrics_lines = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if json.loads(ln)["step"] <= 4]
-    (run_dir / "metrics.jsonl").write_text("\n".join(metrics_lines) + "\n")
     for rank in (0, 1):
         keys = sample_keys(run_dir, rank)
         (run_dir / f"samples_rank{rank}.jsonl").write_text(
@@ -142,6 +154,8 @@ def test_resume_matches_uninterrupted_run(full_run, prepared_shards, ds_config, 
     ok(proc)
     assert "resumed from" in proc.stdout + proc.stderr
 
+    train_steps = [json.loads(ln)["step"] for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(train_steps) == sorted(json.loads(ln)["step"] for ln in (full_run / "metrics.jsonl").open())
     full, resumed = read_metrics(full_run), read_metrics(run_dir)
     for step in range(5, 9):
         assert resumed[step]["train/loss"] == pytest.approx(full[step]["train/loss"], abs=1e-5), step
