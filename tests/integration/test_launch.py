@@ -1,14 +1,19 @@
-"""The launcher under a real MPI: two mpirun ranks on loopback meet through the exec wrapper's mapping."""
+"""Launchers for real: two mpirun ranks on loopback meet through the exec wrapper's mapping; a 2-rank deepspeed run
+whose `deepspeed` command alone is sent SIGTERM checkpoints and leaves no rank behind."""
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
 from tests.helpers import REPO
-from tests.helpers.distributed import clean_env, free_port
+from tests.helpers.distributed import clean_env, deepspeed_cmd, free_port, launch_env, write_ds_config
 
 PY = sys.executable
 
@@ -52,3 +57,58 @@ def test_mpirun_ranks_meet_through_the_mapping(tmp_path):
     results = sorted(f.read_text().split()[1:] for f in tmp_path.glob("rank*.txt"))
     assert results == [["0", "2", "3"], ["1", "2", "3"]]
     assert "mpi: rank 1/2" in r.stderr
+
+
+@pytest.mark.multiproc
+def test_sigterm_to_the_deepspeed_command_alone_stops_every_rank_with_a_checkpoint(prepared_shards, tmp_path):
+    """`kill PID` on the `deepspeed` runner ends that process alone (DeepSpeed forwards nothing on one node):
+    its launch.py and the ranks used to train on, orphaned. Now the ranks see the runner gone, checkpoint at one
+    agreed step and exit, and launch.py with them."""
+    run_dir = tmp_path / "run"
+    settings = {
+        "run.dir": run_dir,
+        "data.shards": prepared_shards,
+        "data.num_threads": 1,
+        "schedule.max_steps": 100000,
+        "schedule.warmup_steps": 2,
+        "schedule.log_every": 1,
+        "schedule.val_every": 100000,
+        "schedule.checkpoint_every": 100000,
+    }
+    ds_config = write_ds_config(tmp_path / "ds.json", micro_batch=2)
+    cmd = deepspeed_cmd(ds_config, "video_encoder_tiny", [f"{k}={v}" for k, v in settings.items()])
+    log_path = tmp_path / "out.log"  # a file, not a pipe: orphaned ranks must never block on a full pipe
+    with log_path.open("w") as log:
+        runner = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=log, stderr=subprocess.STDOUT)
+    tree: list[psutil.Process] = []
+    try:
+        deadline = time.time() + 300
+        metrics = run_dir / "metrics.jsonl"
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+            assert runner.poll() is None and time.time() < deadline, log_path.read_text()[-4000:]
+            time.sleep(0.5)
+        tree = psutil.Process(runner.pid).children(recursive=True)
+        ranks = [p for p in tree if any(a.startswith("--local_rank") for a in p.cmdline())]
+        assert len(ranks) == 2 and any("deepspeed.launcher.launch" in p.cmdline() for p in tree)
+
+        sent = time.time()
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(timeout=30) == -signal.SIGTERM  # the runner dies at once, as before
+        _, alive = psutil.wait_procs(tree, timeout=120)
+        took = time.time() - sent
+        assert not alive, f"left running: {[p.cmdline()[-3:] for p in alive]}"
+    finally:  # whatever failed above, leave no process behind
+        if runner.poll() is None:
+            runner.kill()
+        for p in tree:
+            if p.is_running():
+                p.kill()
+    out = log_path.read_text()
+    assert took < 90, f"the ranks took {took:.0f} s to stop"
+    assert f"the runner launcher (pid {runner.pid}) is gone" in out, out[-4000:]
+    stop = re.search(r"stopped by signal 15 at step (\d+); checkpoint saved", out)
+    assert stop, out[-4000:]
+    step = int(stop.group(1))
+    tag = (run_dir / "checkpoints" / "latest").read_text()
+    assert tag == f"step{step:08d}" and (run_dir / "checkpoints" / tag / "COMPLETE").is_file()
+    assert not (run_dir / "final").exists()  # a stopped run is not exported; resume it with the same command
