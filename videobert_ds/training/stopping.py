@@ -161,7 +161,10 @@ class StopFlag:
         return step % self.sched.log_every == 0 or step % self.sched.signal_check_every == 0
 
     def agreed(self, device: torch.device) -> bool:
-        """True on every rank if any rank was signalled (one tiny all-reduce; call at check steps only)."""
-        flag = torch.tensor([1.0 if self.signal is not None else 0.0], device=device)
+        """True on every rank if any rank was signalled (one tiny all-reduce; call at check steps only). A rank
+        stopping for another's signal takes that signal's number as its own, so every rank's log names it."""
+        flag = torch.tensor([float(self.signal or 0)], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.signal is None:
+            self.signal = int(flag.item())
         return bool(flag.item())
