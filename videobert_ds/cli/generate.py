@@ -31,9 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text", required=True, help="the sentence to generate from")
     p.add_argument("--out", required=True, help="PNG path for the image grid")
     p.add_argument("--num-words", type=int, default=8, help="visual words to sample (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0, help="finite, >= 0; 0 = greedy (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest words; 0 = all (default)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed, 0 <= seed < 2**64 (default: %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     return p.parse_args(argv)
 
