@@ -24,7 +24,9 @@ EVAL = Path(sys.executable).parent / "videobert-eval"
 
 @pytest.fixture(scope="module")
 def finetuned(tiny_teacher, pipeline_shards, tmp_path_factory) -> Path:
-    """The tiny teacher fine-tuned on all four tasks (2 ranks, ZeRO-3)."""
+    """The tiny teacher fine-tuned on all four tasks (2 ranks, ZeRO-3). In fp32, unlike the other stages' test
+    runs: its 150 steps of bf16 GEMMs take about 6x as long on CPUs without native bf16 (AVX2); bf16
+    fine-tuning runs in test_slurm's pipeline."""
     tmp = tmp_path_factory.mktemp("finetune")
     ds = write_ds_config(tmp / "zero3_cpu_finetune.json", micro_batch=8)
     run = tmp / "run"

@@ -285,6 +285,7 @@ def test_pipeline_completes_with_every_stage_output(pipeline):
         config = json.loads((tuned / "final" / "config.json").read_text())
         assert set(config["finetune_label_sets"]) == {"colour", "shape", "motion"}
         assert (tuned / "checkpoints" / "latest").read_text() == "step00000006"
+        assert_trained_in_bf16(tuned)  # the one bf16 fine-tuning run (test_finetune's 150 steps stay fp32)
     if "evaluate" in stages:  # every exported model, evaluated on 2 ranks
         for model in {"teacher", "student"} & set(stages):
             report = json.loads((runs / "eval" / model / "eval.json").read_text())
