@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from tests.helpers import REPO
-from tests.helpers.distributed import deepspeed_cmd, launch_env, read_metrics, run_training, write_ds_config
+from tests.helpers.distributed import (
+    assert_trained_in_bf16,
+    deepspeed_cmd,
+    launch_env,
+    read_metrics,
+    run_training,
+    write_ds_config,
+)
 
 pytestmark = pytest.mark.multiproc
 
@@ -53,7 +60,7 @@ def sample_keys(run_dir: Path, rank: int) -> dict[int, list[str]]:
 
 @pytest.fixture(scope="module")
 def ds_config(tmp_path_factory) -> Path:
-    return write_ds_config(tmp_path_factory.mktemp("ds") / "zero3_cpu_test.json", micro_batch=2)
+    return write_ds_config(tmp_path_factory.mktemp("ds") / "zero3_cpu_bf16_test.json", micro_batch=2, bf16=True)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +129,7 @@ def test_export_reproduces_checkpoint_outputs(full_run):
 
     final = full_run / "final"
     assert (final / "config.json").is_file() and (final / "model.safetensors").is_file()
+    assert_trained_in_bf16(full_run)  # trained in bf16 (the GPU configs' precision), exported in fp32
     exported = ClipAutoencoder.from_pretrained(final).eval()
     reference = ClipAutoencoder(exported.config).eval()
     state = get_fp32_state_dict_from_zero_checkpoint(str(full_run / "checkpoints"), tag="step00000008")
