@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from videobert_ds.core.config import ConfigError
+from videobert_ds.data.decoders.base import to_device as host_to_device  # pinned, non_blocking on a GPU
 from videobert_ds.model.specials import Specials
 
 IGNORE = -100
@@ -282,14 +283,6 @@ def build_batch(
     replace = torch.where(u < 0.8, REPLACE_MASK, torch.where(u < 0.9, random_word, REPLACE_KEEP))
     host.visual_replace = torch.where(picked, replace, host.visual_replace)
     return host
-
-
-def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy without waiting for the device: from pageable memory a CUDA copy blocks the host until the
-    stream's earlier kernels finish, from pinned memory it is queued."""
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 def attention_mask(segments: torch.Tensor, caption_mode: torch.Tensor) -> torch.Tensor:
