@@ -8,7 +8,9 @@
 #   slurm/pipeline.sh --dry-run                                  # print the sbatch commands
 #   slurm/pipeline.sh --wait                                     # block until the last job ends
 #
-# Stages, in order: prepare video_encoder vocab teacher student finetune evaluate.
+# Stages, in order: prepare video_encoder vocab tokenize teacher student finetune evaluate.
+# When tokenize is submitted (or its token shards exist), teacher, student and finetune train from them
+# (data.tokens=$RUNS/tokenize/tokens: no video decoded); OVERRIDES="data.tokens=" decodes the frames instead.
 # Environment:
 #   MANIFEST            input manifest for `prepare` (needed unless SHARDS is already complete)
 #   RUNS                root of every output (default: runs); SHARDS defaults to $RUNS/shards
@@ -26,7 +28,7 @@
 set -euo pipefail
 PROG=pipeline.sh
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ALL_STAGES="prepare video_encoder vocab teacher student finetune evaluate"
+ALL_STAGES="prepare video_encoder vocab tokenize teacher student finetune evaluate"
 
 die() { echo "$PROG: error: $*" >&2; exit 2; }
 
@@ -47,19 +49,21 @@ done
 script_of() {
   case $1 in
     prepare) echo prepare_shards.sh ;; video_encoder) echo pretrain_video_encoder.sh ;;
-    vocab) echo build_vocab.sh ;; teacher) echo pretrain_teacher.sh ;; student) echo distill_student.sh ;;
+    vocab) echo build_vocab.sh ;; tokenize) echo tokenize.sh ;; teacher) echo pretrain_teacher.sh ;;
+    student) echo distill_student.sh ;;
     finetune) echo finetune.sh ;; evaluate) echo evaluate.sh ;; *) return 1 ;;
   esac
 }
 config_of() {
   case $1 in
-    video_encoder) echo video_encoder ;; vocab) echo vocab ;; teacher) echo teacher ;;
+    video_encoder) echo video_encoder ;; vocab) echo vocab ;; tokenize) echo tokenize ;; teacher) echo teacher ;;
     student) echo student ;; finetune) echo finetune ;; evaluate) echo eval ;; *) echo "" ;;
   esac
 }
 done_marker() {
   case $1 in
     prepare) echo "$SHARDS/manifest.json" ;; vocab) echo "$RUNS/vocab/vocab.safetensors" ;;
+    tokenize) echo "$TOKENS/manifest.json" ;;
     video_encoder|teacher|student) echo "$RUNS/$1/final/config.json" ;;
     finetune) echo "$RUNS/finetune/finetune${CONFIG_SUFFIX:-}/student/final/config.json" ;; *) echo "" ;;
   esac
@@ -85,6 +89,11 @@ case " ${selected[*]} " in
     [ -n "${MANIFEST:-}" ] || [ -f "$SHARDS/manifest.json" ] || die "set MANIFEST (input manifest.jsonl) for the prepare stage"
     [ -z "${MANIFEST:-}" ] || [ -f "$MANIFEST" ] || die "manifest not found: $MANIFEST" ;;
 esac
+# The training stages read token shards when the tokenize stage runs now or ran before.
+TOKENS=$RUNS/tokenize/tokens
+use_tokens=0
+case " ${selected[*]} " in *" tokenize "*) use_tokens=1 ;; esac
+if [ -f "$TOKENS/manifest.json" ]; then use_tokens=1; fi
 command -v sbatch >/dev/null || [ $dry_run = 1 ] || die "sbatch not found: run this on a SLURM login node (or launcher/local_cluster.sh start)"
 mkdir -p "$RUNS/logs"
 
@@ -100,11 +109,13 @@ for s in "${selected[@]}"; do
   fi
   cfg_var=${up}_CONFIG ovr_var=${up}_OVERRIDES sb_var=${up}_SBATCH_ARGS ds_var=${up}_DS_CONFIG
   default_cfg=$(config_of "$s")
+  tokens=""  # first, so the caller's OVERRIDES (e.g. data.tokens=) win
+  case $s in teacher|student|finetune) if [ $use_tokens = 1 ]; then tokens="data.tokens=$TOKENS "; fi ;; esac
   cfg=${!cfg_var:-${default_cfg:+$default_cfg${CONFIG_SUFFIX:-}}}
   # Per-stage values; a RUN_DIR/CONFIG left in the caller's environment must not leak into every stage.
   stage_env=(-u RUN_DIR -u CONFIG -u LINK_OVERRIDES -u DONE_MARKER -u DS_CONFIG
              VIDEOBERT_REPO="$REPO" RUNS="$RUNS" SHARDS="$SHARDS"
-             OVERRIDES="${OVERRIDES:-} ${!ovr_var:-}")
+             OVERRIDES="$tokens${OVERRIDES:-} ${!ovr_var:-}")
   [ -n "$cfg" ] && stage_env+=(CONFIG="$cfg")
   [ -n "${MANIFEST:-}" ] && stage_env+=(MANIFEST="$MANIFEST")
   ds=$(abs_config "${!ds_var:-${DS_CONFIG:-}}")

@@ -53,6 +53,9 @@ class DataConfig:
     shuffle_buffer: int = 64
     # Write the sample keys each rank consumed to run_dir/samples_rank{r}.jsonl (resume audits).
     log_sample_keys: bool = False
+    # A token shard dir (a tokenize run's RUN_DIR/tokens): train on its visual words and clip features instead of
+    # decoding `shards` and encoding every clip at each step; empty = decode the frames (e.g. to augment clips).
+    tokens: str = ""
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch
 
 from videobert_ds.core.config import ConfigError
 from videobert_ds.data.decoders.base import to_device as host_to_device  # pinned, non_blocking on a GPU
+from videobert_ds.data.tokens import frames_span
 from videobert_ds.model.specials import Specials
 
 IGNORE = -100
@@ -420,7 +421,7 @@ def text_ids_and_clip_counts(
     ids = tokenizer(
         [m.get("text", "") for m in batch.meta], add_special_tokens=False, truncation=True, max_length=max_text_tokens
     )["input_ids"]
-    t = batch.frames.shape[1]
+    t = frames_span(batch)  # decoded frames, or what a token batch stands for
     return ids, [min(int(m["num_frames"]), t) // frames_per_clip for m in batch.meta]
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videobert_ds.data.tokens import TokenBatch, frames_span
 from videobert_ds.model.specials import Specials
 from videobert_ds.objectives.layout import (
     IGNORE,
@@ -124,11 +125,27 @@ class PretrainingObjective(nn.Module):
         return out
 
 
+def batch_visual_words(
+    batch: Any, visual_tokenizer: Any, features: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(visual-word ids (B, n_clips), clip features (B, n_clips, D) or None) of a loader batch on its device: a token
+    batch (data/tokens.py) carries them, computed once by the tokenize stage; a clip batch's frames go through the
+    frozen visual tokenizer here. Invalid clips have id 0 either way."""
+    if isinstance(batch, TokenBatch):
+        return batch.ids, batch.features if features else None
+    if features:
+        ids, _, feats = visual_tokenizer(batch.frames, batch.num_frames, return_features=True)
+        return ids, feats
+    ids, _ = visual_tokenizer(batch.frames, batch.num_frames)
+    return ids, None
+
+
 @dataclass
 class PretrainingInputs:
     """Loader batch -> pretraining inputs and targets on the device: the text's WordPieces, the frozen visual
-    tokenizer's words and clip features, sequences and masks drawn on the host (layout.build_batch), resolved on
-    the device. The teacher and the student (one batch feeds both of its models) build their batches with it.
+    tokenizer's words and clip features (or a token batch's: batch_visual_words), sequences and masks drawn on the
+    host (layout.build_batch), resolved on the device. The teacher and the student (one batch feeds both of its
+    models) build their batches with it.
 
     Two halves: `host` (tokenizing, masking draws, layout; CPU only, run ahead in the trainer's prefetch thread,
     which stores its result as `batch.host`) and `__call__` (the visual words and the device tensors; builds the
@@ -149,8 +166,9 @@ class PretrainingInputs:
         ]
 
     def host(self, batch: Any, generator: torch.Generator | None = None, train: bool = True) -> HostBatch:
-        """The host half: no device tensor is read (the clip count per sample is the frames' shape)."""
-        n_clips = batch.frames.shape[1] // self.visual_tokenizer.frames_per_clip
+        """The host half: no device tensor is read (the clip count per sample is the frames' shape, or a token
+        batch's span)."""
+        n_clips = frames_span(batch) // self.visual_tokenizer.frames_per_clip
         samples = self.samples(batch)
         return build_batch(samples, n_clips, self.specials, self.objective, train=train, generator=generator)
 
@@ -158,7 +176,7 @@ class PretrainingInputs:
         host = getattr(batch, "host", None) if train else None
         if host is None:
             host = self.host(batch, train=train)
-        ids, _, feats = self.visual_tokenizer(batch.frames, batch.num_frames, return_features=True)
+        ids, feats = batch_visual_words(batch, self.visual_tokenizer, features=True)
         inputs = to_device(host, ids, feats, self.specials, device, self.feature_stats)
         inputs["skipped_samples"] = host_to_device(torch.tensor(float(host.counts["skipped"])), device)
         inputs["_num_tokens"] = host.counts["num_tokens"]

@@ -15,6 +15,7 @@ from videobert_ds.training.stage import Stage
 STAGES = {
     "pretrain_video_encoder": "videobert_ds.stages.pretrain_video_encoder:VideoEncoderStage",
     "build_vocab": "videobert_ds.stages.build_vocab:BuildVocabStage",
+    "tokenize": "videobert_ds.stages.tokenize:TokenizeStage",
     "pretrain_teacher": "videobert_ds.stages.pretrain_teacher:TeacherStage",
     "distill_student": "videobert_ds.stages.distill_student:StudentStage",
     "finetune": "videobert_ds.stages.finetune:FinetuneStage",

@@ -33,6 +33,7 @@ from torch import nn
 from videobert_ds.core.atomic import write_json
 from videobert_ds.core.config import ConfigError, StageConfig, load_yaml
 from videobert_ds.data.text import load_tokenizer
+from videobert_ds.data.tokens import check_tokens
 from videobert_ds.eval.distill_report import report_markdown, update_report
 from videobert_ds.inference.throughput import count_params, inference_clips_per_s
 from videobert_ds.model.flops import transformer_flops_per_token
@@ -209,6 +210,11 @@ class StudentStage(Stage):
             raise ConfigError(
                 f"objective.max_seq_len ({self.cfg.objective.max_seq_len}) exceeds the teacher's "
                 f"max_position_embeddings ({t['max_position_embeddings']})"
+            )
+        if self.cfg.data.tokens:  # token shards made with the teacher's vocabulary and encoder
+            meta = vocab_metadata(t["vocab"])
+            check_tokens(
+                self.cfg.data.tokens, t["vocab"], meta["encoder"], self.cfg.data.num_frames, "the teacher's vocabulary"
             )
         frames_per_clip = vocab_metadata(t["vocab"])["frames_per_clip"]
         if self.cfg.data.num_frames < frames_per_clip:

@@ -24,6 +24,7 @@ from videobert_ds.core.config import ConfigError, StageConfig
 from videobert_ds.data.loader import read_shard_manifest
 from videobert_ds.data.splits import split_meta
 from videobert_ds.data.text import load_tokenizer
+from videobert_ds.data.tokens import check_tokens, frames_span
 from videobert_ds.model.finetuning import VideoBertForFinetuning
 from videobert_ds.model.flops import transformer_flops_per_token
 from videobert_ds.model.model_dir import ENCODER_DIR, VOCAB_FILE, missing_files, save_model_dir
@@ -38,6 +39,7 @@ from videobert_ds.objectives.finetuning import (
     task_tensors,
 )
 from videobert_ds.objectives.layout import text_ids_and_clip_counts, thread_tokenizer, to_device
+from videobert_ds.objectives.pretraining import batch_visual_words
 from videobert_ds.training.stage import Stage
 from videobert_ds.visual.loading import load_visual_tokenizer
 from videobert_ds.visual.vocab import vocab_metadata
@@ -121,6 +123,15 @@ class FinetuneStage(Stage):
             raise ConfigError(
                 f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({frames_per_clip})"
             )
+        if self.cfg.data.tokens:  # token shards made with the model dir's own vocabulary and encoder
+            vocab = init / VOCAB_FILE
+            check_tokens(
+                self.cfg.data.tokens,
+                vocab,
+                vocab_metadata(vocab)["encoder"],
+                self.cfg.data.num_frames,
+                "model.init's vocabulary",
+            )
         self.label_sets = self.resolve_label_sets(Path(self.cfg.run.dir))
 
     @functools.cached_property
@@ -196,7 +207,7 @@ class FinetuneStage(Stage):
 
     def prepare_host(self, batch: Any, generator: torch.Generator | None) -> TaskBatch:
         """The task batch, on the host (the clip count per sample is the frames' shape; nothing random)."""
-        n_clips = batch.frames.shape[1] // self.visual_tokenizer.frames_per_clip
+        n_clips = frames_span(batch) // self.visual_tokenizer.frames_per_clip
         tokenizer = thread_tokenizer(self.tokenizer)
         return build_task_batch(
             self.task_samples(batch, tokenizer), n_clips, self.specials, self.cfg.finetune, self.label_index, tokenizer
@@ -204,7 +215,7 @@ class FinetuneStage(Stage):
 
     def make_inputs(self, batch: Any, device: torch.device) -> dict[str, Any]:
         tb = getattr(batch, "host", None) or self.prepare_host(batch, None)
-        ids, _ = self.visual_tokenizer(batch.frames, batch.num_frames)
+        ids, _ = batch_visual_words(batch, self.visual_tokenizer)  # a token batch carries them
         inputs: dict[str, Any] = to_device(tb.host, ids, None, self.specials, device)
         inputs.update(
             task=task_tensors(tb, device),

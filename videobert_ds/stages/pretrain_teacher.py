@@ -20,6 +20,7 @@ from torch import nn
 
 from videobert_ds.core.config import ConfigError, StageConfig
 from videobert_ds.data.text import load_tokenizer, shard_texts, train_wordpiece
+from videobert_ds.data.tokens import check_tokens
 from videobert_ds.model.flops import transformer_flops_per_token
 from videobert_ds.model.model_dir import save_model_dir
 from videobert_ds.model.specials import Specials, specials_from_tokenizer
@@ -114,6 +115,8 @@ class TeacherStage(Stage):
             raise ConfigError(
                 f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({meta['frames_per_clip']})"
             )
+        if self.cfg.data.tokens:  # token shards made with this vocabulary and the encoder it was fit on
+            check_tokens(self.cfg.data.tokens, v.vocab, meta["encoder"], self.cfg.data.num_frames)
         if self.cfg.text.tokenizer and not Path(self.cfg.text.tokenizer).is_dir():
             raise ConfigError(f"text.tokenizer: no tokenizer dir at {self.cfg.text.tokenizer}")
         if m.init_text_from and not Path(m.init_text_from).is_dir():

@@ -23,6 +23,21 @@ from videobert_ds.data.loader import ClipLoader, build_clip_loader
 def build_split_loader(cfg: StageConfig, split: str, batch_size: int, env: DistEnv, shuffle: bool) -> ClipLoader:
     """This rank's loader over `split`; raises ValueError when the shards have no such split."""
     d = cfg.data
+    if d.tokens:  # visual words the tokenize stage computed once (data/tokens.py): no video decoded, no crop
+        from videobert_ds.data.tokens import build_token_loader
+
+        return build_token_loader(
+            d.tokens,
+            split,
+            batch_size,
+            d.num_frames,
+            rank=env.rank,
+            world_size=env.world_size,
+            seed=cfg.run.seed,
+            shuffle=shuffle,
+            shuffle_buffer=d.shuffle_buffer,
+            device=env.device,
+        )
     return build_clip_loader(
         d.shards,
         split,

@@ -1,0 +1,284 @@
+"""Stage 2b, `tokenize`: every clip turned into its visual word once, so the stages after it train from token shards
+(`data.tokens`) without decoding video or running the clip encoder at every step.
+
+Every rank takes its share of the source shards (shard i goes to rank i % world size), decodes each with the clip
+loader's decoder (DALI, or PyAV where DALI cannot read the codec), runs the frozen clip encoder and the vocabulary's
+word assignment (the VisualTokenizer the frames path uses, so the ids are the same), and writes one token shard per
+source shard (data/tokens.py) under a temporary name, renamed when whole. A shard already written is skipped when
+the stage runs again with the same encoder, vocabulary, frame count and source shards (identity.json), so a killed
+run resumes; with anything else changed it starts over. Rank 0 writes manifest.json last, and
+RUN_DIR/tokenize_report.json (samples, clips, seconds, clips/s).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from videobert_ds.core.atomic import atomic_path, write_json
+from videobert_ds.core.config import ConfigError, StageConfig
+from videobert_ds.training.stage import Stage
+from videobert_ds.visual.vocab import vocab_metadata
+
+log = logging.getLogger(__name__)
+
+TOKENS_DIR = "tokens"
+REPORT = "tokenize_report.json"
+
+
+@dataclass
+class TokenizeVisualConfig:
+    encoder: str = "runs/video_encoder/final"  # exported stage-1 clip encoder dir
+    vocab: str = "runs/vocab/vocab.safetensors"  # stage-2 vocabulary file
+    clips_per_batch: int = 256  # clips per encoder forward
+
+
+@dataclass
+class TokenizeStageConfig(StageConfig):
+    visual: TokenizeVisualConfig = field(default_factory=TokenizeVisualConfig)
+    splits: list[str] = field(default_factory=list)  # the splits to tokenize; empty = every split of the shards
+    encode_batch_size: int = 32  # samples decoded and encoded together
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class TokenizeStage(Stage):
+    name = "tokenize"
+    config_cls = TokenizeStageConfig
+    cfg: TokenizeStageConfig
+    trains = False
+
+    def check(self) -> None:
+        v = self.cfg.visual
+        meta = vocab_metadata(v.vocab)
+        if not (Path(v.encoder) / "config.json").is_file():
+            raise ConfigError(f"visual.encoder: no exported clip encoder at {v.encoder}")
+        if self.cfg.data.num_frames < meta["frames_per_clip"]:
+            raise ConfigError(
+                f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({meta['frames_per_clip']})"
+            )
+        if self.cfg.encode_batch_size < 1 or v.clips_per_batch < 1:
+            raise ConfigError("encode_batch_size and visual.clips_per_batch must be >= 1")
+        self.source_shards()  # unknown splits fail here, on every rank, before any work
+
+    def loader_batch_size(self, ds_config: dict, world_size: int) -> int | None:
+        return None  # every sample is tokenized: no training split to cut into batches
+
+    def build_module(self) -> nn.Module:
+        raise NotImplementedError("tokenize has no training module")
+
+    def make_inputs(self, batch: Any, device: torch.device) -> dict[str, Any]:
+        raise NotImplementedError("tokenize has no training inputs")
+
+    def export(self, module: nn.Module, out_dir: Path) -> None:
+        raise NotImplementedError("tokenize writes token shards, not a model")
+
+    # -- what to read --------------------------------------------------------------------------
+    def source_manifest(self) -> dict[str, Any]:
+        from videobert_ds.data.loader import read_shard_manifest
+
+        try:
+            return read_shard_manifest(self.cfg.data.shards)
+        except FileNotFoundError as err:
+            raise ConfigError(f"data.shards: {err}") from None
+
+    def source_shards(self) -> list[tuple[dict[str, Any], Any]]:
+        """(manifest entry, ShardInfo) of every shard of the chosen splits, in manifest order."""
+        from videobert_ds.data.loader import split_shards
+
+        manifest = self.source_manifest()
+        present = sorted({e["split"] for e in manifest.get("shards", [])})
+        splits = self.cfg.splits or present
+        unknown = [s for s in splits if s not in present]
+        if unknown:
+            where = f"{self.cfg.data.shards} (splits: {', '.join(present)})"
+            raise ConfigError(f"splits: {', '.join(unknown)} not in {where}")
+        out = []
+        for split in splits:
+            infos = split_shards(self.cfg.data.shards, manifest, split)
+            entries = [e for e in manifest["shards"] if e["split"] == split]
+            out += list(zip(entries, infos))
+        return out
+
+    def identity(self, encoder_identity: dict[str, Any]) -> dict[str, Any]:
+        from videobert_ds.data.tokens import FORMAT, file_sha256, vocab_identity
+
+        meta = vocab_metadata(self.cfg.visual.vocab)
+        return {
+            "format": FORMAT,
+            "encoder": {**encoder_identity, "path": str(Path(self.cfg.visual.encoder).resolve())},
+            "vocab": {**vocab_identity(self.cfg.visual.vocab), "size": meta["size"]},
+            "num_frames": self.cfg.data.num_frames,
+            "frames_per_clip": meta["frames_per_clip"],
+            "feature_dim": meta["feature_dim"],
+            "source": {
+                "shards": str(Path(self.cfg.data.shards).resolve()),
+                "manifest_sha256": file_sha256(Path(self.cfg.data.shards) / "manifest.json"),
+            },
+        }
+
+    # -- the work ------------------------------------------------------------------------------
+    def prepare_dir(self, out: Path, ident: dict[str, Any]) -> None:
+        """Rank 0, before any rank writes: keep finished shards of the same identity, else start over; drop the
+        temporary files of a killed run."""
+        from videobert_ds.data.tokens import IDENTITY, IDENTITY_KEYS, MANIFEST
+
+        out.mkdir(parents=True, exist_ok=True)
+        for p in out.iterdir():
+            if p.name.startswith(".") and p.name.endswith(".tmp"):
+                p.unlink()
+        old = out / IDENTITY
+        same = old.is_file() and {k: json.loads(old.read_text()).get(k) for k in IDENTITY_KEYS} == {
+            k: ident[k] for k in IDENTITY_KEYS
+        }
+        if not same:
+            if old.is_file():
+                log.warning("%s: made from other inputs than this run's; tokenizing again from scratch", out)
+            (out / MANIFEST).unlink(missing_ok=True)
+            for p in out.glob("shard-*.tar"):
+                p.unlink()
+            write_json(old, ident)
+
+    def run(self, run_dir: Path, rank: int, world: int, device: torch.device) -> dict[str, Any]:
+        from videobert_ds.data.tokens import MANIFEST
+        from videobert_ds.visual.loading import load_visual_tokenizer
+
+        started = time.perf_counter()
+        v = self.cfg.visual
+        tokenizer, _ = load_visual_tokenizer(v.encoder, v.vocab, device, v.clips_per_batch)
+        ident = self.identity(tokenizer.encoder.identity())
+        out = run_dir / TOKENS_DIR
+        if rank == 0:
+            self.prepare_dir(out, ident)
+        _barrier()
+        shards = self.source_shards()
+        mine = shards[rank::world]
+        stats = {"samples": 0, "clips": 0, "written": 0, "skipped": 0}
+        for entry, info in mine:
+            target = out / Path(entry["file"]).name
+            if target.is_file():
+                stats["skipped"] += 1
+                continue
+            samples, clips = self.tokenize_shard(tokenizer, info, target, device)
+            stats["samples"] += samples
+            stats["clips"] += clips
+            stats["written"] += 1
+        stats["seconds"] = time.perf_counter() - started
+        gathered = _gather(stats, world)
+        report: dict[str, Any] = {}
+        if rank == 0:
+            entries = []
+            for entry, _ in shards:
+                name = Path(entry["file"]).name
+                if not (out / name).is_file():
+                    raise RuntimeError(f"token shard {out / name} is missing after every rank finished")
+                entries.append({"file": name, "split": entry["split"], "num_samples": int(entry["num_samples"])})
+            splits: dict[str, int] = {}
+            for e in entries:
+                splits[e["split"]] = splits.get(e["split"], 0) + e["num_samples"]
+            write_json(out / MANIFEST, {**ident, "total": sum(splits.values()), "splits": splits, "shards": entries})
+            total = {k: sum(g[k] for g in gathered) for k in ("samples", "clips", "written", "skipped")}
+            seconds = max(g["seconds"] for g in gathered)
+            report = {
+                **total,
+                "ranks": world,
+                "seconds": round(seconds, 3),
+                "clips_per_s": round(total["clips"] / max(seconds, 1e-9), 1),
+                "samples_per_s": round(total["samples"] / max(seconds, 1e-9), 1),
+                "tokens": str(out),
+            }
+            write_json(run_dir / REPORT, report)
+            log.info(
+                "tokenized %d samples (%d clips) into %s: %d shards written, %d kept from an earlier run; %.1f clips/s",
+                total["samples"],
+                total["clips"],
+                out,
+                total["written"],
+                total["skipped"],
+                report["clips_per_s"],
+            )
+        _barrier()
+        return report
+
+    @torch.no_grad()
+    def tokenize_shard(self, tokenizer: Any, info: Any, target: Path, device: torch.device) -> tuple[int, int]:
+        """Decode, encode and assign one source shard; its token shard appears under `target` only when whole.
+        -> (samples, valid clips)."""
+        import webdataset as wds
+
+        from videobert_ds.data.loader import DecoderChoice, choose_decoder, manifest_frame_size, open_decoder
+        from videobert_ds.data.sampling import read_shards
+        from videobert_ds.data.tokens import sample_files
+
+        d, fpc = self.cfg.data, tokenizer.frames_per_clip
+        manifest = self.source_manifest()
+        choice: DecoderChoice = choose_decoder(
+            d.backend, manifest.get("codec", "vp9"), device, manifest_frame_size(manifest)
+        )
+        decoder = open_decoder(
+            choice,
+            _encoded_batches(read_shards([info]), self.cfg.encode_batch_size),
+            batch_size=self.cfg.encode_batch_size,
+            num_frames=d.num_frames,
+            device=device,
+            num_threads=d.num_threads,
+            prefetch=d.prefetch,
+            pad_mode="constant",
+        )
+        samples = clips = 0
+        try:
+            with atomic_path(target) as tmp:
+                writer = wds.TarWriter(str(tmp), mtime=0.0)
+                for frames, raw in decoder:
+                    counts = torch.tensor([min(int(m["num_frames"]), d.num_frames) for _, _, m in raw])
+                    ids, _, feats = tokenizer(frames, counts, return_features=True)
+                    ids, feats = ids.cpu().numpy(), feats.half().cpu().numpy()
+                    for i, (key, meta_json, _) in enumerate(raw):
+                        n = int(counts[i]) // fpc
+                        writer.write({"__key__": key, **sample_files(meta_json, ids[i, :n], feats[i, :n])})
+                        clips += n
+                    samples += len(raw)
+                    if samples >= info.num_samples:
+                        break
+                writer.close()
+                if samples != info.num_samples:
+                    raise RuntimeError(f"{info.path} gave {samples} samples, its manifest says {info.num_samples}")
+        finally:
+            decoder.close()
+        return samples, clips
+
+
+def _encoded_batches(samples: Iterator[dict[str, Any]], size: int) -> Iterator[tuple[list[bytes], list[tuple]]]:
+    """(encoded clips, [(key, json bytes, json dict)]) batches of one shard, in its order."""
+    from videobert_ds.data.loader import VIDEO_EXTS
+
+    while batch := list(islice(samples, size)):
+        clips, raw = [], []
+        for s in batch:
+            ext = next((e for e in VIDEO_EXTS if e in s), None)
+            if ext is None:
+                raise RuntimeError(f"sample {s['__key__']} in {s.get('__url__')} has no video member")
+            clips.append(s[ext])
+            raw.append((s["__key__"], s["json"], json.loads(s["json"])))
+        yield clips, raw
