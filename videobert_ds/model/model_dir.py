@@ -108,8 +108,11 @@ def save_model_dir(
     model: Any, tokenizer: Any, out_dir: str | Path, *, vocab: str | Path, encoder_dir: str | Path
 ) -> None:
     """Weights + config, the text tokenizer, the visual vocabulary (and its key frames, so text -> video works from
-    the dir) and the clip encoder, into `out_dir` (which the caller publishes atomically)."""
+    the dir) and the clip encoder, into `out_dir` (which the caller publishes atomically). `encoder_dir` is an
+    encoder dir (an exported autoencoder, or a model dir's clip_encoder/), copied, or an S3D weights file,
+    written as an S3D encoder dir (config.json + model.safetensors) at the vocabulary's clip length."""
     from videobert_ds.visual.keyframes import keyframes_path  # here: checking a dir should not import torch
+    from videobert_ds.visual.loading import save_encoder_dir
 
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -117,4 +120,4 @@ def save_model_dir(
     shutil.copy2(vocab, out_dir / VOCAB_FILE)
     if keyframes_path(vocab).is_file():
         shutil.copy2(keyframes_path(vocab), keyframes_path(out_dir / VOCAB_FILE))
-    shutil.copytree(encoder_dir, out_dir / ENCODER_DIR, dirs_exist_ok=True)
+    save_encoder_dir(encoder_dir, vocab, out_dir / ENCODER_DIR)

@@ -6,6 +6,12 @@ word, a thumbnail of the middle frame of the training clip nearest its centroid:
 generation shows) and RUN_DIR/vocab_report.json: clip and word counts, and where the samples carry labels
 (the synthetic corpus: colour, shape, motion), the normalised mutual information between word ids and each
 label beside the same figure with the labels shuffled.
+
+The clip features come from the frozen clip encoder named by `encoder.type` and `encoder.path`: an exported
+stage-1 autoencoder dir, torchvision-layout S3D weights (the paper's encoder; `encoder.frames_per_clip`,
+`encoder.resize`), or a features dir of pre-extracted per-video arrays cut by the samples' times
+(`encoder.type: features`, `encoder.rate`, `encoder.clip_seconds`; visual/features.py): no video is decoded
+then, and no key frames are written (there are no frames to show).
 """
 
 from __future__ import annotations
@@ -26,15 +32,23 @@ from tqdm import tqdm
 from videobert_ds.core.config import ConfigError, StageConfig
 from videobert_ds.training.stage import Stage
 from videobert_ds.visual.encoders import ClipEncoder
-from videobert_ds.visual.loading import ENCODER_TYPES, load_encoder
+from videobert_ds.visual.features import FeaturesDir
+from videobert_ds.visual.loading import VOCAB_SOURCES, load_encoder
+from videobert_ds.visual.vocab import FEATURES_ENCODER
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class EncoderConfig:
-    type: str = "autoencoder"  # "autoencoder" (an exported stage-1 dir) or "s3d" (torchvision S3D + local weights)
-    path: str = "runs/video_encoder/final"  # the autoencoder dir, or the S3D weights file
+    # "autoencoder" (an exported stage-1 dir), "s3d" (torchvision-layout S3D weights in a local file) or
+    # "features" (a dir of pre-extracted per-video feature arrays, visual/features.py)
+    type: str = "autoencoder"
+    path: str = "runs/video_encoder/final"  # the autoencoder dir, the S3D weights file or the features dir
+    frames_per_clip: int = 0  # S3D's clip length in frames (>= 8; 0 = 30, the paper's); the autoencoder's is fixed
+    resize: list[int] = field(default_factory=list)  # S3D: [height, width] to resize frames to (>= 32); [] = as decoded
+    rate: float = 0.0  # features: rows per second (0 = the dir's features.json)
+    clip_seconds: float = 0.0  # features: clip length in seconds (0 = one row)
 
 
 @dataclass
@@ -68,10 +82,17 @@ class EncodedClips:
 
 
 def load_clip_encoder(cfg: EncoderConfig) -> ClipEncoder:
-    if cfg.type not in ENCODER_TYPES:
-        raise ConfigError(f"encoder.type: {cfg.type!r} is not one of {', '.join(ENCODER_TYPES)}")
+    if cfg.type not in VOCAB_SOURCES or cfg.type == FEATURES_ENCODER:
+        raise ConfigError(f"encoder.type: {cfg.type!r} is not one of {', '.join(VOCAB_SOURCES)}")
     try:
-        return load_encoder(cfg.type, cfg.path)
+        return load_encoder(cfg.type, cfg.path, frames_per_clip=cfg.frames_per_clip, resize=cfg.resize or None)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"encoder: {err}") from None
+
+
+def open_features_dir(cfg: EncoderConfig) -> FeaturesDir:
+    try:
+        return FeaturesDir(cfg.path, rate=cfg.rate, clip_seconds=cfg.clip_seconds)
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(f"encoder.path: {err}") from None
 
@@ -103,10 +124,24 @@ class BuildVocabStage(Stage):
             raise ConfigError(f"kmeans: need depth >= 1 and branching >= 2, got {k.depth} and {k.branching}")
         if self.cfg.keyframe_size < 0:
             raise ConfigError(f"keyframe_size: must be >= 0 (0 = no key frames), got {self.cfg.keyframe_size}")
-        if self.cfg.encoder.type == "autoencoder":
-            load_clip_encoder(self.cfg.encoder)
-        elif not Path(self.cfg.encoder.path).is_file():
-            raise ConfigError(f"encoder.path: S3D weights file not found: {self.cfg.encoder.path}")
+        e = self.cfg.encoder
+        if e.type not in VOCAB_SOURCES:
+            raise ConfigError(f"encoder.type: {e.type!r} is not one of {', '.join(VOCAB_SOURCES)}")
+        if e.type != FEATURES_ENCODER and (e.rate or e.clip_seconds):
+            raise ConfigError("encoder.rate and encoder.clip_seconds apply to encoder.type features only")
+        if e.type != "s3d" and (e.resize or (e.frames_per_clip and e.type == FEATURES_ENCODER)):
+            raise ConfigError(f"encoder.resize and encoder.frames_per_clip apply to S3D, not {e.type}")
+        if e.type == "s3d":  # S3D weights load in the run: check the cheap things here
+            if not Path(e.path).exists():
+                raise ConfigError(f"encoder.path: S3D weights file not found: {e.path}")
+            if e.frames_per_clip and e.frames_per_clip < 8:
+                raise ConfigError(f"encoder.frames_per_clip: S3D needs >= 8 frames, got {e.frames_per_clip}")
+            if e.resize and (len(e.resize) != 2 or min(e.resize) < 32):
+                raise ConfigError(f"encoder.resize: must be [height, width], each >= 32, got {e.resize}")
+        elif e.type == FEATURES_ENCODER:
+            open_features_dir(e)
+        else:
+            load_clip_encoder(e)
 
     def loader_batch_size(self, ds_config: dict, world_size: int) -> int | None:
         return self.cfg.encode_batch_size
@@ -165,13 +200,43 @@ class BuildVocabStage(Stage):
             x, labels, clips, t = x[:cap], labels[:cap], clips[:cap], t[:cap]
         return EncodedClips(x, labels, clips, t)
 
+    def features_split(self, source: FeaturesDir, rank: int, world: int, device: torch.device) -> EncodedClips:
+        """This rank's clips from a features dir: rows cut by the samples' times, no video decoded."""
+        from videobert_ds.data.loader import read_shard_manifest
+        from videobert_ds.visual.features import iter_clip_features
+
+        d = self.cfg.data
+        fps = float(read_shard_manifest(d.shards)["fps"])
+        max_clips = d.num_frames // source.frames_per_clip(fps)  # as many clips as data.num_frames frames hold
+        feats, labels, clips = [], [], []
+        cap = self.cfg.kmeans.max_clips_per_rank
+        samples = iter_clip_features(d.shards, d.train_split, source, rank=rank, world_size=world, max_clips=max_clips)
+        for meta, f in samples:
+            feats.append(f)
+            labels += [meta.get("labels", {})] * f.shape[0]
+            clips += [(str(meta["__key__"]), c) for c in range(f.shape[0])]
+            if cap and len(clips) >= cap:
+                break
+        x = torch.cat(feats).to(device) if feats else torch.zeros(0, source.feature_dim, device=device)
+        if cap:
+            x, labels, clips = x[:cap], labels[:cap], clips[:cap]
+        return EncodedClips(x, labels, clips, torch.zeros((x.shape[0], 0, 0, 3), dtype=torch.uint8))
+
     def run(self, run_dir: Path, rank: int, world: int, device: torch.device) -> dict[str, Any]:
+        from videobert_ds.data.loader import read_shard_manifest
         from videobert_ds.visual.keyframes import keyframes_path, select_keyframes
         from videobert_ds.visual.vocab import VisualVocabulary
 
         started = time.perf_counter()
-        encoder = load_clip_encoder(self.cfg.encoder).to(device)
-        enc = self.encode_split(encoder, rank, world, device)
+        e = self.cfg.encoder
+        source: FeaturesDir | None = None
+        if e.type == FEATURES_ENCODER:
+            source = open_features_dir(e)
+            enc = self.features_split(source, rank, world, device)
+            encoder: ClipEncoder | dict = source.identity(float(read_shard_manifest(self.cfg.data.shards)["fps"]))
+        else:
+            encoder = load_clip_encoder(e).to(device)
+            enc = self.encode_split(encoder, rank, world, device)
         x, labels = enc.features, enc.labels
         encoded_s = time.perf_counter() - started
         k = self.cfg.kmeans
@@ -180,16 +245,16 @@ class BuildVocabStage(Stage):
         )
         words = vocab.to(device).assign(x)  # the same method the VisualTokenizer uses in training
         keyframes = None
-        if self.cfg.keyframe_size:  # a collective: every rank takes part
+        if self.cfg.keyframe_size and source is None:  # a collective: every rank takes part (no frames: none)
             keyframes = select_keyframes(x, enc.thumbs, enc.clips, vocab.tree.leaves.to(device))
 
         # Rank 0 gathers (word, labels) pairs for the report; a clip count per rank first (sizes differ).
         gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, (words.cpu().tolist(), labels))
+        dist.all_gather_object(gathered, (words.cpu().tolist(), labels, source.stats if source else None))
         report: dict[str, Any] = {}
         if rank == 0:
-            all_words = np.array([w for ws, _ in gathered for w in ws])
-            all_labels = [lab for _, ls in gathered for lab in ls]
+            all_words = np.array([w for ws, _, _ in gathered for w in ws])
+            all_labels = [lab for _, ls, _ in gathered for lab in ls]
             names = sorted({name for lab in all_labels for name in lab})
             labelled = {n: [lab.get(n, "") for lab in all_labels] for n in names}
             report = {
@@ -204,6 +269,20 @@ class BuildVocabStage(Stage):
                 "clips_per_s_encode": len(all_words) / max(encoded_s, 1e-9),
                 "nmi": nmi_report(all_words, labelled, self.cfg.run.seed) if names else {},
             }
+            if source is not None:  # samples seen, skipped for want of a features file, clips made and dropped
+                stats = [st for _, _, st in gathered]
+                report["features"] = {
+                    key: sum(st[key] for st in stats) for key in ("samples", "missing", "clips", "dropped_clips")
+                }
+                report["features"]["missing_ids"] = [v for st in stats for v in st["missing_ids"]][:5]
+                if report["features"]["missing"]:
+                    log.warning(
+                        "%d of %d samples have no features file in %s (e.g. %s): skipped",
+                        report["features"]["missing"],
+                        report["features"]["samples"],
+                        e.path,
+                        ", ".join(report["features"]["missing_ids"]),
+                    )
             vocab.save(run_dir / "vocab.safetensors")
             if keyframes is not None:
                 path = keyframes.save(keyframes_path(run_dir / "vocab.safetensors"))

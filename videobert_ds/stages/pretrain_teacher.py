@@ -8,7 +8,6 @@ at a smaller size and builds its batches the same way (objectives.pretraining.Pr
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from videobert_ds.model.videobert import VideoBertForPreTraining, videobert_conf
 from videobert_ds.objectives.layout import ObjectiveConfig, check_sequence_budget
 from videobert_ds.objectives.pretraining import PretrainingInputs, PretrainingObjective
 from videobert_ds.training.stage import Stage
-from videobert_ds.visual.loading import load_visual_tokenizer
+from videobert_ds.visual.loading import encoder_problem, load_visual_tokenizer
 from videobert_ds.visual.vocab import feature_stats, vocab_metadata
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,10 @@ class TextConfig:
 
 @dataclass
 class VisualConfig:
-    encoder: str = "runs/video_encoder/final"  # exported stage-1 autoencoder dir
+    # The clip encoder the vocabulary was fit on: "autoencoder" (`encoder` = the exported stage-1 dir) or "s3d"
+    # (`encoder` = the torchvision-layout S3D weights file; clip length and resize come from the vocabulary).
+    encoder_type: str = "autoencoder"
+    encoder: str = "runs/video_encoder/final"
     vocab: str = "runs/vocab/vocab.safetensors"  # stage-2 vocabulary file
     init_from_centroids: bool = True  # visual-word embeddings from the centroids through a projection
     clips_per_batch: int = 256
@@ -92,20 +94,9 @@ class TeacherStage(Stage):
     def check(self) -> None:
         v, m = self.cfg.visual, self.cfg.model
         meta = vocab_metadata(v.vocab)
-        if not (Path(v.encoder) / "config.json").is_file():
-            raise ConfigError(f"visual.encoder: no exported clip encoder at {v.encoder}")
-        enc_cfg = json.loads((Path(v.encoder) / "config.json").read_text())
-        # The encoder's clip feature is its narration embedding when it has one (visual/autoencoder.py).
-        enc_dims = {
-            "feature_dim": enc_cfg.get("embedding_dim") or enc_cfg.get("feature_dim"),
-            "frames_per_clip": enc_cfg.get("frames_per_clip"),
-        }
-        for key, value in enc_dims.items():
-            if value != meta["encoder"].get(key):
-                raise ConfigError(
-                    f"visual.vocab was fit on a different clip encoder: {key} "
-                    f"{meta['encoder'].get(key)} != {value} of {v.encoder}"
-                )
+        problem = encoder_problem(v.encoder_type, v.encoder, meta["encoder"])
+        if problem:
+            raise ConfigError(f"visual.encoder: {problem}")
         if m.visual_vocab_size and m.visual_vocab_size != meta["size"]:
             raise ConfigError(
                 f"model.visual_vocab_size ({m.visual_vocab_size}) does not match the visual "
@@ -155,7 +146,11 @@ class TeacherStage(Stage):
                 self.tokenizer_dir(),
             )
         self.visual_tokenizer, self.vocab = load_visual_tokenizer(
-            self.cfg.visual.encoder, self.cfg.visual.vocab, device, self.cfg.visual.clips_per_batch
+            self.cfg.visual.encoder,
+            self.cfg.visual.vocab,
+            device,
+            self.cfg.visual.clips_per_batch,
+            encoder_type=self.cfg.visual.encoder_type,
         )
         self.feature_stats = feature_stats(self.vocab, device)
         self.keyframes = self.load_keyframes(rank)

@@ -13,10 +13,14 @@ per-channel mean (0.43216, 0.394666, 0.37645) / std (0.22803, 0.22145, 0.216989)
 The preset's 256 resize + 224 centre crop is optional here (`resize`), since frames usually arrive at the
 corpus size already. Features are the average over (T, H, W) of the last feature map (the input of the
 classifier), as VideoBERT takes them: any clip of >= 8 frames and >= 32 pixels gives one 1024-d vector.
+
+An exported model dir carries its S3D encoder as a folder (`save_dir`): `config.json` (`encoder_type: s3d`,
+frames per clip, resize) + `model.safetensors` (the `features.*` tensors), which `S3DEncoder.from_dir` reads.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -24,11 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videobert_ds.core.atomic import save_safetensors, write_json
 from videobert_ds.visual.encoders import ClipEncoder
 
 MEAN = (0.43216, 0.394666, 0.37645)
 STD = (0.22803, 0.22145, 0.216989)
 FEATURE_DIM = 1024
+ENCODER_TYPE = "s3d"  # the `encoder_type` an exported S3D encoder dir's config.json names
+WEIGHTS_FILE = "model.safetensors"
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel, stride=1, padding=0) -> nn.Sequential:
@@ -105,6 +112,15 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_dir_config(path: str | os.PathLike) -> dict:
+    """config.json of an encoder dir as a dict ({} when there is none or it is not a JSON object)."""
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
 class S3DEncoder(ClipEncoder):
     """Frozen S3D backbone -> 1024-d clip features; `weights` is a local file (required: no downloads)."""
 
@@ -122,7 +138,9 @@ class S3DEncoder(ClipEncoder):
         if frames_per_clip < 8:
             raise ValueError(f"S3D needs clips of >= 8 frames (temporal stride 8), got {frames_per_clip}")
         self.frames_per_clip = int(frames_per_clip)
-        self.resize = tuple(resize) if resize else None
+        if resize and (len(resize) != 2 or min(int(v) for v in resize) < 32):
+            raise ValueError(f"S3D resize must be [height, width], each >= 32 pixels, got {list(resize)}")
+        self.resize = (int(resize[0]), int(resize[1])) if resize else None
         self.features = s3d_features()
         self._load(weights)
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1, 1), persistent=False)
@@ -145,6 +163,36 @@ class S3DEncoder(ClipEncoder):
                     parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
             raise ValueError(f"S3D weights file {weights} does not match torchvision's S3D: " + ", ".join(parts))
         self.features.load_state_dict({k[len("features.") :]: v for k, v in state.items()})
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike) -> S3DEncoder:
+        """An S3D encoder dir written by `save_dir` (e.g. an exported model dir's clip_encoder/)."""
+        cfg = read_dir_config(path)
+        if cfg.get("encoder_type") != ENCODER_TYPE:
+            raise ValueError(f"{path} is not an S3D encoder dir (config.json encoder_type {cfg.get('encoder_type')!r})")
+        return cls(Path(path) / WEIGHTS_FILE, frames_per_clip=int(cfg["frames_per_clip"]), resize=cfg.get("resize"))
+
+    def save_dir(self, out: str | os.PathLike) -> Path:
+        """Write the encoder as a folder (config.json + model.safetensors of the `features.*` tensors): the layout
+        a model dir's clip_encoder/ has, so checking and copying it works as for the autoencoder's."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {f"features.{k}": v.detach().cpu().contiguous() for k, v in self.features.state_dict().items()}
+        save_safetensors(state, out / WEIGHTS_FILE, {"format": "pt"})
+        config = {
+            "encoder_type": ENCODER_TYPE,
+            "frames_per_clip": self.frames_per_clip,
+            "feature_dim": self.feature_dim,
+            "resize": list(self.resize) if self.resize else None,
+        }
+        write_json(out / "config.json", config)
+        return out
+
+    def identity(self) -> dict:
+        ident = super().identity()
+        if self.resize is not None:  # the resize changes every feature; absent when off (older vocabularies)
+            ident["resize"] = list(self.resize)
+        return ident
 
     def train(self, mode: bool = True) -> S3DEncoder:
         # A frozen feature extractor: BatchNorm must keep its running statistics.

@@ -4,6 +4,11 @@ File layout: tensors `level_0` ... `level_{depth-1}` (level l is (branching**(l+
 the rows of the last level are the visual words, id = path from the root in base `branching`), and
 string metadata `format`, `depth`, `branching`, `feature_dim`, `frames_per_clip`, `seed`, and `encoder`
 (the ClipEncoder identity dict as JSON). A vocabulary refuses an encoder whose identity differs.
+
+Encoder identities by source: the clip autoencoder (`name` "clip-autoencoder"), S3D (`name` "s3d", plus
+`resize` when the frames were resized), or pre-extracted features (`name` "features": `source` dir, `rate`
+features/s, `clip_seconds`; `frames_per_clip` is the clip length in the shards' frames, see visual/features.py).
+Every identity has `name`, `frames_per_clip` and `feature_dim`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ FORMAT = "videobert-visual-vocab-v1"
 # on each side of the crossover measured by `python -m videobert_ds.bench.kmeans`; see tokenizer.py).
 AUTO_EXACT_MAX_WORDS = 1024
 METHODS = ("auto", "exact", "descent")
+FEATURES_ENCODER = "features"  # the identity `name` of a vocabulary built from a pre-extracted features dir
 
 
 class _NotVocab(Exception):
@@ -55,15 +61,16 @@ class VisualVocabulary:
     def fit(
         cls,
         features: torch.Tensor,
-        encoder: ClipEncoder,
+        encoder: ClipEncoder | dict,
         *,
         depth: int,
         branching: int,
         seed: int = 0,
         **kmeans_kwargs,
     ) -> VisualVocabulary:
-        """Fit on this rank's clip features (N, D) from `encoder`; distributed when torch.distributed is up."""
-        ident = encoder.identity()
+        """Fit on this rank's clip features (N, D) from `encoder` (a ClipEncoder, or the identity dict of a
+        source that is not one, e.g. a features dir); distributed when torch.distributed is up."""
+        ident = dict(encoder) if isinstance(encoder, dict) else encoder.identity()
         if features.ndim != 2 or features.shape[1] != ident["feature_dim"]:
             raise ValueError(
                 f"features must be (N, {ident['feature_dim']}) from {ident['name']}, got {tuple(features.shape)}"
@@ -86,9 +93,9 @@ class VisualVocabulary:
             return tree.assign_exact(features)
         return tree.assign_descent(features)
 
-    def check_encoder(self, encoder: ClipEncoder) -> None:
-        """Raise a one-line ValueError naming every identity field where `encoder` differs from ours."""
-        got = encoder.identity()
+    def check_encoder(self, encoder: ClipEncoder | dict) -> None:
+        """Raise a one-line ValueError naming every identity field where `encoder` (or an identity) differs."""
+        got = dict(encoder) if isinstance(encoder, dict) else encoder.identity()
         diffs = [
             f"{k} {self.encoder.get(k)!r} != {got.get(k)!r}"
             for k in sorted(set(self.encoder) | set(got))
