@@ -1,7 +1,7 @@
 """`make demo`: the whole pipeline on the embedded synthetic corpus, small enough for a 2-core CPU.
 
-    synth -> prepare -> loader pass -> video encoder -> vocabulary -> teacher -> student -> evaluation
-          -> fine-tuning of both (classification, captioning, QA, retrieval) -> their evaluation -> report
+    synth -> prepare -> loader pass -> video encoder -> vocabulary -> token shards -> teacher -> student
+          -> evaluation -> fine-tuning of both (classification, captioning, QA, retrieval) -> their evaluation -> report
 
 Each stage is skipped when its output already exists (so a re-run only does what is missing);
 `--force` (or `make demo-clean`) starts over. Per-stage wall time and throughput go to
@@ -233,6 +233,30 @@ class Demo:
 
         self.stage("build_vocab", vocab / "vocab.safetensors", build_vocab)
 
+        # Every clip's visual word and clip feature, once: the teacher, student and fine-tuning read these token
+        # shards and decode no video (the frames path stays for runs that augment clips: drop data.tokens).
+        tokenized = self.path("tokenize")
+        tokens = tokenized / "tokens"
+
+        def tokenize() -> dict:
+            self.sh(
+                train_cmd(
+                    "tokenize_tiny",
+                    {
+                        "run.dir": tokenized,
+                        "data.shards": shards,
+                        "visual.encoder": enc / "final",
+                        "visual.vocab": vocab / "vocab.safetensors",
+                    },
+                    self.ranks,
+                ),
+                "tokenize",
+            )
+            r = json.loads((tokenized / "tokenize_report.json").read_text())
+            return {"samples": r["samples"], "clips": r["clips"], "clips_per_s": r["clips_per_s"]}
+
+        self.stage("tokenize", tokens / "manifest.json", tokenize)
+
         teacher = self.path("teacher")
 
         def pretrain_teacher() -> dict:
@@ -242,6 +266,7 @@ class Demo:
                     {
                         "run.dir": teacher,
                         "data.shards": shards,
+                        "data.tokens": tokens,
                         "visual.encoder": enc / "final",
                         "visual.vocab": vocab / "vocab.safetensors",
                     },
@@ -266,7 +291,12 @@ class Demo:
             self.sh(
                 train_cmd(
                     "student_tiny",
-                    {"run.dir": student, "data.shards": shards, "teacher.path": teacher / "final"},
+                    {
+                        "run.dir": student,
+                        "data.shards": shards,
+                        "data.tokens": tokens,
+                        "teacher.path": teacher / "final",
+                    },
                     self.ranks,
                     "zero3_cpu_mb32_lr4e-3.json",
                 ),
@@ -299,7 +329,7 @@ class Demo:
                 self.sh(
                     train_cmd(
                         "finetune_tiny",
-                        {"run.dir": tuned, "data.shards": shards, "model.init": model / "final"},
+                        {"run.dir": tuned, "data.shards": shards, "data.tokens": tokens, "model.init": model / "final"},
                         self.ranks,
                     ),
                     f"finetune_{name}",
