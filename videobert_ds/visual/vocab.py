@@ -170,6 +170,9 @@ def vocab_metadata(path: str | os.PathLike) -> dict:
 
 def feature_stats(vocab: VisualVocabulary, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension mean and spread of the clip features, estimated from the leaf centroids: the scale the
-    masked clip-feature regression standardises its targets by (teacher and student alike)."""
+    masked clip-feature regression standardises its targets by (teacher and student alike). The spread is floored
+    at 1% of the mean spread: a dimension in which every centroid agrees (e.g. an S3D channel that is zero for
+    all of them, as after a ReLU) can still vary between clips, and dividing by ~0 made its targets ~1e10."""
     leaves = vocab.tree.leaves.float().to(device)
-    return leaves.mean(0), leaves.std(0).clamp_min(1e-6)
+    std = leaves.std(0) if leaves.shape[0] > 1 else torch.ones_like(leaves[0])
+    return leaves.mean(0), std.clamp_min(max(1e-6, 0.01 * float(std.mean())))
