@@ -8,28 +8,13 @@ beyond the work itself; S3D at its smallest input (8-frame clips of 32 pixels)."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.helpers import REPO
-from tests.helpers.distributed import clean_env, free_port
+from tests.helpers.one_rank import run_one_rank
 
 pytestmark = pytest.mark.multiproc
-
-
-def run_one_rank(config: str, overrides: dict) -> subprocess.CompletedProcess:
-    """videobert_ds/train.py as rank 0 of 1, without the deepspeed launcher."""
-    env = clean_env(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    env["OMP_NUM_THREADS"] = "1"
-    train, ds = REPO / "videobert_ds" / "train.py", REPO / "ds_configs" / "zero3_cpu.json"
-    cmd = [sys.executable, str(train), "--deepspeed", str(ds)]
-    cmd += ["--config", config, *(f"{k}={v}" for k, v in overrides.items())]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def test_tiny_teacher_on_an_s3d_vocabulary(pipeline_shards, tmp_path):

@@ -1,0 +1,163 @@
+"""Pre-extracted features as the visual input (visual/features.py): a dir of <video_id>.npy/.npz arrays cut into
+clip features by the samples' times, and build_vocab on such a dir instead of decoded video."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from videobert_ds.visual.features import FeaturesDir, iter_clip_features, shard_samples
+
+
+def rows_dir(tmp_path: Path, rate: float | None = 2.0, n: int = 20, dim: int = 3) -> Path:
+    """v1.npy: row i is (i, i, ...); features.json with the rate."""
+    np.save(tmp_path / "v1.npy", np.repeat(np.arange(n, dtype=np.float32)[:, None], dim, 1))
+    if rate is not None:
+        (tmp_path / "features.json").write_text(json.dumps({"rate": rate}))
+    return tmp_path
+
+
+def sample(start: float, end: float, vid: str = "v1") -> dict:
+    return {"video_id": vid, "start": start, "end": end}
+
+
+def test_cut_by_sample_times(tmp_path):
+    d = FeaturesDir(rows_dir(tmp_path))  # 2 rows a second; clips of one row by default
+    assert d.rate == 2.0 and d.clip_seconds == 0.5 and d.feature_dim == 3
+    assert d.clip_features(sample(1.0, 3.2))[:, 0].tolist() == [2, 3, 4, 5]  # 4 whole clips in 2.2 s
+    # 1.5 s clips: the mean of the 3 rows whose centres lie inside each; capped; past the end dropped.
+    d = FeaturesDir(tmp_path, clip_seconds=1.5)
+    assert d.clip_features(sample(1.0, 10.0))[:, 0].tolist() == [3, 6, 9, 12, 15, 18]
+    assert d.clip_features(sample(1.0, 10.0), max_clips=2)[:, 0].tolist() == [3, 6]
+    assert d.clip_features(sample(8.5, 12.0))[:, 0].tolist() == [18]  # [10, 11.5) needs rows 20-22: dropped
+    assert d.stats["dropped_clips"] == 1 and d.stats["clips"] == 9
+    # Features sparser than clips: the row under each clip's midpoint.
+    d = FeaturesDir(tmp_path, clip_seconds=0.2)
+    assert d.clip_features(sample(0.0, 1.0))[:, 0].tolist() == [0, 0, 1, 1, 1]
+    assert d.clip_features(sample(0.0, 0.1)).shape == (0, 3)  # shorter than one clip
+    assert d.frames_per_clip(fps=10) == 2
+    ident = d.identity(fps=10)
+    assert ident == {
+        "name": "features",
+        "source": tmp_path.name,
+        "rate": 2.0,
+        "clip_seconds": 0.2,
+        "feature_dim": 3,
+        "frames_per_clip": 2,
+    }
+
+
+def test_missing_ids_are_counted(tmp_path):
+    d = FeaturesDir(rows_dir(tmp_path))
+    for vid in ("nope", "../v1", "sub/v1", ""):
+        assert d.clip_features(sample(0, 1, vid)) is None
+    assert d.clip_features(sample(0, 1)) is not None
+    assert d.stats["samples"] == 5 and d.stats["missing"] == 4 and d.stats["missing_ids"][0] == "nope"
+
+
+def test_rate_and_file_formats(tmp_path):
+    rows_dir(tmp_path, rate=None)
+    with pytest.raises(ValueError, match="no feature rate .* set encoder.rate"):
+        FeaturesDir(tmp_path)
+    assert FeaturesDir(tmp_path, rate=4.0).clip_seconds == 0.25  # the config key gives it
+    (tmp_path / "features.json").write_text(json.dumps({"rate": 1.0}))
+    assert FeaturesDir(tmp_path, rate=4.0).rate == 4.0  # and wins over features.json
+    np.savez(tmp_path / "v2.npz", feats=np.ones((4, 3), np.float32))
+    assert FeaturesDir(tmp_path).clip_features(sample(0, 2, "v2")).tolist() == [[1, 1, 1], [1, 1, 1]]
+    np.savez(tmp_path / "v3.npz", a=np.ones((4, 3)), b=np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"v3.npz: 2 arrays \(a, b\): set 'key'"):
+        FeaturesDir(tmp_path).load("v3")
+    (tmp_path / "features.json").write_text(json.dumps({"rate": 1.0, "key": "b"}))
+    assert FeaturesDir(tmp_path).load("v3").shape == (4, 3)
+    np.save(tmp_path / "v4.npy", np.ones((4, 5), np.float32))
+    with pytest.raises(ValueError, match="5-d rows, the dir's others 3-d"):
+        FeaturesDir(tmp_path).load("v4")
+    np.save(tmp_path / "v5.npy", np.ones(4, np.float32))
+    with pytest.raises(ValueError, match=r"holds a \(4,\) array"):
+        FeaturesDir(tmp_path).load("v5")
+    with pytest.raises(FileNotFoundError, match="features dir not found"):
+        FeaturesDir(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"holds no \.npy or \.npz file"):
+        FeaturesDir(tmp_path / "empty", rate=1.0)
+
+
+def labelled_features(shards: Path, out: Path, rate: float = 4.0, dim: int = 16) -> Path:
+    """Per video, rows that carry the colour narrated at their time (one-hot, scaled) plus noise: what a good
+    pre-extracted feature would hold. One video is left without a file."""
+    rng = np.random.default_rng(0)
+    colours: dict[str, int] = {}
+    by_video: dict[str, list[dict]] = {}
+    for split in ("train", "val", "test"):
+        for meta in shard_samples(shards, split):
+            by_video.setdefault(meta["video_id"], []).append(meta)
+    out.mkdir()
+    for vid, metas in sorted(by_video.items())[1:]:  # the first video has no features file
+        rows = rng.normal(0, 0.3, (int(max(m["end"] for m in metas) * rate) + 2, dim)).astype(np.float32)
+        for m in metas:
+            c = colours.setdefault(m["labels"]["colour"], len(colours))
+            lo, hi = int(np.ceil(m["start"] * rate - 0.5)), int(np.ceil(m["end"] * rate - 0.5))
+            rows[lo:hi, c] += 10
+        np.save(out / f"{vid}.npy", rows)
+    (out / "features.json").write_text(json.dumps({"rate": rate}))
+    return out
+
+
+def test_rank_split_covers_every_sample_once(prepared_shards, tmp_path):
+    feats = labelled_features(prepared_shards, tmp_path / "feats")
+    every = [m["__key__"] for m in shard_samples(prepared_shards, "train")]
+    seen = []
+    for rank in (0, 1):
+        d = FeaturesDir(feats, clip_seconds=1.0)
+        got = list(iter_clip_features(prepared_shards, "train", d, rank=rank, world_size=2, max_clips=2))
+        seen += [m["__key__"] for m, _ in got] + [None] * d.stats["missing"]
+        assert all(f.shape[1] == 16 and f.shape[0] <= 2 for _, f in got)
+    assert len(seen) == len(every) and set(every) >= {k for k in seen if k}
+    with pytest.raises(ValueError, match="outside world size"):
+        next(iter_clip_features(prepared_shards, "train", d, rank=2, world_size=2))
+
+
+def test_build_vocab_on_a_features_dir(prepared_shards, tmp_path):
+    """build_vocab with encoder.type=features: no video decoded, the vocabulary records the features dir, and
+    its words follow what the features carry; the video without a file is counted, not fatal."""
+    from tests.helpers.one_rank import run_one_rank
+    from videobert_ds.visual.vocab import VisualVocabulary
+
+    feats = labelled_features(prepared_shards, tmp_path / "howto_feats")
+    run = tmp_path / "vocab"
+    run_one_rank(
+        "vocab_tiny",
+        {
+            "run.dir": run,
+            "data.shards": prepared_shards,
+            "encoder.type": "features",
+            "encoder.path": feats,
+            "encoder.clip_seconds": 0.5,
+            "kmeans.depth": 1,
+            "kmeans.branching": 4,
+        },
+    )
+    vocab = VisualVocabulary.load(run / "vocab.safetensors")
+    fps = json.loads((prepared_shards / "manifest.json").read_text())["fps"]
+    assert vocab.encoder == {
+        "name": "features",
+        "source": "howto_feats",
+        "rate": 4.0,
+        "clip_seconds": 0.5,
+        "feature_dim": 16,
+        "frames_per_clip": round(0.5 * fps),
+    }
+    report = json.loads((run / "vocab_report.json").read_text())
+    assert report["features"]["missing"] >= 1 and report["features"]["missing_ids"]
+    assert report["clips"] == report["features"]["clips"] > 20
+    assert report["nmi"]["colour"]["nmi"] > report["nmi"]["colour"]["nmi_shuffled"] + 0.3
+    assert not (run / "vocab_keyframes.safetensors").exists()  # no frames to show
+    # Frames cannot reach a features vocabulary: a one-line error, not a wrong tokenizer.
+    from videobert_ds.visual.loading import load_visual_tokenizer
+
+    with pytest.raises(ValueError, match="built from pre-extracted features \\(howto_feats\\)"):
+        load_visual_tokenizer(tmp_path, run / "vocab.safetensors", torch.device("cpu"))
