@@ -1,6 +1,7 @@
 """The paper's S3D path end to end on the session's tiny shards: random S3D weights saved in torchvision's
 state-dict layout -> build_vocab (encoder.type=s3d) -> a few steps of a tiny teacher (visual.encoder_type=s3d)
--> its export -> loaded back the way videobert-eval and videobert-generate load a model dir.
+-> its export -> loaded back the way videobert-eval and videobert-generate load a model dir; tokenize (stage 2b)
+takes the same weights file.
 
 One rank, launched as a plain process (the env:// variables a launcher would set), so the test costs seconds
 beyond the work itself; S3D at its smallest input (8-frame clips of 32 pixels)."""
@@ -47,6 +48,22 @@ def test_tiny_teacher_on_an_s3d_vocabulary(pipeline_shards, tmp_path):
     assert vocab.encoder["name"] == "s3d" and vocab.feature_dim == 1024 and vocab.frames_per_clip == 8
     report = json.loads((vocab_run / "vocab_report.json").read_text())
     assert report["clips"] > 50 and report["words_used"] >= 4
+
+    # Stage 2b: tokenize takes the same weights file (told apart from an encoder dir by itself).
+    tokens = tmp_path / "tokenize"
+    run_one_rank(
+        "tokenize_tiny",
+        {
+            "run.dir": tokens,
+            "data.shards": pipeline_shards,
+            "visual.encoder": weights,
+            "visual.vocab": vocab_run / "vocab.safetensors",
+            "splits": "[val]",
+        },
+    )
+    made = json.loads((tokens / "tokens" / "manifest.json").read_text())
+    assert {k: v for k, v in made["encoder"].items() if k != "path"} == vocab.encoder
+    assert made["frames_per_clip"] == 8 and made["splits"]["val"] > 0
 
     # Stage 3: the teacher reads the same weights file; clip length comes from the vocabulary.
     teacher = tmp_path / "teacher"

@@ -38,7 +38,7 @@ REPORT = "tokenize_report.json"
 
 @dataclass
 class TokenizeVisualConfig:
-    encoder: str = "runs/video_encoder/final"  # exported stage-1 clip encoder dir
+    encoder: str = "runs/video_encoder/final"  # exported stage-1 clip encoder dir, or the vocabulary's S3D weights
     vocab: str = "runs/vocab/vocab.safetensors"  # stage-2 vocabulary file
     clips_per_batch: int = 256  # clips per encoder forward
 
@@ -72,8 +72,11 @@ class TokenizeStage(Stage):
     def check(self) -> None:
         v = self.cfg.visual
         meta = vocab_metadata(v.vocab)
-        if not (Path(v.encoder) / "config.json").is_file():
-            raise ConfigError(f"visual.encoder: no exported clip encoder at {v.encoder}")
+        from videobert_ds.visual.loading import encoder_problem  # autoencoder dir, S3D weights or S3D encoder dir
+
+        problem = encoder_problem("auto", v.encoder, meta["encoder"])
+        if problem:
+            raise ConfigError(f"visual.encoder: {problem}")
         if self.cfg.data.num_frames < meta["frames_per_clip"]:
             raise ConfigError(
                 f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({meta['frames_per_clip']})"
