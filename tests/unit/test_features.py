@@ -71,14 +71,21 @@ def test_rate_and_file_formats(tmp_path):
     np.savez(tmp_path / "v3.npz", a=np.ones((4, 3)), b=np.ones((4, 3)))
     with pytest.raises(ValueError, match=r"v3.npz: 2 arrays \(a, b\): set 'key'"):
         FeaturesDir(tmp_path).load("v3")
+    (tmp_path / "v2.npz").unlink()  # every .npz of a dir holds the named array
     (tmp_path / "features.json").write_text(json.dumps({"rate": 1.0, "key": "b"}))
     assert FeaturesDir(tmp_path).load("v3").shape == (4, 3)
-    np.save(tmp_path / "v4.npy", np.ones((4, 5), np.float32))
-    with pytest.raises(ValueError, match="5-d rows, the dir's others 3-d"):
-        FeaturesDir(tmp_path).load("v4")
-    np.save(tmp_path / "v5.npy", np.ones(4, np.float32))
+    mixed = tmp_path / "mixed"  # arrays of two widths: whichever is read second is refused
+    mixed.mkdir()
+    np.save(mixed / "a.npy", np.ones((4, 3), np.float32))
+    np.save(mixed / "b.npy", np.ones((4, 5), np.float32))
+    d = FeaturesDir(mixed, rate=1.0)
+    with pytest.raises(ValueError, match="-d rows, the dir's others"):
+        d.load("a"), d.load("b")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    np.save(flat / "a.npy", np.ones(4, np.float32))
     with pytest.raises(ValueError, match=r"holds a \(4,\) array"):
-        FeaturesDir(tmp_path).load("v5")
+        FeaturesDir(flat, rate=1.0)
     with pytest.raises(FileNotFoundError, match="features dir not found"):
         FeaturesDir(tmp_path / "missing")
     (tmp_path / "empty").mkdir()

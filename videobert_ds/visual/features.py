@@ -21,7 +21,6 @@ json members.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from collections import OrderedDict
@@ -33,8 +32,6 @@ import numpy as np
 import torch
 
 from videobert_ds.visual.vocab import FEATURES_ENCODER
-
-log = logging.getLogger(__name__)
 
 FEATURES_JSON = "features.json"
 SUFFIXES = (".npy", ".npz")
@@ -74,7 +71,9 @@ class FeaturesDir:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # a video's samples usually come together
 
     def _probe_dim(self) -> int:
-        first = next((p for p in sorted(self.path.iterdir()) if p.suffix in SUFFIXES), None)
+        # The first array found, not the first by name: a corpus' dir may hold a million files.
+        with os.scandir(self.path) as entries:
+            first = next((Path(e.path) for e in entries if Path(e.name).suffix in SUFFIXES and e.is_file()), None)
         if first is None:
             raise FileNotFoundError(f"features dir {self.path} holds no .npy or .npz file")
         return int(self._read(first).shape[1])
