@@ -110,6 +110,10 @@ def test_mismatches_are_one_line(s3d, tmp_path):
     assert "no clip encoder at" in encoder_problem("s3d", tmp_path / "missing.pth", meta)
     auto_meta = {"name": "clip-autoencoder", "feature_dim": 64, "frames_per_clip": 4}
     assert "fit on clip-autoencoder" in encoder_problem("s3d", s3d["weights"], auto_meta)
+    from videobert_ds.visual.autoencoder import ClipAutoencoder, ClipAutoencoderConfig
+
+    ClipAutoencoder(ClipAutoencoderConfig(feature_dim=32)).save_pretrained(tmp_path / "ae")
+    assert "different clip encoder: feature_dim 64 != 32" in encoder_problem("autoencoder", tmp_path / "ae", auto_meta)
     features_meta = {"name": "features", "source": "howto_s3d", "feature_dim": 1024, "frames_per_clip": 8}
     assert "pre-extracted features (howto_s3d)" in encoder_problem("s3d", s3d["weights"], features_meta)
     # Other weights, or another clip length, than the vocabulary was fit on: refused when loaded.

@@ -117,7 +117,7 @@ def encoder_problem(kind: str, path: str | Path, vocab_encoder: dict) -> str | N
     for key, value in dims.items():
         if value != vocab_encoder.get(key):
             got = vocab_encoder.get(key)
-            return f"visual.vocab was fit on a different clip encoder: {key} {got} != {value} of {path}"
+            return f"the visual vocabulary was fit on a different clip encoder: {key} {got} != {value} of {path}"
     return None
 
 
