@@ -60,10 +60,10 @@ def test_second_run_into_the_same_out_is_refused_and_the_first_finishes(synth_co
     first = subprocess.Popen([PREPARE, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 90
-        while time.time() < deadline and not list(out.glob(".partial-*/*.tar")) and first.poll() is None:
+        while time.time() < deadline and not list(out.glob(".prepare.work/*.tar")) and first.poll() is None:
             time.sleep(0.01)
         os.kill(first.pid, signal.SIGSTOP)  # the first run is mid-way, its work in its partial dir
-        assert list(out.glob(".partial-*/*.tar")), "the first run wrote no shard"
+        assert list(out.glob(".prepare.work/*.tar")), "the first run wrote no shard"
         second = cli(*args)
         assert second.returncode == 2
         line = one_error_line(second.stderr)

@@ -2,6 +2,8 @@
 
     videobert-prepare --manifest corpus/manifest.jsonl --out shards --fps 10 --size 128
     mpirun -n 8 videobert-prepare --manifest ... --out shards      # ranks split the inputs (mpi4py)
+    videobert-prepare --manifest ... --out shards --resume         # continue a killed run (same command)
+    videobert-prepare --manifest more.jsonl --out shards --append  # add videos as new shards
 
 Errors are one line, ``videobert-prepare: error: ...``, printed once per job (by launcher rank 0); exit status
 2 for bad arguments or an output directory that is in use (``.prepare.lock``) or cannot be written, 1 when no
@@ -79,7 +81,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-clip-seconds", type=_positive(float), default=d.max_clip_seconds, help="longer cues are cut")
     p.add_argument("--min-clip-seconds", type=float, default=d.min_clip_seconds, help="shorter cues are skipped")
     p.add_argument("--decode-threads", type=int, default=d.decode_threads, help="source decoder threads (0: auto)")
+    p.add_argument(
+        "--video-timeout",
+        type=float,
+        default=d.video_timeout,
+        metavar="SECONDS",
+        help=f"skip a video (reason video_timeout) still not done after SECONDS (default {d.video_timeout:g}; 0: no "
+        "limit); each video runs in a worker process that is killed at the limit",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared corpus in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run killed in --out (same command, options and number of ranks): its finished shards "
+        "are kept, only the rest is processed; starts afresh when there is none, does nothing when it finished",
+    )
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add these inputs' videos to the corpus in --out as new shards (its own stay untouched); videos "
+        "whose id it has are skipped (already_in_corpus)",
+    )
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -101,15 +123,22 @@ def main(argv: list[str] | None = None) -> int:
         _fail(f"manifest not found: {args.manifest}")
     try:
         report = prepare_corpus(
-            args.manifest, args.out, overwrite=args.overwrite, progress=args.progress, **_options(args)
+            args.manifest,
+            args.out,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            append=args.append,
+            progress=args.progress,
+            **_options(args),
         )
     except PrepareError as e:
         _fail(str(e))
     if launcher_rank() == 0:
-        skipped = len(report["inputs_skipped"])
+        this = report.get("runs", [report])[-1]  # after --append: this run's counts (the report sums all runs)
+        skipped = this["inputs_seen"] - this["inputs_written"]
         print(
-            f"{PROG}: {report['samples_written']} samples from {report['inputs_seen']} inputs "
-            f"({skipped} skipped) -> {args.out} {report['samples_per_split']}",
+            f"{PROG}: {this['samples_written']} samples from {this['inputs_seen']} inputs "
+            f"({skipped} skipped) -> {args.out} {this['samples_per_split']}",
             file=sys.stderr,
         )
     if report["samples_written"] == 0:

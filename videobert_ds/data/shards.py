@@ -8,6 +8,7 @@ A shard is only ever visible under its final name once its tar and its index are
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -25,9 +26,12 @@ __all__ = [
     "REPORT",
     "ShardRecord",
     "SplitShardWriter",
+    "apply_publish",
     "is_complete",
+    "plan_publish",
     "publish",
     "remove_published",
+    "shard_keys",
     "write_json_atomic",
 ]
 
@@ -63,20 +67,31 @@ def _write_index(tar: Path, idx: Path) -> None:
 class SplitShardWriter:
     """Writes samples into per-split temp shards of at most ``samples_per_shard`` samples.
 
-    Temp shards live in ``tmp_dir`` named ``r{rank}-{seq}.tar`` so concurrent ranks never
-    collide; ``close`` finishes the open ones and returns every finished shard.
+    Temp shards live in ``tmp_dir`` named ``r{rank}-{seq}.tar`` so concurrent ranks never collide; a shard is
+    written as ``.tar.part`` and renamed to ``.tar`` once it and its index are complete, so a ``.tar`` in
+    ``tmp_dir`` is always whole. ``first_seq`` continues a resumed rank's numbering. ``close`` finishes the open
+    ones and returns every finished shard.
     """
 
-    def __init__(self, tmp_dir: Path, samples_per_shard: int, rank: int = 0) -> None:
+    def __init__(self, tmp_dir: Path, samples_per_shard: int, rank: int = 0, first_seq: int = 0) -> None:
         if samples_per_shard < 1:
             raise ValueError("samples_per_shard must be >= 1")
         self.tmp_dir = Path(tmp_dir)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.samples_per_shard = samples_per_shard
         self.rank = rank
-        self._seq = 0
+        self._seq = first_seq
         self._open: dict[str, tuple[Any, Path, int, int]] = {}  # split -> writer, path, count, seq
+        self._open_keys: dict[str, list[str]] = {}  # split -> keys in its open shard
         self.finished: list[ShardRecord] = []
+
+    @property
+    def next_seq(self) -> int:
+        return self._seq
+
+    def open_keys(self) -> set[str]:
+        """The keys of the samples in shards not yet finished (lost if the process dies now)."""
+        return {k for keys in self._open_keys.values() for k in keys}
 
     def write(self, split: str, key: str, files: dict[str, bytes]) -> None:
         """Add one sample (``files`` maps extension -> bytes) to the split's open shard."""
@@ -85,21 +100,26 @@ class SplitShardWriter:
 
             seq = self._seq
             self._seq += 1
-            path = self.tmp_dir / f"r{self.rank:05d}-{seq:06d}.tar"
+            path = self.tmp_dir / f"r{self.rank:05d}-{seq:06d}.tar.part"
             self._open[split] = (wds.TarWriter(str(path), mtime=0.0), path, 0, seq)
+            self._open_keys[split] = []
         writer, path, count, seq = self._open[split]
         writer.write({"__key__": key, **files})
         count += 1
         self._open[split] = (writer, path, count, seq)
+        self._open_keys[split].append(key)
         if count >= self.samples_per_shard:
             self._finish(split)
 
     def _finish(self, split: str) -> None:
-        writer, path, count, seq = self._open.pop(split)
+        writer, part, count, seq = self._open.pop(split)
+        self._open_keys.pop(split, None)
         writer.close()
-        idx = path.with_suffix(".idx")
-        _write_index(path, idx)
-        self.finished.append(ShardRecord(str(path), str(idx), split, count, (self.rank, seq)))
+        tar = part.with_suffix("")  # r.....-......tar
+        idx = tar.with_suffix(".idx")
+        _write_index(part, idx)
+        os.replace(part, tar)  # last: a .tar is whole and has its index
+        self.finished.append(ShardRecord(str(tar), str(idx), split, count, (self.rank, seq)))
 
     def close(self) -> list[ShardRecord]:
         for split in sorted(self._open):
@@ -108,15 +128,31 @@ class SplitShardWriter:
 
     def abort(self) -> None:
         """Close and delete everything this writer made (used when a run fails)."""
+        self.discard_open()
+        for rec in self.finished:
+            Path(rec.tar).unlink(missing_ok=True)
+            Path(rec.idx).unlink(missing_ok=True)
+        self.finished.clear()
+
+    def discard_open(self) -> None:
+        """Close and delete the shards not yet finished; the finished ones stay."""
         for writer, path, _, _ in self._open.values():
             with contextlib.suppress(OSError):  # a full disk fails the close's flush too: delete anyway
                 writer.close()
             path.unlink(missing_ok=True)
         self._open.clear()
-        for rec in self.finished:
-            Path(rec.tar).unlink(missing_ok=True)
-            Path(rec.idx).unlink(missing_ok=True)
-        self.finished.clear()
+        self._open_keys.clear()
+
+
+def shard_keys(idx: Path) -> list[str]:
+    """The sample keys of a shard, read from its DALI index (``v1.2 N`` then one line per sample:
+    ``ext offset size name`` for each of its files; the key is a name up to its first dot)."""
+    keys = []
+    for line in Path(idx).read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 4:
+            keys.append(fields[3].split(".", 1)[0])
+    return keys
 
 
 def is_complete(out: Path) -> bool:
@@ -136,24 +172,47 @@ def remove_published(out: Path) -> None:
             p.unlink()
 
 
-def publish(out: Path, records: list[ShardRecord], meta: dict[str, Any]) -> dict[str, Any]:
-    """Rename temp shards to ``shard-NNNNNN`` (ordered by split, then rank and sequence) and
-    write manifest.json; returns the manifest. ``meta`` (codec, fps, size, ...) is merged in."""
-    out = Path(out)
+def plan_publish(
+    records: list[ShardRecord], meta: dict[str, Any], old: dict[str, Any] | None = None
+) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """The renames that publish temp shards as ``shard-NNNNNN`` (ordered by split, then rank and sequence) and the
+    manifest.json to write after them. ``meta`` (codec, fps, size, ...) is merged in. ``old``: the manifest of
+    the corpus being appended to: the new shards are numbered after its shards, which stay listed first."""
     ordered = sorted(records, key=lambda r: (r.split, r.order))
-    shards = []
-    splits: dict[str, int] = {}
-    for n, rec in enumerate(ordered):
+    shards = list(old["shards"]) if old else []
+    first = len(shards)
+    renames: list[tuple[str, str]] = []
+    for n, rec in enumerate(ordered, start=first):
         name = f"shard-{n:06d}"
-        os.replace(rec.idx, out / f"{name}.idx")
-        os.replace(rec.tar, out / f"{name}.tar")
+        renames += [(rec.idx, f"{name}.idx"), (rec.tar, f"{name}.tar")]  # the index first: a tar always has one
         shards.append({"file": f"{name}.tar", "idx": f"{name}.idx", "split": rec.split, "num_samples": rec.count})
-        splits[rec.split] = splits.get(rec.split, 0) + rec.count
-    manifest = {
-        **meta,
-        "total": sum(splits.values()),
-        "splits": dict(sorted(splits.items())),
-        "shards": shards,
-    }
+    splits: dict[str, int] = {}
+    for sh in shards:
+        splits[sh["split"]] = splits.get(sh["split"], 0) + sh["num_samples"]
+    manifest = {**meta, "total": sum(splits.values()), "splits": dict(sorted(splits.items())), "shards": shards}
+    return renames, manifest
+
+
+def apply_publish(out: Path, renames: list[tuple[str, str]], report: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Do the renames of ``plan_publish`` into ``out``, then write report.json and manifest.json (last: it marks
+    the directory complete). Idempotent: a rename already done (its source gone, its target there) is skipped, so a
+    publish cut short by a kill is finished by doing it again."""
+    out = Path(out)
+    for src, name in renames:
+        dst = out / name
+        if Path(src).exists():
+            os.replace(src, dst)
+        elif not dst.exists():
+            raise FileNotFoundError(errno.ENOENT, "shard to publish is missing", src)
+    write_json_atomic(out / REPORT, report)
+    write_json_atomic(out / MANIFEST, manifest)
+
+
+def publish(out: Path, records: list[ShardRecord], meta: dict[str, Any]) -> dict[str, Any]:
+    """Rename temp shards to ``shard-NNNNNN`` and write manifest.json (no report); returns the manifest."""
+    renames, manifest = plan_publish(records, meta)
+    out = Path(out)
+    for src, name in renames:
+        os.replace(src, out / name)
     write_json_atomic(out / MANIFEST, manifest)
     return manifest

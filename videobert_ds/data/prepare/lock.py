@@ -27,6 +27,20 @@ PARTIAL_GLOB = ".partial-*"
 
 log = logging.getLogger("videobert_ds.data.prepare")
 
+# The fds of the locks this process holds. A forked child (the per-video worker) inherits them, and an flock lasts
+# while any fd of its open file holds it: the child closes its copies, so only this process holds the lock.
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
 
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux /proc), which tells a reused pid apart."""
@@ -90,6 +104,7 @@ class OutputLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         self._fd = fd
+        _HELD.add(fd)
 
     def release(self) -> None:
         """Remove the lock file (while still holding it, so no run can be locking a file about to vanish)."""
@@ -97,6 +112,7 @@ class OutputLock:
             return
         with contextlib.suppress(OSError):
             self.path.unlink()
+        _HELD.discard(self._fd)
         os.close(self._fd)
         self._fd = None
 

@@ -26,9 +26,12 @@ class PrepareOptions:
     max_clip_seconds: float = 8.0
     min_clip_seconds: float = 0.5
     decode_threads: int = 0
+    # Wall-clock seconds one video may take (decode + encode + verify) before it is skipped as video_timeout;
+    # 0: no limit. The video runs in a worker process so the limit holds even inside a stuck decoder call.
+    video_timeout: float = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("fps", "window", "max_clip_seconds", "min_clip_seconds"):
+        for name in ("fps", "window", "max_clip_seconds", "min_clip_seconds", "video_timeout"):
             # 10 and 10.0 are one setting: store floats, so manifest.json and report.json read the same
             object.__setattr__(self, name, float(getattr(self, name)))
         if self.codec not in CODECS:
@@ -43,5 +46,7 @@ class PrepareOptions:
             raise PrepareError(f"size must be an even integer >= 8 (yuv420p), got {self.size!r}")
         if not isinstance(self.samples_per_shard, int) or self.samples_per_shard < 1:
             raise PrepareError(f"samples_per_shard must be an integer >= 1, got {self.samples_per_shard!r}")
+        if not (math.isfinite(self.video_timeout) and self.video_timeout >= 0):
+            raise PrepareError(f"video_timeout must be seconds >= 0 (0: no limit), got {self.video_timeout!r}")
         if not isinstance(self.decode_threads, int) or self.decode_threads < 0:
             raise PrepareError(f"decode_threads must be an integer >= 0, got {self.decode_threads!r}")

@@ -1,7 +1,8 @@
 """The ranks of a prepare run: which MPI rank this process is, and one rank's share of the inputs.
 
-Under ``mpirun``/``srun`` the inputs are dealt round-robin to the ranks; each writes its own temp shards
-and returns a partial report that rank 0 merges (corpus.py).
+Under ``mpirun``/``srun`` the inputs are dealt round-robin to the ranks; each writes its own temp shards into the
+run's work dir, journals them as they finish (work.py: what makes a killed run resumable) and returns a partial
+report that rank 0 merges (corpus.py).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from videobert_ds.data.prepare.entries import Entry, Skip
+from videobert_ds.data.prepare.entries import Entry
 from videobert_ds.data.prepare.options import PROG, PrepareError, PrepareOptions
-from videobert_ds.data.prepare.video import VideoResult, process_video
+from videobert_ds.data.prepare.video import VideoResult
+from videobert_ds.data.prepare.work import Journal, load_rank, remove_unjournaled
+from videobert_ds.data.prepare.worker import VideoRunner
 from videobert_ds.data.shards import SplitShardWriter
 
 # Env vars set by MPI launchers (Open MPI, MPICH/Hydra and SLURM PMI2, PMIx): read before mpi4py
@@ -61,50 +64,110 @@ def _progress(items: list[Entry], rank: int, world: int, show: bool | None) -> A
     )
 
 
+def _summary(entry: Entry, res: VideoResult) -> dict[str, Any]:
+    """One input's part of the report (kept in the rank's journal once all its samples are in finished shards)."""
+    reasons = Counter(res.reasons)
+    skip = degraded = None
+    if res.skip is not None:
+        reasons[res.skip.reason] += 1
+        skip = res.skip.as_dict()
+    elif res.reasons:
+        degraded = {"line": entry.line, "id": entry.id, "reasons": dict(sorted(res.reasons.items()))}
+    labels: dict[str, dict[str, set[str]]] = {}
+    for split, _, _, sample_labels in res.samples:
+        for name, value in sample_labels.items():
+            labels.setdefault(split, {}).setdefault(str(name), set()).add(str(value))
+    return {
+        "reasons": dict(reasons),
+        "skip": skip,
+        "degraded": degraded,
+        "written": len(res.samples),
+        "labels": {sp: {n: sorted(v) for n, v in sets.items()} for sp, sets in labels.items()},
+    }
+
+
 def run_rank(
     entries: list[Entry], opts: PrepareOptions, tmp: Path, rank: int, world: int, progress: bool | None
 ) -> dict[str, Any]:
-    """Process this rank's share of the inputs; returns its partial report and shard records."""
+    """Process this rank's share of the inputs into ``tmp`` (the run's work dir); returns its partial report and
+    shard records. A journal of this rank already in ``tmp`` (a killed run, resumed) is continued: its finished
+    shards and done inputs are kept, its unfinished files removed, and only the rest is processed."""
     mine = entries[rank::world]
-    writer = SplitShardWriter(tmp, opts.samples_per_shard, rank)
+    state = load_rank(tmp, rank)
+    removed = remove_unjournaled(tmp, rank, state)
+    if state.shards or state.done or removed:
+        print(
+            f"[{PROG} r{rank}] resuming: {len(state.done)}/{len(mine)} inputs done, {len(state.shards)} shards "
+            f"kept, {removed} unfinished files removed",
+            file=sys.stderr,
+            flush=True,
+        )
+    writer = SplitShardWriter(tmp, opts.samples_per_shard, rank, first_seq=state.next_seq)
+    done = dict(state.done)
+    pending: dict[int, dict[str, Any]] = {}  # processed, some sample still in an open shard
+    keys_of = {pos: list(keys) for pos, keys in state.partial.items()}  # samples written, per unfinished input
+    committed = 0  # writer.finished[:committed] are in the journal
+
+    def commit(complete: bool) -> None:
+        nonlocal committed
+        open_keys = writer.open_keys()
+        for pos in list(pending):
+            if not open_keys.intersection(keys_of.get(pos, ())):
+                done[pos] = pending.pop(pos)
+                keys_of.pop(pos, None)
+        partial = {pos: [k for k in keys if k not in open_keys] for pos, keys in keys_of.items()}
+        new_done = {pos: done[pos] for pos in done if pos not in state.done}
+        journal.commit(writer.finished[committed:], new_done, {p: k for p, k in partial.items() if k},
+                       writer.next_seq, complete)  # fmt: skip
+        state.done.update(new_done)
+        committed = len(writer.finished)
+
+    tty = sys.stderr.isatty() if progress is None else progress
+    journal = Journal(tmp, rank)
+    try:
+        bar = _progress(mine, rank, world, progress)
+        with VideoRunner(opts.video_timeout) as runner:
+            for pos, entry in enumerate(bar):
+                if pos in done:
+                    continue
+                res = runner.process(entry, opts)
+                already = set(state.partial.get(pos, ()))  # written before the kill, in a finished shard
+                for split, key, files, _ in res.samples:
+                    if key not in already:
+                        writer.write(split, key, files)
+                        keys_of.setdefault(pos, []).append(key)
+                pending[pos] = _summary(entry, res)
+                if len(writer.finished) > committed:
+                    commit(complete=False)
+                if not tty:
+                    status = f"skipped ({res.skip.reason})" if res.skip else f"{len(res.samples)} samples"
+                    print(f"[{PROG} r{rank}] {pos + 1}/{len(mine)} {entry.id}: {status}", file=sys.stderr, flush=True)
+        writer.close()
+        commit(complete=True)
+    except BaseException:
+        writer.discard_open()  # finished shards stay: the journal names them, so --resume keeps them
+        raise
+    finally:
+        journal.close()
     reasons: Counter = Counter()
     skips: list[dict[str, Any]] = []
     degraded: list[dict[str, Any]] = []
     label_values: dict[str, dict[str, set[str]]] = {}  # split -> label set -> values seen
-    written = 0
-    tty = sys.stderr.isatty() if progress is None else progress
-    try:
-        bar = _progress(mine, rank, world, progress)
-        for i, entry in enumerate(bar, start=1):
-            try:
-                res = process_video(entry, opts)
-            except Exception as e:  # noqa: BLE001 - an input nobody foresaw must not end the run
-                res = VideoResult(
-                    skip=Skip(entry.line, "video_error", f"{type(e).__name__}: {e}", entry.id, entry.raw["video"])
-                )
-            reasons.update(res.reasons)
-            for split, key, files, labels in res.samples:
-                writer.write(split, key, files)
-                for name, value in labels.items():
-                    label_values.setdefault(split, {}).setdefault(str(name), set()).add(str(value))
-            written += len(res.samples)
-            if res.skip is not None:
-                reasons[res.skip.reason] += 1
-                skips.append(res.skip.as_dict())
-            elif res.reasons:
-                degraded.append({"line": entry.line, "id": entry.id, "reasons": dict(sorted(res.reasons.items()))})
-            if not tty:
-                status = f"skipped ({res.skip.reason})" if res.skip else f"{len(res.samples)} samples"
-                print(f"[{PROG} r{rank}] {i}/{len(mine)} {entry.id}: {status}", file=sys.stderr, flush=True)
-        records = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+    for pos in sorted(done):
+        d = done[pos]
+        reasons.update(d["reasons"])
+        if d["skip"] is not None:
+            skips.append(d["skip"])
+        if d["degraded"] is not None:
+            degraded.append(d["degraded"])
+        for split, sets in d["labels"].items():
+            for name, values in sets.items():
+                label_values.setdefault(split, {}).setdefault(name, set()).update(values)
     return {
         "reasons": reasons,
         "skips": skips,
         "degraded": degraded,
-        "written": written,
-        "records": records,
+        "written": sum(d["written"] for d in done.values()),
+        "records": state.shards + writer.finished,
         "labels": label_values,
     }
