@@ -177,7 +177,15 @@ def test_append_adds_new_shards_and_leaves_the_corpus_alone(tmp_path: Path) -> N
     with pytest.raises(PrepareError, match="--append needs a prepared corpus"):
         prepare_corpus(more, tmp_path / "empty", append=True, **kw)
 
-    report = prepare_corpus(more, out, append=True, **{**kw, "samples_per_shard": 4})
+    # publishing fails part-way (a folder where the last new shard goes): the corpus stays as it was, and
+    # --resume finishes the publish from the plan in the work dir
+    (out / "shard-000005.tar").mkdir()
+    with pytest.raises(PrepareError, match=r"Is a directory .*finished shards kept in .*rerun with --resume"):
+        prepare_corpus(more, out, append=True, **{**kw, "samples_per_shard": 4})
+    assert json.loads((out / "manifest.json").read_text()) == old_man
+    assert (out / "shard-000004.tar").is_file()  # renamed before the failure
+    (out / "shard-000005.tar").rmdir()
+    report = prepare_corpus(more, out, append=True, resume=True, **{**kw, "samples_per_shard": 4})
     only_published_files(out)
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes()) for p in out.glob("shard-*")
             if p.name in old_files} == old_files  # fmt: skip
