@@ -93,13 +93,29 @@ def tiny_vocab(pipeline_shards, tiny_encoder) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_teacher(pipeline_shards, tiny_encoder, tiny_vocab) -> Path:
-    """Stage 3: a tiny teacher run dir (checkpoints, tb, metrics.jsonl, final/)."""
+def tiny_tokens(pipeline_shards, tiny_encoder, tiny_vocab) -> Path:
+    """Stage 2b: the tokenize run dir (tokens/ with every split's token shards, tokenize_report.json)."""
+    return _run_stage(
+        "tokenize_tiny",
+        pipeline_shards.parent / "tokenize",
+        {
+            "data.shards": pipeline_shards,
+            "visual.encoder": tiny_encoder,
+            "visual.vocab": tiny_vocab / "vocab.safetensors",
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(pipeline_shards, tiny_encoder, tiny_vocab, tiny_tokens) -> Path:
+    """Stage 3: a tiny teacher run dir (checkpoints, tb, metrics.jsonl, final/), trained from the token shards (the
+    frames path trains in test_slurm's pipeline and test_distill's students)."""
     return _run_stage(
         "teacher_tiny",
         pipeline_shards.parent / "teacher",
         {
             "data.shards": pipeline_shards,
+            "data.tokens": tiny_tokens / "tokens",
             "visual.encoder": tiny_encoder,
             "visual.vocab": tiny_vocab / "vocab.safetensors",
             "schedule.max_steps": 120,

@@ -276,9 +276,10 @@ def test_resume_with_teacher_from_its_zero_checkpoint(distilled, tiny_teacher, p
 
 
 @pytest.mark.multiproc
-def test_attention_kl_and_teacher_init_under_zero3(tiny_teacher, pipeline_shards, ds_config, tmp_path):
+def test_attention_kl_and_teacher_init_under_zero3(tiny_teacher, tiny_tokens, pipeline_shards, ds_config, tmp_path):
     """A student as wide as the teacher (2 x 128) starts from teacher layers 0 and 2 and also learns the
-    teacher's attention distributions (eager attention in both partitioned models)."""
+    teacher's attention distributions (eager attention in both partitioned models); it reads the token shards
+    (data.tokens), the other students decode frames."""
     run_dir = tmp_path / "wide"
     proc = run_training(
         ds_config,
@@ -294,6 +295,7 @@ def test_attention_kl_and_teacher_init_under_zero3(tiny_teacher, pipeline_shards
                     "model.intermediate_size": 256,
                     "model.num_attention_heads": 4,
                     "model.init": "teacher",
+                    "data.tokens": tiny_tokens / "tokens",
                     "distill.lambda_attention": 1.0,
                     "schedule.max_steps": 2,
                     "schedule.warmup_steps": 1,

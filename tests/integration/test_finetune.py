@@ -23,9 +23,10 @@ EVAL = Path(sys.executable).parent / "videobert-eval"
 
 
 @pytest.fixture(scope="module")
-def finetuned(tiny_teacher, pipeline_shards, tmp_path_factory) -> Path:
-    """The tiny teacher fine-tuned on all four tasks (2 ranks, ZeRO-3). In fp32, unlike the other stages' test
-    runs: its 150 steps of bf16 GEMMs take about 6x as long on CPUs without native bf16 (AVX2); bf16
+def finetuned(tiny_teacher, tiny_tokens, pipeline_shards, tmp_path_factory) -> Path:
+    """The tiny teacher fine-tuned on all four tasks (2 ranks, ZeRO-3), from the token shards (labels, questions
+    and texts from their json; test_slurm's pipeline fine-tunes from frames). In fp32, unlike the other stages'
+    test runs: its 150 steps of bf16 GEMMs take about 6x as long on CPUs without native bf16 (AVX2); bf16
     fine-tuning runs in test_slurm's pipeline."""
     tmp = tmp_path_factory.mktemp("finetune")
     ds = write_ds_config(tmp / "zero3_cpu_finetune.json", micro_batch=8)
@@ -36,6 +37,7 @@ def finetuned(tiny_teacher, pipeline_shards, tmp_path_factory) -> Path:
         [
             f"run.dir={run}",
             f"data.shards={pipeline_shards}",
+            f"data.tokens={tiny_tokens / 'tokens'}",
             f"model.init={tiny_teacher / 'final'}",
             "schedule.max_steps=150",
             "schedule.warmup_steps=15",

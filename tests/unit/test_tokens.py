@@ -222,3 +222,37 @@ def test_mismatches_are_one_line_errors(prepared_shards, visual, tokens, tmp_pat
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("videobert-train: error: data.tokens:") and "another visual vocabulary" in err
     assert os.path.isdir(tokens)
+
+
+def test_pipeline_trains_from_the_token_shards_when_tokenize_runs(tmp_path):
+    """slurm/pipeline.sh puts tokenize between vocab and teacher; teacher, student and finetune get data.tokens
+    (first, so the caller's OVERRIDES win) when tokenize is submitted or its shards exist, not otherwise."""
+    import subprocess
+
+    from tests.helpers import REPO
+    from tests.helpers.distributed import clean_env
+
+    def dry_run(stages: str) -> dict[str, str]:
+        r = subprocess.run(
+            ["bash", str(REPO / "slurm" / "pipeline.sh"), "--dry-run", "--stages", stages],
+            cwd=tmp_path,
+            env=clean_env(RUNS=str(tmp_path / "runs")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        jobs = [line for line in r.stdout.splitlines() if line.startswith("env ")]
+        return {line.split()[-1].rsplit("/", 1)[-1]: line for line in jobs}
+
+    tokens = tmp_path / "runs" / "tokenize" / "tokens"
+    jobs = dry_run("finetune teacher tokenize student")
+    assert list(jobs) == ["tokenize.sh", "pretrain_teacher.sh", "distill_student.sh", "finetune.sh"]
+    assert "CONFIG=tokenize " in jobs["tokenize.sh"] and "data.tokens" not in jobs["tokenize.sh"]
+    for script in ("pretrain_teacher.sh", "distill_student.sh", "finetune.sh"):
+        assert f"OVERRIDES=data.tokens={tokens}\\ " in jobs[script], jobs[script]
+    assert "data.tokens" not in dry_run("teacher")["pretrain_teacher.sh"]
+    tokens.mkdir(parents=True)
+    (tokens / "manifest.json").write_text("{}")  # an earlier tokenize run: done, and the teacher reads it
+    jobs = dry_run("tokenize teacher")
+    assert list(jobs) == ["pretrain_teacher.sh"] and f"data.tokens={tokens}" in jobs["pretrain_teacher.sh"]

@@ -5,7 +5,9 @@
 Rows: the DALI and PyAV loaders on the same shards (clips/s, frames/s, ratio); visual-word assignment
 (clip features/s through the frozen encoder + vocabulary); the tiny teacher's training step on 2 ranks
 under ZeRO-3 vs ZeRO stage 0 (samples/s, tokens/s, bytes of parameters + optimizer state per rank, the
-share of step time waiting for data). Uses the demo's artefacts (`make demo` builds them).
+share of step time waiting for data); the tiny teacher from token shards vs from frames (samples/s, tokens/s,
+data wait) and the tokenize stage's clips/s (bench/tokens.py). Uses the demo's artefacts (`make demo` builds
+them).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from videobert_ds.bench.data import bench_loader
+from videobert_ds.bench.tokens import compare as compare_tokens
 from videobert_ds.bench.train import run as run_training_bench
 
 
@@ -77,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         a, b = z3[key] / scale, z0[key] / scale
         rows.append((label, fmt.format(a), fmt.format(b), f"{a / b:.2f}x"))
     rows.append(("data wait, share of step (Z3 | Z0)", f"{z3['data_wait']:.3f}", f"{z0['data_wait']:.3f}", ""))
+    tk = compare_tokens(demo, args.train_steps, 2)
+    t, f = tk["tokens"], tk["frames"]
+    for key, label, fmt in [
+        ("samples_per_s", "teacher samples/s (tokens | frames)", "{:.1f}"),
+        ("tokens_per_s", "teacher tokens/s (tokens | frames)", "{:.0f}"),
+    ]:
+        rows.append((label, fmt.format(t[key]), fmt.format(f[key]), f"{t[key] / f[key]:.2f}x"))
+    rows.append(("data wait, share (tokens | frames)", f"{t['data_wait']:.4f}", f"{f['data_wait']:.4f}", ""))
+    rows.append(("tokenize clips/s (2 ranks)", f"{tk['tokenize']['clips_per_s']:.0f}", "", ""))
 
     print(
         f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

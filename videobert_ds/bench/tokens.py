@@ -1,0 +1,182 @@
+"""Token shards vs frames: the tiny teacher trained from the tokenize stage's token shards and from decoded frames,
+same model, config, micro-batch, seed and steps, side by side in one run; plus the tokenize stage's own speed.
+
+    python -m videobert_ds.bench.tokens [--demo-dir runs/demo] [--steps 60] [--ranks 2]
+
+Prints, for both runs, samples/s and tokens/s (the second half of the run: warm-up excluded), the step time and the
+share of it spent waiting for data; how one step of the frames path splits (decoding the micro-batch and running
+the clip encoder over it, each timed alone in this process on one thread, vs the step from tokens); and the
+tokenize stage's clips/s on the same ranks. Needs the demo's shards, clip encoder, vocabulary and tokenizer
+(`make demo`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from videobert_ds.cli.demo import REPO, train_cmd
+
+DS_CONFIG = "zero3_cpu_mb32.json"  # the demo teacher's: micro-batch 32 per rank
+
+
+def _run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_env())
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+
+
+def tokenize(demo: Path, work: Path, ranks: int) -> dict:
+    """The tokenize stage over every split of the demo shards; its report (clips/s over the slowest rank's time,
+    model loading included)."""
+    run_dir = work / "tokenize"
+    overrides = {
+        "run.dir": run_dir,
+        "data.shards": demo / "shards",
+        "visual.encoder": demo / "video_encoder" / "final",
+        "visual.vocab": demo / "vocab" / "vocab.safetensors",
+    }
+    _run(train_cmd("tokenize_tiny", overrides, ranks), "tokenize")
+    return {**json.loads((run_dir / "tokenize_report.json").read_text()), "dir": run_dir / "tokens"}
+
+
+def teacher(demo: Path, work: Path, steps: int, ranks: int, tokens: Path | None) -> dict:
+    """One tiny-teacher run (ZeRO-3, the demo's micro-batch), from `tokens` or, when None, from frames."""
+    name = "tokens" if tokens else "frames"
+    overrides = {
+        "run.dir": work / name,
+        "data.shards": demo / "shards",
+        "visual.encoder": demo / "video_encoder" / "final",
+        "visual.vocab": demo / "vocab" / "vocab.safetensors",
+        "text.tokenizer": demo / "teacher" / "tokenizer",
+        "schedule.max_steps": steps,
+        "schedule.warmup_steps": 1,
+        "schedule.log_every": steps // 2,
+        "schedule.val_every": 10**9,
+        "schedule.checkpoint_every": 10**9,
+    }
+    if tokens:
+        overrides["data.tokens"] = tokens
+    cmd = train_cmd("teacher_tiny", overrides, ranks, DS_CONFIG)
+    cmd.insert(cmd.index("--config"), "--no-export")
+    _run(cmd, f"teacher from {name}")
+    rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "perf/samples_per_s" in r][-1]  # the second half
+    return {
+        "samples_per_s": last["perf/samples_per_s"],
+        "tokens_per_s": last.get("perf/tokens_per_s", 0.0),
+        "step_s": last["perf/step_time_s"],
+        "data_wait": last["perf/data_wait_frac"],
+    }
+
+
+def frames_step_parts(demo: Path, micro_batch: int, batches: int = 8) -> dict:
+    """Seconds per micro-batch of the two jobs the frames path adds to a step, each alone on one thread: decoding
+    (DALI, the loader's decoder, 1 thread) and the frozen clip encoder + word assignment."""
+    from videobert_ds.data.loader import build_clip_loader
+    from videobert_ds.visual.loading import load_visual_tokenizer
+
+    torch.set_num_threads(1)
+    loader = build_clip_loader(demo / "shards", "train", micro_batch, 16, num_threads=1, prefetch=1, device="cpu")
+    it = iter(loader)
+    batch = next(it)  # warm-up (pipeline build)
+    started = time.perf_counter()
+    for _ in range(batches):
+        batch = next(it)
+    decode = (time.perf_counter() - started) / batches
+    tok, _ = load_visual_tokenizer(
+        demo / "video_encoder" / "final", demo / "vocab" / "vocab.safetensors", torch.device("cpu")
+    )
+    tok(batch.frames, batch.num_frames, return_features=True)  # warm-up
+    started = time.perf_counter()
+    for _ in range(batches):
+        tok(batch.frames, batch.num_frames, return_features=True)
+    encode = (time.perf_counter() - started) / batches
+    return {"decode_s": decode, "encode_s": encode}
+
+
+def compare(demo: Path, steps: int, ranks: int) -> dict:
+    """Everything the table shows, as numbers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        tok = tokenize(demo, work, ranks)
+        from_tokens = teacher(demo, work, steps, ranks, tok["dir"])
+        from_frames = teacher(demo, work, steps, ranks, None)
+    micro_batch = json.loads((REPO / "ds_configs" / DS_CONFIG).read_text())["train_micro_batch_size_per_gpu"]
+    return {
+        "tokenize": {k: v for k, v in tok.items() if k != "dir"},
+        "tokens": from_tokens,
+        "frames": from_frames,
+        "parts": frames_step_parts(demo, micro_batch),
+        "micro_batch": micro_batch,
+    }
+
+
+def print_table(r: dict, steps: int, ranks: int) -> None:
+    t, f, p = r["tokens"], r["frames"], r["parts"]
+    print(
+        f"\nTiny teacher, {ranks} ranks, ZeRO-3, micro-batch {r['micro_batch']}, {steps} steps (second half timed), "
+        "from token shards vs from frames"
+    )
+    print(f"| {'':34s} | {'tokens':>10s} | {'frames':>10s} | {'tokens / frames':>15s} |")
+    print(f"|{'-' * 36}|{'-' * 12}|{'-' * 12}|{'-' * 17}|")
+    for key, label, fmt in [
+        ("samples_per_s", "samples/s", "{:10.1f}"),
+        ("tokens_per_s", "tokens/s", "{:10.0f}"),
+        ("step_s", "step time (s)", "{:10.3f}"),
+    ]:
+        print(f"| {label:34s} | {fmt.format(t[key])} | {fmt.format(f[key])} | {t[key] / f[key]:14.2f}x |")
+    print(f"| {'data wait (share of step)':34s} | {t['data_wait']:10.4f} | {f['data_wait']:10.4f} | {'':15s} |")
+    print(
+        f"\nFrames step split: {f['step_s']:.3f} s = token step {t['step_s']:.3f} s + "
+        f"{f['step_s'] - t['step_s']:.3f} s; one micro-batch alone on one thread: decode {p['decode_s']:.3f} s, "
+        f"clip encoder + words {p['encode_s']:.3f} s"
+    )
+    k = r["tokenize"]
+    print(
+        f"tokenize: {k['samples']} samples, {k['clips']} clips on {k['ranks']} ranks in {k['seconds']:.1f} s "
+        f"= {k['clips_per_s']:.0f} clips/s (model loading included)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m videobert_ds.bench.tokens", description=__doc__.splitlines()[0])
+    parser.add_argument("--demo-dir", default="runs/demo", type=Path)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    demo = args.demo_dir.resolve()
+    for need in (
+        "shards/manifest.json",
+        "video_encoder/final/config.json",
+        "vocab/vocab.safetensors",
+        "teacher/tokenizer",
+    ):
+        if not (demo / need).exists():
+            print(f"bench.tokens: error: {demo / need} missing; run `make demo` first", file=sys.stderr)
+            return 2
+    if args.steps < 2:
+        parser.error("--steps must be >= 2")
+    r = compare(demo, args.steps, args.ranks)
+    print_table(r, args.steps, args.ranks)
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
