@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SETUP_STAMP := .venv/.setup-stamp
 
-.PHONY: setup demo demo-clean test lint format bench bench-data bench-kmeans bench-train bench-gpu tensorboard clean
+.PHONY: setup demo demo-clean test lint format bench bench-data bench-kmeans bench-prepare bench-train bench-gpu tensorboard clean
 
 setup: $(SETUP_STAMP)
 
@@ -39,6 +39,11 @@ bench-data: setup
 
 bench-kmeans: setup
 	$(PY) -m videobert_ds.bench.kmeans
+
+# videobert-prepare beside one plain ffmpeg command a clip on the same synthetic videos (videos/s, clips/s per core).
+bench-prepare: setup
+	command -v ffmpeg >/dev/null || $(PY) -m pip install -q imageio-ffmpeg
+	$(PY) -m videobert_ds.bench.prepare
 
 bench-train: demo
 	$(PY) -m videobert_ds.bench.train

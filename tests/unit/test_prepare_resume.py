@@ -136,6 +136,8 @@ def test_resume_after_each_journal_commit_gives_the_same_samples_and_report(tmp_
         names = {Path(p).name for r in part["records"] for p in (r.tar, r.idx)}
         assert {p.name for p in work.glob("r00000-*")} == names  # nothing unfinished left behind
         assert {n: os.stat(work / n).st_ino for n in kept} == kept  # kept, not rewritten
+        resumed = journal_path(work, 0).read_text().splitlines(keepends=True)
+        assert resumed[:n] == lines[:n] and all(json.loads(ln)["shards"] is not None for ln in resumed)
 
 
 def test_resume_mismatch_messages() -> None:

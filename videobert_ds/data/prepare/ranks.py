@@ -123,7 +123,7 @@ def run_rank(
         committed = len(writer.finished)
 
     tty = sys.stderr.isatty() if progress is None else progress
-    journal = Journal(tmp, rank)
+    journal = Journal(tmp, rank, state.journal_bytes)
     try:
         bar = _progress(mine, rank, world, progress)
         with VideoRunner(opts.video_timeout) as runner:

@@ -99,6 +99,7 @@ class RankState:
     partial: dict[int, list[str]] = field(default_factory=dict)  # position -> keys already in finished shards
     next_seq: int = 0
     complete: bool = False
+    journal_bytes: int = 0  # the journal's length up to its last whole commit
 
 
 def journal_path(work: Path, rank: int) -> Path:
@@ -118,16 +119,17 @@ def load_rank(work: Path, rank: int) -> RankState:
     """Replay the rank's journal (none: a fresh state); a last line cut short by a kill is ignored."""
     state = RankState()
     try:
-        text = journal_path(work, rank).read_text(encoding="utf-8")
+        data = journal_path(work, rank).read_bytes()
     except FileNotFoundError:
         return state
-    for line in text.splitlines(keepends=True):
-        if not line.endswith("\n"):
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
             break  # torn by a kill: that commit never happened
         try:
             c = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             break
+        state.journal_bytes += len(line)
         state.shards += [_shard_from_json(Path(work), rank, d) for d in c["shards"]]
         state.done.update({int(k): v for k, v in c["done"].items()})
         state.partial = {int(k): v for k, v in c["partial"].items()}
@@ -141,7 +143,7 @@ def remove_unjournaled(work: Path, rank: int, state: RankState) -> int:
     how many were removed."""
     keep = {Path(p).name for r in state.shards for p in (r.tar, r.idx)}
     removed = 0
-    for p in Path(work).glob(f"r{rank:05d}-*"):
+    for p in [*Path(work).glob(f"r{rank:05d}-*"), *Path(work).glob(f".r{rank:05d}-*.tmp")]:  # + index temp files
         if p.name not in keep:
             p.unlink(missing_ok=True)
             removed += 1
@@ -149,11 +151,14 @@ def remove_unjournaled(work: Path, rank: int, state: RankState) -> int:
 
 
 class Journal:
-    """Appends a rank's commits to its journal file, each line flushed to disk before the call returns."""
+    """Appends a rank's commits to its journal file, each line flushed to disk before the call returns. ``keep``:
+    the bytes of whole commits already there (``RankState.journal_bytes``); a torn line after them is cut off, so
+    the commits appended now follow the last whole one."""
 
-    def __init__(self, work: Path, rank: int) -> None:
+    def __init__(self, work: Path, rank: int, keep: int = 0) -> None:
         self.work, self.rank = Path(work), rank
         self._f = open(journal_path(work, rank), "a", encoding="utf-8")  # noqa: SIM115 - held open for the run
+        self._f.truncate(keep)
 
     def commit(
         self,
