@@ -19,7 +19,14 @@ import torch
 from videobert_ds.core.config import ConfigError, from_dict
 from videobert_ds.data.loader import build_clip_loader
 from videobert_ds.data.sampling import ShardInfo, read_shards
-from videobert_ds.data.tokens import IDENTITY, build_token_loader, check_tokens, frames_span, read_token_manifest
+from videobert_ds.data.tokens import (
+    IDENTITY,
+    build_token_loader,
+    check_tokens,
+    frames_span,
+    read_npy,
+    read_token_manifest,
+)
 from videobert_ds.objectives.layout import text_ids_and_clip_counts
 from videobert_ds.objectives.pretraining import batch_visual_words
 from videobert_ds.stages.tokenize import TokenizeStage, TokenizeStageConfig
@@ -158,6 +165,12 @@ def test_manifest_records_identity_and_mirrors_the_shards(prepared_shards, visua
     ids, feats = (np.load(io.BytesIO(sample[k])) for k in ("ids.npy", "feat.npy"))
     n = min(json.loads(sample["json"])["num_frames"], T_TOKENS) // 4
     assert ids.dtype == np.int32 and ids.shape == (n,) and feats.dtype == np.float16 and feats.shape == (n, 8)
+    assert np.array_equal(read_npy(sample["ids.npy"], "<i4"), ids)  # the loader's fast path
+    assert np.array_equal(read_npy(sample["feat.npy"], "<f2"), feats.reshape(-1))
+    other = io.BytesIO()
+    np.save(other, ids.astype(np.int64).reshape(1, -1))  # another dtype and shape: np.load, cast, flattened
+    cast = read_npy(other.getvalue(), "<i4")
+    assert np.array_equal(cast, ids) and cast.dtype == np.int32
 
 
 def test_rerun_keeps_finished_shards_and_redoes_the_rest(prepared_shards, visual, tmp_path):

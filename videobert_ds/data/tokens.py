@@ -80,6 +80,17 @@ def sample_files(meta_json: bytes, ids: np.ndarray, feats: np.ndarray) -> dict[s
     return {"json": meta_json, IDS: npy(ids.astype(np.int32)), FEATS: npy(feats.astype(np.float16))}
 
 
+def read_npy(data: bytes, descr: str) -> np.ndarray:
+    """The flat array of a version-1 .npy member holding `descr` (e.g. "<i4"), read without np.load: its header
+    parse (ast.literal_eval) was a fifth of the token loader's time. Anything else falls back to np.load."""
+    if data[:8] == b"\x93NUMPY\x01\x00":
+        end = 10 + int.from_bytes(data[8:10], "little")
+        header = data[10:end]
+        if f"'descr': '{descr}'".encode() in header and b"'fortran_order': False" in header:
+            return np.frombuffer(data, dtype=descr, offset=end)
+    return np.load(io.BytesIO(data), allow_pickle=False).astype(descr).reshape(-1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Manifest and checks
 # ---------------------------------------------------------------------------------------------
@@ -265,8 +276,8 @@ class TokenLoader:
             m["__key__"] = s["__key__"]
             frames = min(int(m["num_frames"]), self.num_frames)
             k = frames // fpc  # the clips whole within `frames`: the ones the frames path marks valid
-            ids[i, :k] = np.load(io.BytesIO(s[IDS]), allow_pickle=False)[:k]
-            feats[i, :k] = np.load(io.BytesIO(s[FEATS]), allow_pickle=False)[:k]
+            ids[i, :k] = read_npy(s[IDS], "<i4")[:k]
+            feats[i, :k] = read_npy(s[FEATS], "<f2").reshape(-1, self.feature_dim)[:k]
             counts.append(frames)
             meta.append(m)
         num_frames = torch.tensor(counts, dtype=torch.int64)

@@ -252,7 +252,8 @@ class TokenizeStage(Stage):
         samples = clips = 0
         try:
             with atomic_path(target) as tmp:
-                writer = wds.TarWriter(str(tmp), mtime=0.0)
+                # An int mtime: a float one costs every member a PAX header, which doubles the tar parsing of a reader.
+                writer = wds.TarWriter(str(tmp), mtime=0)
                 for frames, raw in decoder:
                     counts = torch.tensor([min(int(m["num_frames"]), d.num_frames) for _, _, m in raw])
                     ids, _, feats = tokenizer(frames, counts, return_features=True)
