@@ -10,7 +10,8 @@ the same VP9 settings, on the same number of threads:
     ffmpeg -ss S -t D -i IN -vf fps=F,scale=N:N:force_original_aspect_ratio=increase,crop=N:N
            -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -crf 32 -b:v 0 -lag-in-frames 0 -threads T -an OUT.webm
 
-Prints videos/s and clips/s (wall clock) and clips per CPU-second (per core: user + system time of the process and
+By default the process and its children are pinned to one core (--cpus), so wall-clock rates are per core. Prints
+videos/s and clips/s (wall clock) and clips per CPU-second (per core: user + system time of the process and
 its children), and prepare's ratio to ffmpeg on each. prepare also decodes every clip back to verify it (ffmpeg
 does not), and decodes each source once for all its clips (ffmpeg seeks once a clip). ffmpeg is the one on PATH, else
 the binary of the `imageio-ffmpeg` package.
@@ -23,6 +24,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import resource
 import shutil
 import subprocess
@@ -105,7 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="decoder/encoder threads, both sides")
     p.add_argument("--repeat", type=int, default=2, help="runs of each; the fastest is reported")
     p.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temp dir, removed)")
+    p.add_argument(
+        "--cpus",
+        type=int,
+        default=1,
+        help="pin this process and its children (prepare's worker, ffmpeg) to this many cores (0: no pinning); "
+        "ffmpeg runs demux, decode, filter and encode in threads of their own, which take more than one core",
+    )
     args = p.parse_args(argv)
+    if args.cpus > 0:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cpus])
     ffmpeg = find_ffmpeg()
     if ffmpeg is None:
         print("bench.prepare: error: no ffmpeg on PATH (apt install ffmpeg, or pip install imageio-ffmpeg)",
@@ -129,12 +140,13 @@ def main(argv: list[str] | None = None) -> int:
 
     n, v = len(clips), args.videos
     print(f"prepare throughput: {v} synthetic videos, {n} clips, {args.size}px VP9 at {args.fps:g} fps, "
-          f"{args.threads} thread(s), best of {args.repeat}; ffmpeg: {ffmpeg}")  # fmt: skip
-    print(f"{'':34s} {'videos/s':>9s} {'clips/s':>9s} {'clips/CPU-s':>12s}")
+          f"{args.threads} thread(s), best of {args.repeat}, on {len(os.sched_getaffinity(0))} core(s); "
+          f"ffmpeg: {ffmpeg}")  # fmt: skip
+    print(f"{'':38s} {'videos/s':>9s} {'clips/s':>9s} {'clips/CPU-s':>12s}")
     rows = [("videobert-prepare (worker, default)", worker), ("videobert-prepare (--video-timeout 0)", inproc),
             ("ffmpeg, one command a clip", plain)]  # fmt: skip
     for name, t in rows:
-        print(f"{name:34s} {v / t.wall:9.2f} {n / t.wall:9.1f} {n / t.cpu:12.1f}")
+        print(f"{name:38s} {v / t.wall:9.2f} {n / t.wall:9.1f} {n / t.cpu:12.1f}")
     print(f"ratio prepare / ffmpeg: {plain.wall / worker.wall:.2f}x wall, {plain.cpu / worker.cpu:.2f}x per CPU-second "
           f"(--video-timeout 0: {plain.wall / inproc.wall:.2f}x, {plain.cpu / inproc.cpu:.2f}x)")  # fmt: skip
     return 0
