@@ -231,3 +231,28 @@ def test_video_over_the_time_limit_is_skipped_and_the_rank_goes_on(tmp_path: Pat
     (skip,) = report["inputs_skipped"]
     assert skip["id"] == "slow" and skip["detail"] == "not done after 0.5 s (video_timeout): killed"
     assert [m["video_id"] for m in metas(tmp_path / "out").values()] == ["quick"]  # a new worker took it
+
+
+def test_a_worker_killed_under_a_video_costs_that_video_only(tmp_path: Path) -> None:
+    """The worker dies mid-video (as by the OOM killer or a codec's segfault): that video is skipped as
+    video_error, and a new worker takes the next one."""
+    import threading
+
+    from videobert_ds.data.prepare.worker import VideoRunner
+
+    make_video(tmp_path / "slow.mp4", seconds=60.0)
+    make_video(tmp_path / "quick.mp4", seconds=1.0)
+    manifest = write_manifest(tmp_path / "m.jsonl", [{"video": "slow.mp4"}, {"video": "quick.mp4", "caption": "c"}])
+    (slow, quick), _, _ = read_manifest(manifest)
+    opts = PrepareOptions(fps=4, size=16, window=0.5, decode_threads=1, video_timeout=60)
+    with VideoRunner(opts.video_timeout) as runner:
+        runner.process(quick, opts)  # the worker is up
+        pid = runner._proc.pid
+        killer = threading.Timer(0.3, os.kill, (pid, signal.SIGKILL))
+        killer.start()
+        res = runner.process(slow, opts)
+        killer.join()
+        assert res.skip is not None and (res.skip.reason, res.skip.id) == ("video_error", "slow")
+        assert res.skip.detail == "the video's worker process died (signal 9)"
+        res = runner.process(quick, opts)
+        assert res.skip is None and len(res.samples) == 1 and runner._proc.pid != pid

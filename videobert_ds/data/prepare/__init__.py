@@ -13,6 +13,8 @@ reason in report.json.
     options.py  PrepareOptions, PrepareError        entries.py  the input manifest, sample keys
     labels.py   labels and QA carried to samples    video.py    one video -> its verified samples
     ranks.py    MPI ranks and one rank's share      corpus.py   prepare_corpus: the whole run, publishing
+    work.py     the work dir and per-rank journals  worker.py   one video at a time under a time limit
+                (--resume, --append)
 """
 
 from videobert_ds.data.prepare.corpus import prepare_corpus
