@@ -4,6 +4,8 @@ the time limit is skipped without stalling the rank. Every case runs for real.""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import os
 import shutil
@@ -19,7 +21,7 @@ from tests.helpers import VENV_BIN
 from tests.helpers.media import make_video
 from tests.helpers.shards import only_published_files, read_shards
 from videobert_ds.data.prepare import PrepareError, PrepareOptions, prepare_corpus, read_manifest, run_rank
-from videobert_ds.data.prepare.work import WORK_NAME, describe_mismatch, journal_path, load_rank
+from videobert_ds.data.prepare.work import WORK_NAME, describe_mismatch, inputs_fingerprint, journal_path, load_rank
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 PREPARE = str(VENV_BIN / "videobert-prepare")
@@ -148,6 +150,18 @@ def test_resume_mismatch_messages() -> None:
     assert "an --append run" in describe_mismatch({**base, "mode": "append"}, base)
     with pytest.raises(PrepareError, match="video_timeout"):
         PrepareOptions(video_timeout=-1)
+
+
+def test_inputs_fingerprint_reads_paths_absolute_and_counters_as_counts(tmp_path: Path, monkeypatch) -> None:
+    @dataclasses.dataclass
+    class Input:
+        video: Path
+        issues: collections.Counter
+
+    monkeypatch.chdir(tmp_path)
+    one = inputs_fingerprint([Input(Path("v.mp4"), collections.Counter(cue_empty=2))], [], 1)
+    assert one == inputs_fingerprint([Input(tmp_path / "v.mp4", collections.Counter(cue_empty=2))], [], 1)
+    assert one != inputs_fingerprint([Input(tmp_path / "v.mp4", collections.Counter(cue_empty=3))], [], 1)
 
 
 # ----------------------------------------------------------------------------- --append

@@ -45,19 +45,27 @@ PUBLISH_FILE = "publish.json"
 _FREE_OPTIONS = ("decode_threads", "video_timeout")
 
 
-def _path_default(o: Any) -> Any:
-    return os.path.abspath(o) if isinstance(o, Path) else str(o)
+def _plain(o: Any) -> Any:
+    """JSON for what json does not know: paths made absolute, dataclasses field by field, sets sorted."""
+    if isinstance(o, Path):
+        return os.path.abspath(o)
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return _fields(o)
+    if isinstance(o, (set, frozenset)):
+        return sorted(map(str, o))
+    return str(o)
+
+
+def _fields(o: Any) -> dict[str, Any]:
+    # Not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs, which counts the pairs.
+    return {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
 
 
 def inputs_fingerprint(entries: list[Any], skips: list[Any], seen: int) -> str:
     """A hash of what the input source read (every entry's fields, the skipped inputs, the count seen): the same
     inputs give the same hash, whichever folder the command runs from (paths are made absolute)."""
-    doc = {
-        "entries": [dataclasses.asdict(e) for e in entries],
-        "skips": [dataclasses.asdict(s) for s in skips],
-        "seen": seen,
-    }
-    text = json.dumps(doc, sort_keys=True, default=_path_default, ensure_ascii=False)
+    doc = {"entries": [_fields(e) for e in entries], "skips": [_fields(s) for s in skips], "seen": seen}
+    text = json.dumps(doc, sort_keys=True, default=_plain, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
