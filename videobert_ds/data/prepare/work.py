@@ -64,9 +64,11 @@ def _fields(o: Any) -> dict[str, Any]:
 def inputs_fingerprint(entries: list[Any], skips: list[Any], seen: int) -> str:
     """A hash of what the input source read (every entry's fields, the skipped inputs, the count seen): the same
     inputs give the same hash, whichever folder the command runs from (paths are made absolute)."""
-    doc = {"entries": [_fields(e) for e in entries], "skips": [_fields(s) for s in skips], "seen": seen}
-    text = json.dumps(doc, sort_keys=True, default=_plain, ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    h = hashlib.sha256(f"{seen} {len(entries)} {len(skips)}\n".encode())
+    for item in (*entries, *skips):  # one at a time: a large annotation file is never one giant string
+        h.update(json.dumps(_fields(item), sort_keys=True, default=_plain, ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 def run_identity(opts: PrepareOptions, fingerprint: str, world: int, mode: str) -> dict[str, Any]:
