@@ -7,7 +7,7 @@
 #
 # Environment: MANIFEST (required), RUNS, SHARDS (default $RUNS/shards), PREPARE_ARGS (more
 # videobert-prepare options), OVERWRITE=1 (redo a complete SHARDS dir; by default it is kept and the
-# job succeeds at once), SRUN_MPI (pmix), plus VENV / VIDEOBERT_ACTIVATE / TASK_PREFIX / SRUN_ARGS.
+# job succeeds at once; a killed run's work is resumed, never redone), SRUN_MPI (pmix), plus VENV / VIDEOBERT_ACTIVATE / TASK_PREFIX / SRUN_ARGS.
 # No MPI in the container? SRUN_MPI=none and one task: --ntasks-per-node=1 --nodes=1.
 #SBATCH --job-name=vb-prepare
 #SBATCH --nodes=1
@@ -33,6 +33,8 @@ if [ -f "$SHARDS/manifest.json" ]; then
     exit 0
   fi
   extra+=(--overwrite)
+else
+  extra+=(--resume)  # a requeued or resubmitted job continues a killed run where it stopped
 fi
 vb_log "preparing $MANIFEST -> $SHARDS on $SLURM_NTASKS MPI ranks"
 # shellcheck disable=SC2086  # PREPARE_ARGS is a word list
