@@ -51,6 +51,9 @@ class DataConfig:
     num_threads: int = 2
     prefetch: int = 2
     shuffle_buffer: int = 64
+    # Which num_frames of a longer clip training reads: "random" (drawn per seed, epoch and sample: exact on resume),
+    # "center" or "start" (the first frames). Validation and evaluation always take the centre.
+    temporal_crop: Literal["random", "center", "start"] = "random"
     # Write the sample keys each rank consumed to run_dir/samples_rank{r}.jsonl (resume audits).
     log_sample_keys: bool = False
     # A token shard dir (a tokenize run's RUN_DIR/tokens): train on its visual words and clip features instead of

@@ -26,7 +26,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from videobert_ds.data.decoders.base import PAD_MODES, ClipDecoder, EncodedBatches, to_device
+from videobert_ds.data.crops import TEMPORAL_CROPS, crop_starts
+from videobert_ds.data.decoders.base import PAD_MODES, ClipDecoder, EncodedBatch, EncodedBatches, to_device
 from videobert_ds.data.decoders.dali import DaliClipDecoder, dali_decode_device, probe_gpu_decode
 from videobert_ds.data.decoders.nvdec import nvdec_min_size
 from videobert_ds.data.decoders.pyav import PyAVClipDecoder
@@ -176,6 +177,8 @@ class LoaderOptions:
     prefetch: int = 2
     shuffle_buffer: int = 64
     pad_mode: str = "constant"
+    # Which num_frames of a longer clip: "random" (per seed, epoch and sample key), "center" or "start" (crops.py).
+    temporal_crop: str = "start"
 
 
 class ClipLoader:
@@ -199,6 +202,8 @@ class ClipLoader:
             )
         if o.pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {o.pad_mode!r}")
+        if o.temporal_crop not in TEMPORAL_CROPS:
+            raise ValueError(f"temporal_crop must be one of {TEMPORAL_CROPS}, got {o.temporal_crop!r}")
         if not 0 <= o.rank < o.world_size:
             raise ValueError(f"rank {o.rank} is outside world size {o.world_size}")
         manifest = read_shard_manifest(shard_dir)
@@ -214,7 +219,7 @@ class ClipLoader:
         if self.dali_device == "mixed":  # fail now, with what to do, if this GPU cannot decode video
             probe_gpu_decode(first_clip(self.shards[0].path), self.device)
         self.num_threads, self.prefetch, self.shuffle_buffer = o.num_threads, o.prefetch, o.shuffle_buffer
-        self.pad_mode = o.pad_mode
+        self.pad_mode, self.temporal_crop = o.pad_mode, o.temporal_crop
         self.steps_per_epoch = steps_per_epoch([s.num_samples for s in self.shards], o.world_size, batch_size)
         if self.steps_per_epoch == 0:
             total = sum(s.num_samples for s in self.shards)
@@ -272,14 +277,18 @@ class ClipLoader:
         if self._batches >= self.steps_per_epoch:
             self._epoch, self._batches = self._epoch + 1, 0
 
-    def _encoded_batches(self) -> Iterator[tuple[list[bytes], list[dict[str, Any]]]]:
+    def _encoded_batches(self) -> Iterator[EncodedBatch]:
         # Which samples and in which order (sampling.py), from the position the trainer has reached.
         plan = {name: getattr(self, name) for name in ("seed", "rank", "world_size", "batch_size", "shuffle")}
         stream = batch_stream(
             self.shards, **plan, buffer_size=self.shuffle_buffer, start_epoch=self._epoch, skip_batches=self._batches
         )
-        for samples in stream:
-            yield [_video_bytes(s) for s in samples], [_sample_meta(s) for s in samples]
+        first = self._epoch * self.steps_per_epoch + self._batches  # the stream's position, in batches
+        for n, samples in enumerate(stream, first):
+            meta = [_sample_meta(s) for s in samples]
+            epoch = n // self.steps_per_epoch  # crops are drawn anew each epoch (crops.py)
+            starts = crop_starts(self.temporal_crop, meta, self.num_frames, seed=self.seed, epoch=epoch)
+            yield EncodedBatch([_video_bytes(s) for s in samples], meta, starts)
 
     def _make_decoder(self) -> ClipDecoder:
         choice = DecoderChoice(self.backend, self.dali_device)

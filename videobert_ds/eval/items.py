@@ -19,7 +19,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from videobert_ds.data.decoders.base import to_device
+from videobert_ds.data.crops import crop_starts
+from videobert_ds.data.decoders.base import EncodedBatch, to_device
 from videobert_ds.data.decoders.dali import probe_gpu_decode
 from videobert_ds.data.loader import VIDEO_EXTS, choose_decoder, manifest_frame_size, open_decoder, read_shard_manifest
 from videobert_ds.data.sampling import RawSample
@@ -76,8 +77,10 @@ def encode_items(
     choice = choose_decoder(backend, manifest.get("codec", "vp9"), device, manifest_frame_size(manifest))
     if choice.dali_device == "mixed":  # fail now, with what to do, if this GPU cannot decode video
         probe_gpu_decode(batches[0][0][0], device)
-    # The decoders read ahead; repeating the last batch keeps them fed past the end (never consumed).
-    feed = chain(batches, repeat((batches[-1][0], None)))
+    # Each clip's centre num_frames (data/crops.py). The decoders read ahead; repeating the last batch keeps them
+    # fed past the end (never consumed).
+    centred = (EncodedBatch(c, m, crop_starts("center", m, num_frames)) for c, m in batches)
+    feed = chain(centred, repeat((batches[-1][0], None)))
     decoder = open_decoder(
         choice, feed, batch_size=batch_size, num_frames=num_frames, device=device, num_threads=num_threads, prefetch=1
     )

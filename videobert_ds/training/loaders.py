@@ -20,8 +20,11 @@ from videobert_ds.core.distributed import DistEnv
 from videobert_ds.data.loader import ClipLoader, build_clip_loader
 
 
-def build_split_loader(cfg: StageConfig, split: str, batch_size: int, env: DistEnv, shuffle: bool) -> ClipLoader:
-    """This rank's loader over `split`; raises ValueError when the shards have no such split."""
+def build_split_loader(
+    cfg: StageConfig, split: str, batch_size: int, env: DistEnv, shuffle: bool, temporal_crop: str | None = None
+) -> ClipLoader:
+    """This rank's loader over `split`; raises ValueError when the shards have no such split. `temporal_crop`
+    None: the training loader (shuffled) crops clips as data.temporal_crop says, validation takes the centre."""
     d = cfg.data
     if d.tokens:  # visual words the tokenize stage computed once (data/tokens.py): no video decoded, no crop
         from videobert_ds.data.tokens import build_token_loader
@@ -52,6 +55,7 @@ def build_split_loader(cfg: StageConfig, split: str, batch_size: int, env: DistE
         num_threads=d.num_threads,
         prefetch=d.prefetch,
         shuffle_buffer=d.shuffle_buffer,
+        temporal_crop=temporal_crop or (d.temporal_crop if shuffle else "center"),
     )
 
 

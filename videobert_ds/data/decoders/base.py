@@ -8,15 +8,34 @@ frame size (loader.choose_decoder).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
 PAD_MODES = ("constant", "edge")
 
-# What a decoder reads: (encoded clips of one batch, payload), the payload carried to its output unchanged.
-EncodedBatches = Iterator[tuple[list[bytes], Any]]
+
+class EncodedBatch(NamedTuple):
+    """One batch a decoder reads: encoded clips, a payload carried to its output unchanged, and per clip the
+    first frame its output starts at (a temporal crop, data/crops.py); ``starts`` None = frame 0 for all."""
+
+    clips: list[bytes]
+    payload: Any
+    starts: Sequence[int] | None = None
+
+
+# What a decoder reads: EncodedBatch items, or plain (clips, payload) pairs (every clip from frame 0).
+EncodedBatches = Iterator[EncodedBatch | tuple[list[bytes], Any]]
+
+
+def encoded_batch(item: EncodedBatch | tuple[list[bytes], Any]) -> tuple[list[bytes], Any, list[int]]:
+    """(clips, payload, start frame per clip) of one input item, with the starts checked."""
+    batch = EncodedBatch(*item)
+    starts = [0] * len(batch.clips) if batch.starts is None else [int(s) for s in batch.starts]
+    if len(starts) != len(batch.clips) or any(s < 0 for s in starts):
+        raise ValueError(f"need one start frame >= 0 per clip: {len(batch.clips)} clips, starts {starts}")
+    return batch.clips, batch.payload, starts
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -29,12 +48,12 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class ClipDecoder(ABC):
-    """Iterator of (frames uint8 (B,T,H,W,C) on ``device``, payload) for each (encoded clips, payload) input.
+    """Iterator of (frames uint8 (B,T,H,W,C) on ``device``, payload) for each EncodedBatch input.
 
-    ``payload`` is carried alongside, unchanged (the loader's sample metadata). Each clip gives its first
-    ``num_frames`` frames; frames past a clip's end are padded as ``pad_mode`` says ("constant" = zeros,
-    "edge" = repeat the last frame). ``num_threads`` threads decode up to ``prefetch`` batches ahead of
-    the one delivered, so a decoder may pull more inputs than it has handed out.
+    ``payload`` is carried alongside, unchanged (the loader's sample metadata). Each clip gives ``num_frames``
+    frames from its start frame on (EncodedBatch.starts; 0 by default); frames past a clip's end are padded as
+    ``pad_mode`` says ("constant" = zeros, "edge" = repeat the last frame). ``num_threads`` threads decode up to
+    ``prefetch`` batches ahead of the one delivered, so a decoder may pull more inputs than it has handed out.
     """
 
     def __init__(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from videobert_ds.data.decoders.base import ClipDecoder, EncodedBatches, to_device
+from videobert_ds.data.decoders.base import ClipDecoder, EncodedBatches, encoded_batch, to_device
 from videobert_ds.data.decoders.nvdec import gpu_decodable
 
 # What DALI's libavcodec-based CPU decoder reads; everything else needs the GPU ("mixed") decoder.
@@ -114,14 +114,19 @@ class DaliClipDecoder(ClipDecoder):
             exec_dynamic=True,
         )
         with self._pipe:
-            encoded, tag = fn.external_source(
-                source=self._feeder, num_outputs=2, batch=True, dtype=[types.UINT8, types.INT64]
+            encoded, tag, start = fn.external_source(
+                source=self._feeder, num_outputs=3, batch=True, dtype=[types.UINT8, types.INT64, types.INT32]
             )
             # affine=False: srun already binds each task to its CPUs; DALI would otherwise pin its threads to
             # cores of its own choosing (the GPU's NVML affinity), overriding that binding.
+            # The temporal crop is the decoder's own per-sample start_frame: it seeks (frame index) to the
+            # keyframe at or before it and decodes on, so only num_frames frames per clip leave the decoder
+            # (slicing a whole decoded clip would hold up to max_clip_seconds x fps frames in GPU memory). Frames
+            # are numbered in presentation order from 0, as PyAV decodes them: both backends crop alike.
             video = fn.decoders.video(
                 encoded,
                 device=self.dali_device,
+                start_frame=start,
                 sequence_length=self.num_frames,
                 pad_mode=self.pad_mode,
                 affine=False,
@@ -155,11 +160,11 @@ class _Feeder:
         self.payloads: deque[tuple[int, Any]] = deque()
         self.fed = 0
 
-    def __call__(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        clips, payload = next(self.batches)
+    def __call__(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        clips, payload, starts = encoded_batch(next(self.batches))
         n = self.fed
         self.fed += 1
         self.payloads.append((n, payload))
         # Each sample carries its batch number through the pipeline to check outputs match payloads.
         tags = [np.array(n, dtype=np.int64)] * len(clips)
-        return [np.frombuffer(c, dtype=np.uint8) for c in clips], tags
+        return [np.frombuffer(c, dtype=np.uint8) for c in clips], tags, [np.array(s, dtype=np.int32) for s in starts]

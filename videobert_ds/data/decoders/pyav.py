@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from av.video.reformatter import Interpolation
 
-from videobert_ds.data.decoders.base import ClipDecoder, EncodedBatches
+from videobert_ds.data.decoders.base import ClipDecoder, EncodedBatches, encoded_batch
 
 # DALI converts with libswscale's exact path (bilinear chroma, accurate rounding); PyAV's default
 # fast path uses nearest chroma and truncates (about 1.2 darker, off at edges). With these flags
@@ -24,19 +24,29 @@ from videobert_ds.data.decoders.base import ClipDecoder, EncodedBatches
 RGB_FLAGS = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.ACCURATE_RND
 
 
-def decode_clip(data: bytes, num_frames: int) -> np.ndarray:
-    """The first ``num_frames`` frames (or fewer, if the clip is shorter) as uint8 RGB (n, H, W, 3)."""
+def decode_clip(data: bytes, num_frames: int, start: int = 0) -> np.ndarray:
+    """Frames ``start`` .. ``start + num_frames - 1`` (fewer where the clip ends sooner) as uint8 RGB (n, H, W, 3).
+
+    Decodes from the first frame and converts only the frames kept (prepare encodes each clip with a single
+    keyframe, so seeking would save nothing); frames are numbered in presentation order from 0, as DALI numbers
+    them, so both backends give the same frames for the same start."""
     frames: list[np.ndarray] = []
+    seen = 0
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         # One codec thread: the pool already decodes clips in parallel, and starting codec threads
         # per short clip costs more than it gives (2.5x slower on 112 px VP9 clips).
         stream.thread_count = 1
         for frame in container.decode(stream):
+            seen += 1
+            if seen <= start:
+                continue
             frames.append(frame.to_ndarray(format="rgb24", interpolation=RGB_FLAGS))
             if len(frames) == num_frames:
                 break
     if not frames:
+        if seen:
+            raise RuntimeError(f"temporal crop starts at frame {start} but the clip has only {seen} frames")
         raise RuntimeError("clip has no decodable video frames")
     return np.stack(frames)
 
@@ -52,8 +62,9 @@ class PyAVClipDecoder(ClipDecoder):
         self._pending: deque[tuple[list[Future[np.ndarray]], Any]] = deque()
 
     def _submit(self) -> None:
-        clips, payload = next(self._batches)
-        self._pending.append(([self._pool.submit(decode_clip, c, self.num_frames) for c in clips], payload))
+        clips, payload, starts = encoded_batch(next(self._batches))
+        futures = [self._pool.submit(decode_clip, c, self.num_frames, s) for c, s in zip(clips, starts)]
+        self._pending.append((futures, payload))
 
     def __next__(self) -> tuple[torch.Tensor, Any]:
         while len(self._pending) < self._ahead + 1:
