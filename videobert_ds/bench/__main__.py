@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         a, b = z3[key] / scale, z0[key] / scale
         rows.append((label, fmt.format(a), fmt.format(b), f"{a / b:.2f}x"))
     rows.append(("data wait, share of step (Z3 | Z0)", f"{z3['data_wait']:.3f}", f"{z0['data_wait']:.3f}", ""))
-    tk = compare_tokens(demo, args.train_steps, 2)
+    tk = compare_tokens(demo, args.train_steps, 2)  # alternating runs, the fastest of each
     t, f = tk["tokens"], tk["frames"]
     for key, label, fmt in [
         ("samples_per_s", "teacher samples/s (tokens | frames)", "{:.1f}"),

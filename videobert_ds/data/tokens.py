@@ -280,13 +280,15 @@ class TokenLoader:
             feats[i, :k] = read_npy(s[FEATS], "<f2").reshape(-1, self.feature_dim)[:k]
             counts.append(frames)
             meta.append(m)
-        num_frames = torch.tensor(counts, dtype=torch.int64)
-        valid = (torch.arange(n) + 1)[None] * fpc <= num_frames[:, None]
+        # numpy, then one from_numpy each: this runs in the trainer's prefetch thread, where every torch op is a GIL
+        # hand-off that can wait out the main thread's switch interval.
+        num_frames = np.asarray(counts, dtype=np.int64)
+        valid = (np.arange(1, n + 1) * fpc)[None] <= num_frames[:, None]
         return TokenBatch(
             ids=to_device(torch.from_numpy(ids), self.device),
-            valid=to_device(valid, self.device),
+            valid=to_device(torch.from_numpy(valid), self.device),
             features=to_device(torch.from_numpy(feats), self.device),
-            num_frames=to_device(num_frames, self.device),
+            num_frames=to_device(torch.from_numpy(num_frames), self.device),
             meta=meta,
             span=self.num_frames,
         )
