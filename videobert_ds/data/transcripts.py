@@ -17,11 +17,13 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "Cue",
     "Transcript",
     "TranscriptError",
+    "cues_from_segments",
     "decode_text",
     "load_transcript",
     "parse_json_segments",
@@ -193,6 +195,12 @@ def parse_json_segments(text: str) -> Transcript:
         data = data["segments"]
     if not isinstance(data, list):
         raise TranscriptError("transcript_malformed", "JSON transcript must be a list of {start, end, text}")
+    return cues_from_segments(data)
+
+
+def cues_from_segments(data: list[Any]) -> Transcript:
+    """Parsed ``{"start", "end", "text"}`` items -> cues (text cleaned); bad items count as ``cue_malformed``,
+    and a list with items but none valid raises ``TranscriptError``."""
     cues: list[Cue] = []
     issues: Counter = Counter()
     for seg in data:

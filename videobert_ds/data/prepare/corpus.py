@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import shutil
 import time
 from collections import Counter
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from videobert_ds.data.decoders.nvdec import gpu_decodable, nvdec_min_size
-from videobert_ds.data.prepare.entries import Entry, Skip, read_manifest
+from videobert_ds.data.prepare.entries import Entry, Inputs, InputSource, ManifestSource, Skip
 from videobert_ds.data.prepare.lock import OutputLock, remove_stale_partials
 from videobert_ds.data.prepare.options import PROG, PrepareError, PrepareOptions
 from videobert_ds.data.prepare.ranks import mpi_comm, run_rank
@@ -178,7 +179,7 @@ def _start(
 
 
 def prepare_corpus(
-    manifest: Path,
+    manifest: Path | str | InputSource,
     out: Path,
     *,
     overwrite: bool = False,
@@ -190,6 +191,9 @@ def prepare_corpus(
 ) -> dict[str, Any]:
     """Prepare the corpus listed in ``manifest`` into shards under ``out``; returns the report
     (also written to ``out/report.json``). Under MPI every rank calls this and gets the report.
+
+    ``manifest``: a JSONL input manifest's path, or an InputSource (entries.py), e.g.
+    ``videobert_ds.data.annotations.AnnotationSource`` for a published annotation file and its videos.
 
     ``options``: the fields of PrepareOptions by keyword (codec, fps, size, samples_per_shard, window,
     max_clip_seconds, min_clip_seconds, decode_threads, video_timeout); the rest take its defaults.
@@ -205,9 +209,9 @@ def prepare_corpus(
     to ``out/report.failed.json``.
     """
     opts = PrepareOptions(**options)
-    manifest, out = Path(manifest), Path(out)
-    if not manifest.is_file():
-        raise PrepareError(f"manifest not found: {manifest}")
+    source = ManifestSource(manifest) if isinstance(manifest, (str, os.PathLike)) else manifest
+    out = Path(out)
+    source.check()  # a missing input file fails before the output dir is touched
     if isinstance(comm, str) and comm == "auto":
         comm = mpi_comm()
     rank, world = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
@@ -226,7 +230,7 @@ def prepare_corpus(
             decision = comm.bcast(decision, root=0)
         if "error" in decision:
             raise PrepareError(decision["error"])
-        return _run(manifest, out, decision, opts, comm, rank, world, progress, t0)
+        return _run(source, out, decision, opts, comm, rank, world, progress, t0)
     finally:
         if lock is not None:
             lock.release()
@@ -275,7 +279,7 @@ def _worth_keeping(work: Path) -> bool:
 
 
 def _run(
-    manifest: Path,
+    source: InputSource,
     out: Path,
     decision: dict[str, Any],
     opts: PrepareOptions,
@@ -293,11 +297,10 @@ def _run(
     part: dict[str, Any] | None = None
     failure: tuple[bool, str, bool] | None = None
     identity: dict[str, Any] = {}
+    inputs = Inputs([], [], 0)
     try:
-        try:
-            entries, line_skips, seen = read_manifest(manifest)
-        except OSError as e:
-            raise PrepareError(f"cannot read manifest {manifest}: {e.strerror or e}") from None
+        inputs = source.read()  # PrepareError (one line) for an unreadable or malformed input file
+        entries, line_skips, seen = inputs.entries, inputs.skips, inputs.seen
         mode = "append" if decision["mode"] == "append" else "fresh"
         identity = run_identity(opts, inputs_fingerprint(entries, line_skips, seen), world, mode)
         previous = _check_identity(decision, identity, out)
@@ -331,7 +334,7 @@ def _run(
                     outcome = {"report": _complete_publish(out, tmp)}
                 else:
                     run = {"ranks": world, "identity": identity}
-                    outcome = {"report": _finish(out, tmp, parts, line_skips, seen, opts, manifest, run, t0)}
+                    outcome = {"report": _finish(out, tmp, parts, line_skips, seen, opts, inputs, run, t0)}
             except OSError as e:
                 if e.errno not in _OUTPUT_ERRNOS:
                     raise
@@ -362,14 +365,14 @@ def _finish(
     line_skips: list[Skip],
     seen: int,
     opts: PrepareOptions,
-    manifest: Path,
+    inputs: Inputs,
     run: dict[str, Any],
     t0: float,
 ) -> dict[str, Any]:
     """Rank 0: merge the ranks' parts, publish shards, write report.json then manifest.json. A run that wrote no
     sample publishes nothing (an old corpus stays whole): its report goes to report.failed.json. ``run``: the
     number of ranks and the run's identity (kept in the report so a repeated --resume can tell it is done)."""
-    reasons: Counter = Counter()
+    reasons: Counter = Counter(inputs.reasons)  # the input file's problems not tied to one input
     skips = [s.as_dict() for s in line_skips]
     for s in line_skips:
         reasons[s.reason] += 1
@@ -411,7 +414,7 @@ def _finish(
         "labels": label_lists,
     }
     report = {
-        "manifest": str(manifest),
+        **inputs.info,  # format, and manifest or annotations + videos
         **meta,
         "ranks": run["ranks"],
         "inputs_seen": seen,

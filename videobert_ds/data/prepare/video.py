@@ -67,9 +67,16 @@ def _windows(opts: PrepareOptions) -> Iterator[Segment]:
 
 
 def _plan(entry: Entry, opts: PrepareOptions, reasons: Counter) -> tuple[str, Any, dict[int, str]]:
-    """Choose the segmentation: ("cues", segments, texts) | ("caption", ...) | ("windows", ...)."""
+    """Choose the segmentation: ("cues", segments, texts) | ("caption", ...) | ("windows", ...). Inline cues (from an
+    annotation file) stand for a transcript; several captions (MSR-VTT) share one whole-clip segment (index 0)."""
     cues: list[Cue] | None = None
-    if entry.transcript is not None:
+    reasons.update(entry.issues)  # what reading the annotation file dropped or cut
+    if entry.cues is not None:
+        if entry.cues:
+            cues = entry.cues
+        else:
+            reasons["cues_empty"] += 1
+    elif entry.transcript is not None:
         try:
             tr = load_transcript(entry.transcript)
             reasons.update(tr.issues)
@@ -82,8 +89,9 @@ def _plan(entry: Entry, opts: PrepareOptions, reasons: Counter) -> tuple[str, An
     if cues is not None:
         segments, texts = _cue_segments(cues, opts, reasons)
         return "cues", segments, texts
-    if entry.caption is not None:
-        return "caption", [Segment(0, 0.0, opts.max_clip_seconds)], {0: entry.caption}
+    captions = entry.captions or ([entry.caption] if entry.caption is not None else [])
+    if captions:
+        return "caption", [Segment(0, 0.0, opts.max_clip_seconds)], dict(enumerate(captions))
     return "windows", _windows(opts), {}
 
 
@@ -151,8 +159,12 @@ def process_video(entry: Entry, opts: PrepareOptions) -> VideoResult:
             if entry.caption is not None and mode != "caption":
                 meta["caption"] = entry.caption
             meta.update(annot.fields(seg.start, clip.end, reasons))
-            files = {"json": json.dumps(meta, ensure_ascii=False).encode("utf-8"), ext: data}
-            res.samples.append((entry.split, f"{entry.key}_{seg.index:05d}", files, meta.get("labels") or {}))
+            # One sample per caption of the clip (MSR-VTT's 20): the same encoded clip, each text keyed apart.
+            variants = range(len(texts)) if mode == "caption" else [seg.index]
+            for i in variants:
+                meta.update(text=texts.get(i, ""), segment=i)
+                files = {"json": json.dumps(meta, ensure_ascii=False).encode("utf-8"), ext: data}
+                res.samples.append((entry.split, f"{entry.key}_{i:05d}", files, meta.get("labels") or {}))
     except VideoReadError as e:
         return skip(e.reason, str(e))
     if mode == "cues":
