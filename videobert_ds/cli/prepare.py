@@ -4,6 +4,10 @@
     mpirun -n 8 videobert-prepare --manifest ... --out shards      # ranks split the inputs (mpi4py)
     videobert-prepare --manifest ... --out shards --resume         # continue a killed run (same command)
     videobert-prepare --manifest more.jsonl --out shards --append  # add videos as new shards
+    videobert-prepare --format youcook2 --annotations youcookii_annotations_trainval.json --videos raw --out shards
+
+``--format howto100m | youcook2 | webvid | msrvtt`` reads a published annotation file (``--help`` and README.md list
+the files each reads) and finds its videos by id under ``--videos``.
 
 Errors are one line, ``videobert-prepare: error: ...``, printed once per job (by launcher rank 0); exit status
 2 for bad arguments or an output directory that is in use (``.prepare.lock``) or cannot be written, 1 when no
@@ -19,9 +23,24 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from videobert_ds.data.annotations import FORMATS, VIDEO_EXTENSIONS, AnnotationSource
 from videobert_ds.data.prepare import PROG, PrepareError, PrepareOptions, launcher_rank, prepare_corpus
+from videobert_ds.data.prepare.entries import InputSource, ManifestSource
 from videobert_ds.data.shards import FAILED_REPORT
 from videobert_ds.data.video_io import CODECS
+
+_FORMATS = """input formats (--format; videos are found by id anywhere under --videos, as .{exts}):
+  jsonl      --manifest FILE: one JSON object a line (the default)
+  howto100m  caption.json: {{id: {{"start": [...], "end": [...], "text": [...]}}}}; ASR cues, all train
+  youcook2   youcookii_annotations_trainval.json: one sample per segment; training/validation/testing
+             -> train/val/test
+  webvid     results_*.csv (videoid, contentUrl, duration, page_dir, name): one captioned clip per video;
+             split from the file name (val, test, else train)
+  msrvtt     train_val_videodatainfo.json, test_videodatainfo.json: one sample of the clip per caption;
+             train/validate/test -> train/val/test
+an annotated video with no file under --videos is skipped as video_missing (listed in report.json)""".format(
+    exts=" .".join(sorted(VIDEO_EXTENSIONS))
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,8 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Cut raw videos + transcripts into WebDataset tar shards of "
         "VideoBERT samples (one clip + json per transcript cue).",
+        epilog=_FORMATS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--manifest", type=Path, required=True, help="input JSONL, one video a line")
+    p.add_argument(
+        "--format",
+        choices=["jsonl", *FORMATS],
+        default=None,
+        help="input format (default jsonl: --manifest; the others read --annotations and --videos, see below)",
+    )
+    p.add_argument("--manifest", type=Path, help="input JSONL, one video a line (--format jsonl)")
+    p.add_argument("--annotations", type=Path, metavar="FILE", help="published annotation file (--format NAME)")
+    p.add_argument("--videos", type=Path, metavar="DIR", help="folder holding the annotated videos (--format NAME)")
     p.add_argument("--out", type=Path, required=True, help="shard directory to write")
     d = PrepareOptions()
     p.add_argument("--codec", choices=sorted(CODECS), default=d.codec, help="clip codec: vp9 (webm) or h264 (mp4)")
@@ -116,14 +145,38 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareOptions)}
 
 
+def _source(args: argparse.Namespace) -> InputSource:
+    """The run's input: the --manifest, or a --format's --annotations file and --videos folder."""
+    fmt = args.format or ("jsonl" if args.annotations is None else None)
+    if fmt is None:
+        _fail(f"--annotations needs --format ({', '.join(FORMATS)})")
+    if fmt == "jsonl":
+        if args.annotations is not None or args.videos is not None:
+            _fail(f"--annotations and --videos go with --format {'|'.join(FORMATS)}; --format jsonl reads --manifest")
+        if args.manifest is None:
+            _fail("the following arguments are required: --manifest (or --format NAME --annotations FILE --videos DIR)")
+        source: InputSource = ManifestSource(args.manifest)
+    else:
+        if args.manifest is not None:
+            _fail(f"--format {fmt} reads --annotations and --videos, not --manifest")
+        missing = [flag for flag, v in (("--annotations", args.annotations), ("--videos", args.videos)) if v is None]
+        if missing:
+            _fail(f"--format {fmt} needs {' and '.join(missing)}")
+        source = AnnotationSource(fmt, args.annotations, args.videos)
+    try:
+        source.check()
+    except PrepareError as e:
+        _fail(str(e))
+    return source
+
+
 def main(argv: list[str] | None = None) -> int:
     """Prepare the corpus; 0 on success, 2 for bad arguments, 1 when no sample was written."""
     args = build_parser().parse_args(argv)
-    if not args.manifest.is_file():
-        _fail(f"manifest not found: {args.manifest}")
+    source = _source(args)
     try:
         report = prepare_corpus(
-            args.manifest,
+            source,
             args.out,
             overwrite=args.overwrite,
             resume=args.resume,
