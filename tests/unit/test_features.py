@@ -128,14 +128,15 @@ def test_rank_split_covers_every_sample_once(prepared_shards, tmp_path):
         next(iter_clip_features(prepared_shards, "train", d, rank=2, world_size=2))
 
 
-def test_build_vocab_on_a_features_dir(prepared_shards, tmp_path):
-    """build_vocab with encoder.type=features: no video decoded, the vocabulary records the features dir, and
-    its words follow what the features carry; the video without a file is counted, not fatal."""
+@pytest.fixture(scope="module")
+def features_vocab(prepared_shards, tmp_path_factory) -> dict[str, Path]:
+    """build_vocab with encoder.type=features on the session shards, as one plain rank: the features dir, the run
+    dir and the vocabulary file (shared by the vocabulary, tokenize and teacher tests below)."""
     from tests.helpers.one_rank import run_one_rank
-    from videobert_ds.visual.vocab import VisualVocabulary
 
-    feats = labelled_features(prepared_shards, tmp_path / "howto_feats")
-    run = tmp_path / "vocab"
+    root = tmp_path_factory.mktemp("features_vocab")
+    feats = labelled_features(prepared_shards, root / "howto_feats")
+    run = root / "vocab"
     run_one_rank(
         "vocab_tiny",
         {
@@ -148,7 +149,16 @@ def test_build_vocab_on_a_features_dir(prepared_shards, tmp_path):
             "kmeans.branching": 4,
         },
     )
-    vocab = VisualVocabulary.load(run / "vocab.safetensors")
+    return {"features": feats, "run": run, "vocab": run / "vocab.safetensors"}
+
+
+def test_build_vocab_on_a_features_dir(prepared_shards, features_vocab, tmp_path):
+    """build_vocab with encoder.type=features: no video decoded, the vocabulary records the features dir, and
+    its words follow what the features carry; the video without a file is counted, not fatal."""
+    from videobert_ds.visual.vocab import VisualVocabulary
+
+    run = features_vocab["run"]
+    vocab = VisualVocabulary.load(features_vocab["vocab"])
     fps = json.loads((prepared_shards / "manifest.json").read_text())["fps"]
     assert vocab.encoder == {
         "name": "features",
@@ -167,4 +177,91 @@ def test_build_vocab_on_a_features_dir(prepared_shards, tmp_path):
     from videobert_ds.visual.loading import load_visual_tokenizer
 
     with pytest.raises(ValueError, match="built from pre-extracted features \\(howto_feats\\)"):
-        load_visual_tokenizer(tmp_path, run / "vocab.safetensors", torch.device("cpu"))
+        load_visual_tokenizer(tmp_path, features_vocab["vocab"], torch.device("cpu"))
+
+
+T_TOKENS = 16  # frames per sample tokenized (4 clips of 0.5 s at the shards' 8 fps)
+
+
+def tokenize_features(shards: Path, features: Path, vocab: Path, run_dir: Path) -> dict:
+    """The tokenize stage in this process (one rank, no process group) with a features vocabulary."""
+    from videobert_ds.core.config import from_dict
+    from videobert_ds.stages.tokenize import TokenizeStage, TokenizeStageConfig
+
+    data = {
+        "stage": "tokenize",
+        "run": {"dir": str(run_dir)},
+        "data": {"shards": str(shards), "num_frames": T_TOKENS, "num_threads": 1},
+        "visual": {"encoder": str(features), "vocab": str(vocab)},
+        "encode_batch_size": 4,
+    }
+    stage = TokenizeStage(from_dict(TokenizeStageConfig, data))
+    stage.check()
+    return stage.run(run_dir, 0, 1, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def features_tokens(prepared_shards, features_vocab, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("features_tokenize") / "run"
+    tokenize_features(prepared_shards, features_vocab["features"], features_vocab["vocab"], run)
+    return run
+
+
+def test_tokenize_a_features_dir(prepared_shards, features_vocab, features_tokens, tmp_path):
+    """tokenize with a features vocabulary reads no video: each token-shard sample holds vocab.assign of its cut
+    features (and those features in fp16); a sample whose video has no file is written with no clips and counted,
+    so the sample counts equal the source shards'. A features dir other than the vocabulary's is one line."""
+    from videobert_ds.core.config import ConfigError
+    from videobert_ds.data.sampling import read_shards
+    from videobert_ds.data.tokens import (
+        FEATS,
+        IDS,
+        build_token_loader,
+        read_npy,
+        read_token_manifest,
+        token_split_shards,
+    )
+    from videobert_ds.visual.vocab import VisualVocabulary
+
+    vocab = VisualVocabulary.load(features_vocab["vocab"])
+    fpc = vocab.frames_per_clip
+    source = json.loads((prepared_shards / "manifest.json").read_text())
+    tokens = features_tokens / "tokens"
+    made = read_token_manifest(tokens)
+    assert {k: v for k, v in made["encoder"].items() if k != "path"} == vocab.encoder
+    assert made["splits"] == source["splits"] and made["total"] == source["total"]  # every sample, missing or not
+    expect = FeaturesDir(features_vocab["features"], rate=4.0, clip_seconds=0.5)
+    missing, words = 0, set()
+    for split in made["splits"]:
+        samples = list(read_shards(token_split_shards(tokens, made, split)))
+        metas = list(shard_samples(prepared_shards, split))
+        assert [s["__key__"] for s in samples] == [m["__key__"] for m in metas]
+        for s, meta in zip(samples, metas):
+            ids = read_npy(s[IDS], "<i4")
+            feats = read_npy(s[FEATS], "<f2").reshape(len(ids), 16)
+            want = expect.clip_features(meta, T_TOKENS // fpc)
+            if want is None:  # no features file: no clips
+                missing += 1
+                assert ids.size == 0
+                continue
+            want = want[: min(int(meta["num_frames"]), T_TOKENS) // fpc]
+            assert ids.tolist() == vocab.assign(want).tolist(), s["__key__"]
+            np.testing.assert_allclose(feats.astype(np.float32), want.numpy(), rtol=1e-3, atol=1e-2)
+            words.update(ids.tolist())
+    assert missing == expect.stats["missing"] > 0 and len(words) > 1
+    report = json.loads((features_tokens / "tokenize_report.json").read_text())
+    assert report["features"]["missing"] == made["features"]["missing"] == missing
+    assert report["features"]["missing_ids"] == made["features"]["missing_ids"]
+    assert report["samples"] == made["total"]
+    # The token loader gives the missing video's samples no valid clip (their json says they have frames).
+    loader = build_token_loader(tokens, "train", 4, T_TOKENS, shuffle=False)
+    for batch in loader:
+        for i, m in enumerate(batch.meta):
+            if m["video_id"] in expect.stats["missing_ids"]:
+                assert not batch.valid[i].any() and int(batch.num_frames[i]) == 0
+    # Another features dir than the vocabulary's: one line before any work.
+    other = tmp_path / "other_feats"
+    other.mkdir()
+    np.save(other / "v.npy", np.zeros((4, 8), np.float32))
+    with pytest.raises(ConfigError, match=r"^visual.encoder: .*feature_dim 16 != 8[^\n]*$"):
+        tokenize_features(prepared_shards, other, features_vocab["vocab"], tmp_path / "run")

@@ -275,8 +275,11 @@ class TokenLoader:
             m = json.loads(s["json"])
             m["__key__"] = s["__key__"]
             frames = min(int(m["num_frames"]), self.num_frames)
+            words = read_npy(s[IDS], "<i4")
+            if words.size < frames // fpc:  # cut from features: a video without a file, rows past its array's end
+                frames = m["num_frames"] = words.size * fpc  # the layout counts clips from the json's frames
             k = frames // fpc  # the clips whole within `frames`: the ones the frames path marks valid
-            ids[i, :k] = read_npy(s[IDS], "<i4")[:k]
+            ids[i, :k] = words[:k]
             feats[i, :k] = read_npy(s[FEATS], "<f2").reshape(-1, self.feature_dim)[:k]
             counts.append(frames)
             meta.append(m)

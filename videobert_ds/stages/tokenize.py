@@ -8,6 +8,13 @@ source shard (data/tokens.py) under a temporary name, renamed when whole. A shar
 the stage runs again with the same encoder, vocabulary, frame count and source shards (identity.json), so a killed
 run resumes; with anything else changed it starts over. Rank 0 writes manifest.json last, and
 RUN_DIR/tokenize_report.json (samples, clips, seconds, clips/s).
+
+A vocabulary built from pre-extracted features (build_vocab's encoder.type=features) has no clip encoder: then
+`visual.encoder` names the features dir it was built on (checked against the vocabulary's identity), and each
+sample's clips are cut from its video's array by the sample's times (visual/features.py) with only the shards'
+json members read, no video decoded. A sample whose video has no features file is written with no clips, so the
+token shards keep every sample; such samples are counted per shard (shard-NNNNNN.features.json, kept with a
+finished shard across a resume) and in total in manifest.json's and the report's `features`.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from torch import nn
 from videobert_ds.core.atomic import atomic_path, write_json
 from videobert_ds.core.config import ConfigError, StageConfig
 from videobert_ds.training.stage import Stage
-from videobert_ds.visual.vocab import vocab_metadata
+from videobert_ds.visual.vocab import FEATURES_ENCODER, vocab_metadata
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,8 @@ REPORT = "tokenize_report.json"
 
 @dataclass
 class TokenizeVisualConfig:
-    encoder: str = "runs/video_encoder/final"  # exported stage-1 clip encoder dir, or the vocabulary's S3D weights
+    # The exported stage-1 clip encoder dir, the vocabulary's S3D weights, or (a features vocabulary) its features dir.
+    encoder: str = "runs/video_encoder/final"
     vocab: str = "runs/vocab/vocab.safetensors"  # stage-2 vocabulary file
     clips_per_batch: int = 256  # clips per encoder forward
 
@@ -74,9 +82,12 @@ class TokenizeStage(Stage):
         meta = vocab_metadata(v.vocab)
         from videobert_ds.visual.loading import encoder_problem  # autoencoder dir, S3D weights or S3D encoder dir
 
-        problem = encoder_problem("auto", v.encoder, meta["encoder"])
-        if problem:
-            raise ConfigError(f"visual.encoder: {problem}")
+        if self.from_features():
+            self.features_source()  # the features dir the vocabulary was built on: one line otherwise
+        else:
+            problem = encoder_problem("auto", v.encoder, meta["encoder"])
+            if problem:
+                raise ConfigError(f"visual.encoder: {problem}")
         if self.cfg.data.num_frames < meta["frames_per_clip"]:
             raise ConfigError(
                 f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({meta['frames_per_clip']})"
@@ -98,6 +109,27 @@ class TokenizeStage(Stage):
         raise NotImplementedError("tokenize writes token shards, not a model")
 
     # -- what to read --------------------------------------------------------------------------
+    def from_features(self) -> bool:
+        """Whether the vocabulary was built from a pre-extracted features dir (no clip encoder)."""
+        return vocab_metadata(self.cfg.visual.vocab)["encoder"].get("name") == FEATURES_ENCODER
+
+    def features_source(self, device: torch.device | str = "cpu") -> tuple[Any, Any, dict[str, Any]]:
+        """(FeaturesDir, vocabulary on `device`, the dir's identity) for a features vocabulary: `visual.encoder` opened
+        at the vocabulary's rate and clip length; a missing dir or one other than the vocabulary's is a one-line
+        ConfigError."""
+        from videobert_ds.visual.features import FeaturesDir
+        from videobert_ds.visual.vocab import VisualVocabulary
+
+        v = self.cfg.visual
+        vocab = VisualVocabulary.load(v.vocab, device)
+        try:
+            source = FeaturesDir(v.encoder, rate=vocab.encoder["rate"], clip_seconds=vocab.encoder["clip_seconds"])
+            ident = source.identity(float(self.source_manifest()["fps"]))
+            vocab.check_encoder(ident)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"visual.encoder: {err}") from None
+        return source, vocab, ident
+
     def source_manifest(self) -> dict[str, Any]:
         from videobert_ds.data.loader import read_shard_manifest
 
@@ -159,7 +191,7 @@ class TokenizeStage(Stage):
             if old.is_file():
                 log.warning("%s: made from other inputs than this run's; tokenizing again from scratch", out)
             (out / MANIFEST).unlink(missing_ok=True)
-            for p in out.glob("shard-*.tar"):
+            for p in [*out.glob("shard-*.tar"), *out.glob("shard-*.features.json")]:
                 p.unlink()
             write_json(old, ident)
 
@@ -169,8 +201,13 @@ class TokenizeStage(Stage):
 
         started = time.perf_counter()
         v = self.cfg.visual
-        tokenizer, _ = load_visual_tokenizer(v.encoder, v.vocab, device, v.clips_per_batch)
-        ident = self.identity(tokenizer.encoder.identity())
+        features = self.from_features()
+        if features:
+            source, vocab, encoder_identity = self.features_source(device)
+        else:
+            tokenizer, _ = load_visual_tokenizer(v.encoder, v.vocab, device, v.clips_per_batch)
+            encoder_identity = tokenizer.encoder.identity()
+        ident = self.identity(encoder_identity)
         out = run_dir / TOKENS_DIR
         if rank == 0:
             self.prepare_dir(out, ident)
@@ -183,7 +220,10 @@ class TokenizeStage(Stage):
             if target.is_file():
                 stats["skipped"] += 1
                 continue
-            samples, clips = self.tokenize_shard(tokenizer, info, target, device)
+            if features:
+                samples, clips = self.features_shard(source, vocab, info, target, device)
+            else:
+                samples, clips = self.tokenize_shard(tokenizer, info, target, device)
             stats["samples"] += samples
             stats["clips"] += clips
             stats["written"] += 1
@@ -200,7 +240,10 @@ class TokenizeStage(Stage):
             splits: dict[str, int] = {}
             for e in entries:
                 splits[e["split"]] = splits.get(e["split"], 0) + e["num_samples"]
-            write_json(out / MANIFEST, {**ident, "total": sum(splits.values()), "splits": splits, "shards": entries})
+            extra = {"features": _features_totals(out, entries)} if features else {}
+            write_json(
+                out / MANIFEST, {**ident, "total": sum(splits.values()), "splits": splits, "shards": entries, **extra}
+            )
             total = {k: sum(g[k] for g in gathered) for k in ("samples", "clips", "written", "skipped")}
             seconds = max(g["seconds"] for g in gathered)
             report = {
@@ -210,6 +253,7 @@ class TokenizeStage(Stage):
                 "clips_per_s": round(total["clips"] / max(seconds, 1e-9), 1),
                 "samples_per_s": round(total["samples"] / max(seconds, 1e-9), 1),
                 "tokens": str(out),
+                **extra,
             }
             write_json(run_dir / REPORT, report)
             log.info(
@@ -271,6 +315,66 @@ class TokenizeStage(Stage):
         finally:
             decoder.close()
         return samples, clips
+
+    @torch.no_grad()
+    def features_shard(self, source: Any, vocab: Any, info: Any, target: Path, device: torch.device) -> tuple[int, int]:
+        """One source shard's samples cut from the features dir (only its json members are read) and assigned their
+        words as the VisualTokenizer assigns them; written as tokenize_shard writes, with the shard's counts of
+        samples without a features file beside it (features_stats_path). -> (samples, clips)."""
+        import webdataset as wds
+
+        from videobert_ds.data.text import tar_json_members
+        from videobert_ds.data.tokens import sample_files
+
+        d, fpc = self.cfg.data, vocab.frames_per_clip
+        stats: dict[str, Any] = {"samples": 0, "clips": 0, "missing": 0, "missing_ids": []}
+        with open(info.path, "rb", buffering=0) as f, atomic_path(target) as tmp:  # unbuffered: clip bytes skipped
+            writer = wds.TarWriter(str(tmp), mtime=0)
+            members = tar_json_members(f)
+            while batch := list(islice(members, self.cfg.encode_batch_size)):
+                cut = []
+                for _, data in batch:
+                    meta = json.loads(data)
+                    feats = source.clip_features(meta, d.num_frames // fpc)
+                    if feats is None:  # no features file: the sample stays, with no clips
+                        stats["missing"] += 1
+                        if len(stats["missing_ids"]) < 5 and meta.get("video_id") not in stats["missing_ids"]:
+                            stats["missing_ids"].append(meta.get("video_id"))
+                        feats = torch.zeros(0, source.feature_dim)
+                    # The clips whole within the sample's frames, as the frames path keeps.
+                    cut.append(feats[: min(int(meta["num_frames"]), d.num_frames) // fpc])
+                counts = [len(c) for c in cut]
+                every = torch.cat(cut)
+                ids = vocab.assign(every.to(device)).cpu() if len(every) else torch.zeros(0, dtype=torch.long)
+                for (name, data), feats, words in zip(batch, cut, ids.split(counts)):
+                    key = name[: -len(".json")]
+                    writer.write({"__key__": key, **sample_files(data, words.numpy(), feats.numpy())})
+                stats["samples"] += len(batch)
+                stats["clips"] += sum(counts)
+            writer.close()
+            if stats["samples"] != info.num_samples:
+                raise RuntimeError(f"{info.path} gave {stats['samples']} samples, its manifest says {info.num_samples}")
+            write_json(features_stats_path(target), stats)  # before the shard appears: a kept shard has its counts
+        return stats["samples"], stats["clips"]
+
+
+def features_stats_path(shard: Path) -> Path:
+    """Where a features-made token shard's counts (samples, clips, samples without a features file) are kept."""
+    return shard.with_name(shard.name.removesuffix(".tar") + ".features.json")
+
+
+def _features_totals(out: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-shard features counts summed over every token shard (this run's and kept ones); each manifest entry
+    gets its own `missing_features`."""
+    total: dict[str, Any] = {"samples": 0, "clips": 0, "missing": 0, "missing_ids": []}
+    for e in entries:
+        stats = json.loads(features_stats_path(out / e["file"]).read_text())
+        e["missing_features"] = stats["missing"]
+        for k in ("samples", "clips", "missing"):
+            total[k] += stats[k]
+        total["missing_ids"] += [i for i in stats["missing_ids"] if i not in total["missing_ids"]]
+    total["missing_ids"] = total["missing_ids"][:5]
+    return total
 
 
 def _encoded_batches(samples: Iterator[dict[str, Any]], size: int) -> Iterator[tuple[list[bytes], list[tuple]]]:
