@@ -297,6 +297,8 @@ def test_attention_kl_and_teacher_init_under_zero3(tiny_teacher, tiny_tokens, pi
                     "model.init": "teacher",
                     "data.tokens": tiny_tokens / "tokens",
                     "distill.lambda_attention": 1.0,
+                    # activation checkpointing under ZeRO-3: the recompute gathers the partitioned weights again
+                    "model.gradient_checkpointing": "true",
                     "schedule.max_steps": 2,
                     "schedule.warmup_steps": 1,
                     "schedule.log_every": 1,
@@ -308,6 +310,7 @@ def test_attention_kl_and_teacher_init_under_zero3(tiny_teacher, tiny_tokens, pi
     )
     ok(proc)
     assert "initialised from teacher layers [0, 2]" in proc.stdout + proc.stderr
+    assert "activation checkpointing on 2 transformer layers" in proc.stdout + proc.stderr
     metrics = read_metrics(run_dir)
     assert all(math.isfinite(metrics[s]["train/attention"]) and metrics[s]["train/attention"] > 0 for s in (1, 2))
 

@@ -21,6 +21,7 @@ both halves are contextualised by the joint encoder, so it is still a cross-moda
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import torch
@@ -29,6 +30,8 @@ from torch import nn
 from transformers import BertConfig, BertModel, BertPreTrainedModel
 from transformers import initialization as hf_init
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
+
+log = logging.getLogger(__name__)
 
 
 def videobert_config(
@@ -220,3 +223,29 @@ class VideoBertForPreTraining(BertPreTrainedModel):
             hf_init.zeros_(module.bias)
         if isinstance(module, VideoBertForPreTraining) and module.alignment_scale is not None:
             hf_init.constant_(module.alignment_scale, ALIGNMENT_SCALE_INIT)
+
+
+def apply_memory_levers(model: BertPreTrainedModel, *, gradient_checkpointing: bool, compile: bool = False) -> None:
+    """The memory/speed switches of a VideoBERT model in training (`model.gradient_checkpointing`,
+    `model.compile` of the teacher, student and fine-tuning stages).
+
+    gradient_checkpointing: each transformer layer keeps only its input for the backward pass and recomputes
+    its activations there (about one more forward per step). torch.utils.checkpoint with use_reentrant=False
+    and preserve_rng_state (its default) replays dropout exactly, so the loss and gradients are those of the
+    plain model. Under ZeRO-3 the layer's own pre-forward hook stays outside the checkpoint (transformers
+    checkpoints `forward`, not `__call__`) and its submodules' hooks gather their partitioned weights again in
+    the recompute. Layers run as usual where no backward follows (eval, torch.no_grad: a frozen teacher).
+
+    compile: each transformer layer is compiled in place (nn.Module.compile: parameter names, checkpoints and
+    exports are unchanged). Off by default: on CPU it did not pay for its compile time (docs/benchmarks.md)."""
+    if gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        log.info("activation checkpointing on %d transformer layers", len(model.bert.encoder.layer))
+    if compile:
+        for layer in model.bert.encoder.layer:
+            layer.compile()
+        log.info("torch.compile on %d transformer layers", len(model.bert.encoder.layer))

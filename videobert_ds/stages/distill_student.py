@@ -39,7 +39,7 @@ from videobert_ds.inference.throughput import count_params, inference_clips_per_
 from videobert_ds.model.flops import transformer_flops_per_token
 from videobert_ds.model.model_dir import ENCODER_DIR, VOCAB_FILE, missing_files, save_model_dir
 from videobert_ds.model.specials import Specials, specials_from_config
-from videobert_ds.model.videobert import VideoBertForPreTraining, videobert_config
+from videobert_ds.model.videobert import VideoBertForPreTraining, apply_memory_levers, videobert_config
 from videobert_ds.objectives.distillation import (
     DistillationObjective,
     DistillConfig,
@@ -89,6 +89,9 @@ class StudentSize:
     attention_probs_dropout_prob: float = 0.1
     # auto: copy teacher layers (every other one for half depth) when the widths match, random otherwise.
     init: Literal["auto", "teacher", "random"] = "auto"
+    # The student's memory levers (as the teacher stage's model.*); the frozen teacher runs without gradients.
+    gradient_checkpointing: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -311,6 +314,8 @@ class StudentStage(Stage):
         student = VideoBertForPreTraining._from_config(self.model_config(), **extra)
         if self.training_build:
             self.init_student(student, teacher)
+        m = self.cfg.model
+        apply_memory_levers(student, gradient_checkpointing=m.gradient_checkpointing, compile=m.compile)
         log.info("teacher loaded and student built in %.1f s", time.perf_counter() - started)
         # The hidden-state projection is built outside ZeRO-3's construction context: the student's precision.
         objective = DistillationObjective(student, teacher, self.cfg.objective, self.cfg.distill)

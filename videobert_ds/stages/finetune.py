@@ -29,6 +29,7 @@ from videobert_ds.model.finetuning import VideoBertForFinetuning
 from videobert_ds.model.flops import transformer_flops_per_token
 from videobert_ds.model.model_dir import ENCODER_DIR, VOCAB_FILE, missing_files, save_model_dir
 from videobert_ds.model.specials import Specials, specials_from_config
+from videobert_ds.model.videobert import apply_memory_levers
 from videobert_ds.objectives.finetuning import (
     TASKS,
     FinetuneObjective,
@@ -52,6 +53,9 @@ LABELS_FILE = "label_sets.json"
 @dataclass
 class FinetuneModelConfig:
     init: str = "runs/teacher/final"  # an exported teacher or student model dir
+    # Memory levers, as the teacher stage's model.*: recompute layer activations in backward; torch.compile layers.
+    gradient_checkpointing: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -187,6 +191,8 @@ class FinetuneStage(Stage):
         config.finetune_tasks = list(self.cfg.finetune.tasks)
         config.finetune_classification_input = self.cfg.finetune.classification.input
         model = VideoBertForFinetuning.from_pretrained(self.cfg.model.init, config=config, local_files_only=True)
+        m = self.cfg.model
+        apply_memory_levers(model, gradient_checkpointing=m.gradient_checkpointing, compile=m.compile)
         return FinetuneObjective(model, self.cfg.finetune)
 
     # -- per step ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from videobert_ds.data.tokens import check_tokens
 from videobert_ds.model.flops import transformer_flops_per_token
 from videobert_ds.model.model_dir import save_model_dir
 from videobert_ds.model.specials import Specials, specials_from_tokenizer
-from videobert_ds.model.videobert import VideoBertForPreTraining, videobert_config
+from videobert_ds.model.videobert import VideoBertForPreTraining, apply_memory_levers, videobert_config
 from videobert_ds.objectives.layout import ObjectiveConfig, check_sequence_budget
 from videobert_ds.objectives.pretraining import PretrainingInputs, PretrainingObjective
 from videobert_ds.training.stage import Stage
@@ -64,6 +64,11 @@ class BertSize:
     # Alignment logit = [CLS] classifier + scaled cosine of the mean text and video states (see model/videobert.py);
     # false = VideoBERT's [CLS] classifier alone.
     alignment_similarity: bool = True
+    # Recompute each layer's activations in the backward pass instead of keeping them (~1/3 more compute, a
+    # fraction of the activation memory: BERT-large batches); compile: torch.compile each layer (off: see
+    # docs/benchmarks.md). Neither changes the weights, checkpoints or exports.
+    gradient_checkpointing: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -217,6 +222,8 @@ class TeacherStage(Stage):
             copy_text_weights(self.cfg.model.init_text_from, model)
         if self.cfg.visual.init_from_centroids and hasattr(self, "vocab"):  # a resumed run loads its checkpoint
             model.init_visual_embeddings(self.vocab.tree.leaves, seed=self.cfg.run.seed)
+        m = self.cfg.model
+        apply_memory_levers(model, gradient_checkpointing=m.gradient_checkpointing, compile=m.compile)
         return PretrainingObjective(model, self.cfg.objective)
 
     # -- per step ------------------------------------------------------------------------------
