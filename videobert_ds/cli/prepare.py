@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The videobert-prepare command line; its defaults are PrepareOptions'."""
     p = _Parser(
         prog=PROG,
-        description="Cut raw videos + transcripts into WebDataset tar shards of "
-        "VideoBERT samples (one clip + json per transcript cue).",
+        description="Cut raw videos + transcripts (a JSONL manifest or a published annotation file) into\n"
+        "WebDataset tar shards of VideoBERT samples (one clip + json per transcript cue or caption).",
         epilog=_FORMATS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
