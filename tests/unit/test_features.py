@@ -265,3 +265,73 @@ def test_tokenize_a_features_dir(prepared_shards, features_vocab, features_token
     np.save(other / "v.npy", np.zeros((4, 8), np.float32))
     with pytest.raises(ConfigError, match=r"^visual.encoder: .*feature_dim 16 != 8[^\n]*$"):
         tokenize_features(prepared_shards, other, features_vocab["vocab"], tmp_path / "run")
+
+
+def test_teacher_trains_on_features_tokens(prepared_shards, features_vocab, features_tokens):
+    """A features vocabulary reaches training through token shards: a 2-step tiny teacher with data.tokens (one
+    plain rank) trains and exports a model dir whose clip_encoder/ records the features identity (no weights),
+    which check_model_dir accepts and text-only loading reads; anything that needs frames (the teacher without
+    data.tokens, fine-tuning or evaluating from frames) stops with one line."""
+    from tests.helpers.one_rank import run_one_rank
+    from videobert_ds.core.config import ConfigError, load_stage_config, resolve_config_path
+    from videobert_ds.eval.config import EvalStageConfig, check_eval_config
+    from videobert_ds.eval.run import load_model
+    from videobert_ds.inference.text_to_video import GeneratorError, load_generator
+    from videobert_ds.model.model_dir import ENCODER_DIR, check_model_dir
+    from videobert_ds.stages.finetune import FinetuneStage, FinetuneStageConfig
+    from videobert_ds.stages.pretrain_teacher import TeacherStage, TeacherStageConfig
+    from videobert_ds.visual.vocab import VisualVocabulary
+
+    vocab = VisualVocabulary.load(features_vocab["vocab"])
+    teacher = features_tokens.parent / "teacher"
+    overrides = {
+        "run.dir": teacher,
+        "data.shards": prepared_shards,
+        "data.tokens": features_tokens / "tokens",
+        "visual.vocab": features_vocab["vocab"],
+        "text.vocab_size": 200,
+        "model.hidden_size": 32,
+        "model.num_hidden_layers": 1,
+        "model.num_attention_heads": 2,
+        "model.intermediate_size": 64,
+        "schedule.max_steps": 2,
+        "schedule.warmup_steps": 1,
+        "schedule.log_every": 1,
+        "schedule.val_every": 2,
+        "schedule.val_batches": 1,
+        "schedule.checkpoint_every": 2,
+    }
+    # Without token shards a features vocabulary cannot train: one line, before any rank starts.
+    frames_only = {**overrides, "data.tokens": ""}
+    cfg = load_stage_config(
+        TeacherStageConfig, resolve_config_path("teacher_tiny"), [f"{k}={v}" for k, v in frames_only.items()]
+    )
+    with pytest.raises(ConfigError, match=r"^visual.encoder: .*pre-extracted features \(howto_feats\).*tokenize"):
+        TeacherStage(cfg).check()
+
+    run_one_rank("teacher_tiny", overrides)
+    rows = [json.loads(line) for line in (teacher / "metrics.jsonl").read_text().splitlines()]
+    losses = torch.tensor([r["train/loss"] for r in rows if "train/loss" in r])
+    assert losses.shape == (2,) and torch.isfinite(losses).all(), losses
+    final = teacher / "final"
+    check_model_dir(final)
+    enc_cfg = json.loads((final / ENCODER_DIR / "config.json").read_text())
+    assert enc_cfg == {"encoder_type": "features", **vocab.encoder}
+    assert not (final / ENCODER_DIR / "model.safetensors").exists()
+    _, params, config, _ = load_model(final, torch.device("cpu"), zero3=False)  # text-only loading works
+    assert params > 0 and config.visual_vocab_size == vocab.size
+    # Fine-tuning and evaluation from frames: one line naming the features.
+    ft = load_stage_config(
+        FinetuneStageConfig,
+        resolve_config_path("finetune_tiny"),
+        [f"model.init={final}", f"data.shards={prepared_shards}", f"run.dir={teacher.parent / 'ft'}"],
+    )
+    with pytest.raises(ConfigError, match=r"pre-extracted features \(howto_feats\).*data.tokens"):
+        FinetuneStage(ft).check()
+    ev = load_stage_config(
+        EvalStageConfig, resolve_config_path("eval_tiny"), [f"model.dir={final}", f"data.shards={prepared_shards}"]
+    )
+    with pytest.raises(ConfigError, match=r"^model.dir: this model's visual words come from pre-extracted features"):
+        check_eval_config(ev)
+    with pytest.raises(GeneratorError, match=r"pre-extracted features \(howto_feats\): there are no key frames"):
+        load_generator(final, torch.device("cpu"))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from videobert_ds.core.config import ConfigError, StageConfig, check_paths
-from videobert_ds.model.model_dir import missing_files
+from videobert_ds.model.model_dir import frames_problem, missing_files
 
 
 @dataclass
@@ -65,6 +65,9 @@ def check_eval_config(cfg: EvalStageConfig) -> None:
     model_dir = Path(cfg.model.dir)
     for name in missing_files(model_dir, ("config.json", "visual_vocab.safetensors", "clip_encoder/config.json")):
         raise ConfigError(f"model.dir: {model_dir} is not an exported VideoBERT model dir (no {name})")
+    problem = frames_problem(model_dir)  # evaluation decodes the split's video
+    if problem:
+        raise ConfigError(f"model.dir: {problem}")
     check_paths(cfg)  # the shard dir exists and is whole: the same check as training's
     z = cfg.zeroshot
     if set(z.templates) != set(z.labels):

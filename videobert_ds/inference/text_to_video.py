@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from videobert_ds.model.model_dir import ModelDirError, check_model_dir, run_dir_problem
+from videobert_ds.model.model_dir import ModelDirError, check_model_dir, features_encoder, run_dir_problem
 from videobert_ds.model.specials import Specials, specials_from_config
 from videobert_ds.objectives.layout import REPLACE_MASK, Row, layout_rows, to_device
 
@@ -201,6 +201,12 @@ def load_generator(model_dir: Path, device: torch.device) -> tuple[nn.Module, An
         raise GeneratorError(str(err)) from None
     kf_path = model_dir / KEYFRAMES_FILE
     if not kf_path.is_file():
+        ident = features_encoder(model_dir)
+        if ident:
+            raise GeneratorError(
+                f"this model's visual words come from pre-extracted features ({ident.get('source', '?')}): there are "
+                "no key frames to show them; text -> video grids need a vocabulary built from frames"
+            )
         raise GeneratorError(
             f"{model_dir} has no {KEYFRAMES_FILE}; its visual vocabulary must come from a "
             "build_vocab run that wrote key frames (keyframe_size > 0), re-exported with the model"

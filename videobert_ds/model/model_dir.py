@@ -32,6 +32,32 @@ WEIGHTS_FILES = (
 )
 
 
+FEATURES_ENCODER_TYPE = "features"  # clip_encoder/config.json's encoder_type when the words come from features
+
+
+def features_encoder(model_dir: str | Path) -> dict[str, Any] | None:
+    """The identity recorded in the model dir's clip_encoder/config.json when its visual words come from
+    pre-extracted features (no encoder weights), else None."""
+    try:
+        config = json.loads((Path(model_dir) / ENCODER_DIR / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) and config.get("encoder_type") == FEATURES_ENCODER_TYPE else None
+
+
+def frames_problem(model_dir: str | Path) -> str | None:
+    """One line when the model dir cannot turn frames into its visual words (they come from pre-extracted
+    features), else None: what evaluation and anything else that decodes video checks first."""
+    ident = features_encoder(model_dir)
+    if ident is None:
+        return None
+    return (
+        f"this model's visual words come from pre-extracted features ({ident.get('source', '?')}, "
+        f"{ident.get('feature_dim', '?')}-d at {ident.get('rate', '?')}/s): no clip encoder turns frames into "
+        "them; evaluate it on token shards / features of that dir (tokenize, then validation with data.tokens)"
+    )
+
+
 class ModelDirError(ValueError):
     """A model dir that cannot load (a run dir, no config, no or truncated weights): one line for a CLI."""
 
@@ -99,6 +125,8 @@ def check_model_dir(model_dir: str | Path, *, encoder: bool = True) -> None:
             raise ModelDirError(f"{sub / 'config.json'} is unreadable ({err})") from None
         if not isinstance(config, dict):
             raise ModelDirError(f"{sub / 'config.json'} is not a JSON object")
+        if sub != d and config.get("encoder_type") == FEATURES_ENCODER_TYPE:
+            continue  # words from pre-extracted features: the encoder dir records their identity, holds no weights
         problem = weights_problem(sub)
         if problem:
             raise ModelDirError(problem)

@@ -52,7 +52,7 @@ from videobert_ds.stages import cast_unpartitioned
 from videobert_ds.training.checkpoint import COMPLETE, CheckpointManager
 from videobert_ds.training.memory import partition_share
 from videobert_ds.training.stage import Stage
-from videobert_ds.visual.loading import load_visual_tokenizer
+from videobert_ds.visual.loading import features_problem, load_visual_tokenizer
 from videobert_ds.visual.vocab import feature_stats, vocab_metadata
 
 log = logging.getLogger(__name__)
@@ -219,6 +219,9 @@ class StudentStage(Stage):
             check_tokens(
                 self.cfg.data.tokens, t["vocab"], meta["encoder"], self.cfg.data.num_frames, "the teacher's vocabulary"
             )
+        problem = features_problem(vocab_metadata(t["vocab"])["encoder"], self.cfg.data.tokens)
+        if problem:
+            raise ConfigError(f"teacher.path: {problem}")
         frames_per_clip = vocab_metadata(t["vocab"])["frames_per_clip"]
         if self.cfg.data.num_frames < frames_per_clip:
             raise ConfigError(
@@ -260,7 +263,7 @@ class StudentStage(Stage):
             dist.barrier()  # every rank reads the consolidated dir below
         t = self.teacher_dir()
         self.visual_tokenizer, self.vocab = load_visual_tokenizer(
-            t / ENCODER_DIR, t / VOCAB_FILE, device, self.cfg.visual.clips_per_batch
+            t / ENCODER_DIR, t / VOCAB_FILE, device, self.cfg.visual.clips_per_batch, tokens=bool(self.cfg.data.tokens)
         )
         self.feature_stats = feature_stats(self.vocab, device)  # clip-feature targets scaled as the teacher's were
         if len(self.tokenizer) != self.teacher_config["text_vocab_size"]:

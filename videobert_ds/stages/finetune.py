@@ -42,7 +42,7 @@ from videobert_ds.objectives.finetuning import (
 from videobert_ds.objectives.layout import text_ids_and_clip_counts, thread_tokenizer, to_device
 from videobert_ds.objectives.pretraining import batch_visual_words
 from videobert_ds.training.stage import Stage
-from videobert_ds.visual.loading import load_visual_tokenizer
+from videobert_ds.visual.loading import features_problem, load_visual_tokenizer
 from videobert_ds.visual.vocab import vocab_metadata
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,9 @@ class FinetuneStage(Stage):
             raise ConfigError(
                 f"finetune.max_seq_len ({f.max_seq_len}) exceeds the model's max_position_embeddings ({positions})"
             )
+        problem = features_problem(vocab_metadata(init / VOCAB_FILE)["encoder"], self.cfg.data.tokens)
+        if problem:
+            raise ConfigError(f"model.init: {problem}")
         frames_per_clip = vocab_metadata(init / VOCAB_FILE)["frames_per_clip"]
         if self.cfg.data.num_frames < frames_per_clip:
             raise ConfigError(
@@ -146,7 +149,11 @@ class FinetuneStage(Stage):
     def setup(self, run_dir: Path, rank: int, device: torch.device) -> None:
         init = Path(self.cfg.model.init)
         self.visual_tokenizer, _ = load_visual_tokenizer(
-            init / ENCODER_DIR, init / VOCAB_FILE, device, self.cfg.visual.clips_per_batch
+            init / ENCODER_DIR,
+            init / VOCAB_FILE,
+            device,
+            self.cfg.visual.clips_per_batch,
+            tokens=bool(self.cfg.data.tokens),
         )
         if not (run_dir / LABELS_FILE).is_file() and rank == 0:
             write_json(run_dir / LABELS_FILE, self.label_sets)

@@ -99,7 +99,7 @@ class TeacherStage(Stage):
     def check(self) -> None:
         v, m = self.cfg.visual, self.cfg.model
         meta = vocab_metadata(v.vocab)
-        problem = encoder_problem(v.encoder_type, v.encoder, meta["encoder"])
+        problem = encoder_problem(v.encoder_type, v.encoder, meta["encoder"], self.cfg.data.tokens)
         if problem:
             raise ConfigError(f"visual.encoder: {problem}")
         if m.visual_vocab_size and m.visual_vocab_size != meta["size"]:
@@ -156,6 +156,7 @@ class TeacherStage(Stage):
             device,
             self.cfg.visual.clips_per_batch,
             encoder_type=self.cfg.visual.encoder_type,
+            tokens=bool(self.cfg.data.tokens),  # a features vocabulary: no frame encoder, words from token shards
         )
         self.feature_stats = feature_stats(self.vocab, device)
         self.keyframes = self.load_keyframes(rank)

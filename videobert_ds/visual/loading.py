@@ -8,7 +8,9 @@ Encoder kinds (what `encoder.type` / `visual.encoder_type` name):
                holds when its vocabulary was built on S3D
   auto         by what is there: a file is S3D weights, a dir is what its config.json says
 A vocabulary built from pre-extracted features (visual/features.py) has no frame encoder: it turns shards into
-words only through the `tokenize` stage with the same features dir.
+words only through the `tokenize` stage with the same features dir, and the stages after it train on those token
+shards (`data.tokens`), where `load_visual_tokenizer(..., tokens=True)` gives a TokenShardWords in place of a
+tokenizer. A model dir's clip_encoder/ then holds only config.json: `encoder_type: features` + the identity.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 
@@ -24,7 +27,7 @@ from videobert_ds.visual.encoders import ClipEncoder
 from videobert_ds.visual.s3d import ENCODER_TYPE as S3D_TYPE
 from videobert_ds.visual.s3d import S3DEncoder, read_dir_config
 from videobert_ds.visual.tokenizer import VisualTokenizer
-from videobert_ds.visual.vocab import FEATURES_ENCODER, VisualVocabulary
+from videobert_ds.visual.vocab import FEATURES_ENCODER, VisualVocabulary, vocab_metadata
 
 ENCODER_TYPES = ("autoencoder", "s3d")  # encoders of frames: every stage that decodes video accepts these
 VOCAB_SOURCES = (*ENCODER_TYPES, FEATURES_ENCODER)  # what build_vocab (and tokenize) can build words from
@@ -82,16 +85,26 @@ def check_frame_vocabulary(vocab_encoder: dict, vocab_path: str | Path) -> None:
         )
 
 
-def encoder_problem(kind: str, path: str | Path, vocab_encoder: dict) -> str | None:
+def features_problem(vocab_encoder: dict, tokens: str | Path | None) -> str | None:
+    """One line when a run would need frames turned into the words of a vocabulary built from pre-extracted
+    features (it reads no token shards: `tokens` empty), else None."""
+    if vocab_encoder.get("name") != FEATURES_ENCODER or tokens:
+        return None
+    return (
+        f"the visual vocabulary was built from pre-extracted features ({vocab_encoder.get('source', '?')}): "
+        "no clip encoder turns frames into its words; run the tokenize stage with that features dir "
+        "(visual.encoder=DIR) first and train on its token shards (data.tokens=TOKENIZE_RUN/tokens)"
+    )
+
+
+def encoder_problem(kind: str, path: str | Path, vocab_encoder: dict, tokens: str | Path | None = None) -> str | None:
     """Why the encoder `kind` at `path` cannot be the one a vocabulary (its recorded identity `vocab_encoder`)
     was fit on, in one line, or None. Cheap (reads config files only): what a stage's check() runs before any
-    rank starts; the weights themselves are compared when the stage loads them."""
+    rank starts; the weights themselves are compared when the stage loads them. A features vocabulary needs no
+    encoder when the run reads token shards (`tokens`), and cannot train without them."""
     name = vocab_encoder.get("name")
     if name == FEATURES_ENCODER:
-        return (
-            f"the visual vocabulary was built from pre-extracted features ({vocab_encoder.get('source', '?')}): "
-            "no clip encoder turns frames into its words; tokenize the shards with that features dir"
-        )
+        return features_problem(vocab_encoder, tokens)
     if kind not in (*ENCODER_TYPES, "auto"):
         return f"encoder type {kind!r} is not one of {', '.join(ENCODER_TYPES)}"
     if not Path(path).exists():
@@ -136,17 +149,40 @@ def load_vocab_encoder(
     return encoder
 
 
+class TokenShardWords:
+    """In place of the VisualTokenizer for a vocabulary built from pre-extracted features, in a run that reads token
+    shards: their batches carry the words, so only the clip length is needed; frames are refused in one line."""
+
+    def __init__(self, vocab: VisualVocabulary, vocab_path: str | Path) -> None:
+        self.vocab, self.vocab_path = vocab, vocab_path
+        self.frames_per_clip = vocab.frames_per_clip
+
+    def to(self, device: torch.device | str) -> TokenShardWords:
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise ValueError(
+            f"visual vocabulary {self.vocab_path} was built from pre-extracted features "
+            f"({self.vocab.encoder.get('source', '?')}): its words come from token shards, not from frames"
+        )
+
+
 def load_visual_tokenizer(
     encoder_path: str | Path,
     vocab_path: str | Path,
     device: torch.device,
     clips_per_batch: int = 256,
     encoder_type: str = "auto",
+    tokens: bool = False,
 ) -> tuple[VisualTokenizer, VisualVocabulary]:
     """A frozen clip encoder + its vocabulary on `device`. `encoder_path` is an exported autoencoder dir, S3D
     weights or an S3D encoder dir (`encoder_type` "auto" tells them apart; a model dir's clip_encoder/ is
-    either dir). A mismatch between encoder and vocabulary is a one-line ValueError."""
+    either dir). A mismatch between encoder and vocabulary is a one-line ValueError. With `tokens` (the run reads
+    token shards), a vocabulary built from pre-extracted features gives a TokenShardWords and no encoder is read;
+    without, it is a one-line ValueError."""
     vocab = VisualVocabulary.load(vocab_path)
+    if tokens and vocab.encoder.get("name") == FEATURES_ENCODER:
+        return TokenShardWords(vocab, vocab_path), vocab  # type: ignore[return-value]
     encoder = load_vocab_encoder(encoder_type, encoder_path, vocab, vocab_path)
     return VisualTokenizer(encoder, vocab, clips_per_batch=clips_per_batch).to(device), vocab
 
@@ -154,8 +190,14 @@ def load_visual_tokenizer(
 def save_encoder_dir(source: str | Path, vocab_path: str | Path, out: str | Path) -> Path:
     """A model dir's clip_encoder/ from `source`: an encoder dir (autoencoder or S3D) is copied; S3D weights
     in a file are written as an S3D encoder dir at the vocabulary's clip length and resize (and checked
-    against the vocabulary, so the dir reproduces its words)."""
+    against the vocabulary, so the dir reproduces its words). A vocabulary built from pre-extracted features has
+    no encoder: config.json records `encoder_type: features` and its identity (`source` is not read)."""
     out = Path(out)
+    identity = vocab_metadata(vocab_path)["encoder"]
+    if identity.get("name") == FEATURES_ENCODER:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({"encoder_type": FEATURES_ENCODER, **identity}, indent=2) + "\n")
+        return out
     if Path(source).is_dir():
         shutil.copytree(source, out, dirs_exist_ok=True)
         return out
