@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from videobert_ds.core import remote
+
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -41,9 +43,29 @@ class RunConfig:
             raise ConfigError(f"run.dist_timeout_minutes must be > 0, got {self.dist_timeout_minutes}")
 
 
+DEFAULT_SHARDS = "runs/demo/shards"
+
+
+@dataclass
+class SourceConfig:
+    """One of several weighted shard locations (data.sources)."""
+
+    shards: str = ""
+    weight: float = 1.0  # open_clip's upsampling factor: each of its shards is read `weight` times per epoch
+
+    def __post_init__(self) -> None:
+        if not self.shards:
+            raise ConfigError("data.sources: every source needs shards: LOCATION")
+        if not self.weight > 0:
+            raise ConfigError(f"data.sources: weight of {self.shards} must be > 0, got {self.weight}")
+
+
 @dataclass
 class DataConfig:
-    shards: str = "runs/demo/shards"
+    # A shard location: a folder made by videobert-prepare, an http(s):// URL of one, a brace pattern of its tars
+    # (http://host/c/shard-{000000..000099}.tar, manifest.json beside them), a pipe: command, or s3:// / gs://
+    # (any fsspec URL) when the protocol's package is installed.
+    shards: str = DEFAULT_SHARDS
     train_split: str = "train"
     val_split: str = "val"
     num_frames: int = 16
@@ -59,6 +81,34 @@ class DataConfig:
     # A token shard dir (a tokenize run's RUN_DIR/tokens): train on its visual words and clip features instead of
     # decoding `shards` and encoding every clip at each step; empty = decode the frames (e.g. to augment clips).
     tokens: str = ""
+    # Several weighted locations instead of one: [{shards: LOCATION, weight: W}, ...]; the training and validation
+    # loaders read the mix. `shards` (what stages read metadata from: frame size, labels, texts) defaults to the
+    # first source's location.
+    sources: list[SourceConfig] = field(default_factory=list)
+    # "epoch": every shard read once per epoch (times its source's weight); "resampled": each rank draws shards
+    # with replacement by weight (seeded by seed, epoch and rank). Both deterministic and exactly resumable.
+    sampling: Literal["epoch", "resampled"] = "epoch"
+    # "raise": a shard or sample that cannot be read or parsed stops the run; "skip": it is skipped, counted
+    # (data/skipped_* in TensorBoard and metrics.jsonl) and made up from other samples, every rank taking the same
+    # steps; more than max_skip_share of the samples read (counted as at least one epoch) fails the run.
+    on_error: Literal["raise", "skip"] = "raise"
+    max_skip_share: float = 0.01
+    # Re-opens of a remote shard whose read failed (a dropped connection), resuming at the sample reached, with a
+    # backoff starting at retry_backoff_s and doubling; then on_error applies.
+    read_retries: int = 3
+    retry_backoff_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.sources and self.shards == DEFAULT_SHARDS:
+            self.shards = self.sources[0].shards
+        if not 0 <= self.max_skip_share <= 1:
+            raise ConfigError(f"data.max_skip_share must be in [0, 1], got {self.max_skip_share}")
+        if self.read_retries < 0 or self.retry_backoff_s < 0:
+            raise ConfigError("data.read_retries and data.retry_backoff_s must be >= 0")
+
+    def shard_sources(self) -> str | list[tuple[str, float]]:
+        """What the clip loaders read: data.shards, or the weighted sources when data.sources is set."""
+        return [(s.shards, s.weight) for s in self.sources] if self.sources else self.shards
 
 
 @dataclass
@@ -270,8 +320,11 @@ def check_against_deepspeed(cfg: StageConfig, ds_config: dict, has_gpu: bool) ->
 
 
 def check_paths(cfg: StageConfig) -> None:
-    """Paths the stage reads must exist before any rank starts work, and the shard dir must be whole."""
+    """Paths the stage reads must exist before any rank starts work, and the shard dirs must be whole."""
     check_shard_dir(cfg.data.shards)
+    for source in cfg.data.sources:
+        if source.shards != cfg.data.shards:
+            check_shard_dir(source.shards, "data.sources")
 
 
 def read_dali_index(idx: str | Path) -> tuple[int, list[tuple[int, int]]]:
@@ -310,15 +363,35 @@ def _tar_header_size(tar: Path, data_offset: int) -> int | None:
         return None
 
 
-def check_shard_dir(shards: str | Path) -> None:
+def check_remote_location(shards: str, key: str = "data.shards") -> None:
+    """A remote location (URL, pattern, pipe:): its protocol can be opened here and its manifest.json reads and
+    lists shards. Only the manifest is fetched: the tars and their indexes are read by the loader."""
+    problem = remote.location_problem(shards)
+    if problem:
+        raise ConfigError(f"{key}: {problem}")
+    try:
+        url = remote.manifest_url(shards)
+        listed = json.loads(remote.read_url(url))["shards"]
+        if not isinstance(listed, list) or not all(isinstance(s, dict) and isinstance(s["file"], str) for s in listed):
+            raise ValueError("'shards' is not a list of shards")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        why = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+        raise ConfigError(f"{key}: cannot read the manifest.json of {shards} ({why})") from None
+
+
+def check_shard_dir(shards: str | Path, key: str = "data.shards") -> None:
     """One-line ConfigError for a shard dir that is missing or damaged: manifest.json unreadable, a listed tar or
     .idx missing, an index that is garbled or disagrees with manifest.json, a tar shorter than its index says (a
     truncated copy) or holding other members. Cheap: a stat, the index and one 512-byte header per shard; the tars
-    themselves are not read."""
-    d = Path(shards)
+    themselves are not read. A remote location (or a pattern) gets check_remote_location: its manifest only."""
+    loc = str(shards)
+    if not remote.is_local(loc) or remote.names_list(loc):
+        check_remote_location(loc, key)
+        return
+    d = Path(remote.local_path(loc))
     manifest = d / "manifest.json"
     if not manifest.is_file():
-        raise ConfigError(f"data.shards: no shard directory at {shards} (missing manifest.json)")
+        raise ConfigError(f"{key}: no shard directory at {shards} (missing manifest.json)")
     again = "prepare it again"
     try:
         listed = json.loads(manifest.read_text(encoding="utf-8"))["shards"]
@@ -326,11 +399,11 @@ def check_shard_dir(shards: str | Path) -> None:
             raise ValueError("'shards' is not a list of shards")
     except (OSError, ValueError, KeyError, TypeError) as e:
         why = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
-        bad = f"data.shards: corrupt shard directory {d}"
+        bad = f"{key}: corrupt shard directory {d}"
         raise ConfigError(f"{bad}: manifest.json is unreadable ({why}); {again}") from None
     for entry in listed:
         tar = d / entry["file"]
-        bad = f"data.shards: corrupt shard {tar}"
+        bad = f"{key}: corrupt shard {tar}"
         try:
             tar_size = tar.stat().st_size
         except FileNotFoundError:

@@ -8,6 +8,13 @@
             batch.meta                # the samples' json dicts, plus "__key__"
     state = loader.state_dict()       # {"epoch": e, "batches_in_epoch": n}; load_state_dict resumes there
 
+The shards are one location (a folder, an http(s) URL of one, a brace pattern, a pipe: command, an fsspec URL:
+sources.py) or several weighted ones, [(location, weight), ...]. With on_error="skip" a shard or sample that
+cannot be read or parsed (or whose video bytes are no container the decoders read) is skipped, counted
+(ClipBatch.data_counts) and made up from the rank's other samples, so every rank still takes steps_per_epoch
+steps; past max_skip_share of the samples read the loader raises sources.SkippedTooMany (one line). A clip that
+passes those checks but fails inside the decoder is not skipped (DALI cannot): validate clips when preparing.
+
 Which samples each rank gets, and in which order, is sampling.py; decoding is DALI
 (decoders/dali.py) or PyAV (decoders/pyav.py), behind one contract (decoders/base.py). choose_decoder
 picks by device, codec and frame size: on a GPU, NVDEC ("mixed") where the clips are at least its minimum
@@ -19,7 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import tarfile
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,7 +39,9 @@ from videobert_ds.data.decoders.base import PAD_MODES, ClipDecoder, EncodedBatch
 from videobert_ds.data.decoders.dali import DaliClipDecoder, dali_decode_device, probe_gpu_decode
 from videobert_ds.data.decoders.nvdec import nvdec_min_size
 from videobert_ds.data.decoders.pyav import PyAVClipDecoder
-from videobert_ds.data.sampling import RawSample, ShardInfo, batch_stream, steps_per_epoch
+from videobert_ds.data.sampling import RawSample, ShardInfo, Source, batch_stream, planned_counts, steps_per_epoch
+from videobert_ds.data.sources import ReadPolicy, SkipCounts, check_skip_share, open_tar, read_manifest
+from videobert_ds.data.sources import split_shards as _split_shards
 
 log = logging.getLogger(__name__)
 
@@ -48,32 +58,19 @@ class ClipBatch:
     frames: torch.Tensor  # uint8 (B, T, H, W, C) on the loader's device
     num_frames: torch.Tensor  # int64 (B,), on the same device
     meta: list[dict[str, Any]]  # per sample: its json plus "__key__"
+    # This rank's samples read ("seen") and skipped per reason ("skipped_read", ...) since the loader was built,
+    # as of this batch (a resumed run recounts the replayed part of its epoch); None when on_error is "raise".
+    data_counts: dict[str, int] | None = None
 
 
 def read_shard_manifest(shard_dir: str | Path) -> dict[str, Any]:
-    """manifest.json of a shard dir, with a one-line error when it is missing."""
-    path = Path(shard_dir) / "manifest.json"
-    if not Path(shard_dir).is_dir():
-        raise FileNotFoundError(f"shard directory {shard_dir} does not exist")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {shard_dir} a directory made by videobert-prepare?")
-    return json.loads(path.read_text())
+    """manifest.json of a shard location (a folder, URL, pattern or pipe:, sources.py), with a one-line error."""
+    return read_manifest(shard_dir)
 
 
 def split_shards(shard_dir: str | Path, manifest: dict[str, Any], split: str) -> list[ShardInfo]:
-    """The split's shards in manifest order; ValueError for an unknown or empty split."""
-    shards: list[ShardInfo] = []
-    splits: set[str] = set()
-    for entry in manifest.get("shards", []):
-        splits.add(entry["split"])
-        if entry["split"] == split:
-            name = entry.get("file") or entry.get("name") or entry["path"]
-            shards.append(ShardInfo(Path(shard_dir) / name, int(entry["num_samples"])))
-    if split not in splits:
-        raise ValueError(f"split {split!r} is not in {shard_dir} (splits: {', '.join(sorted(splits)) or 'none'})")
-    if sum(s.num_samples for s in shards) == 0:
-        raise ValueError(f"split {split!r} of {shard_dir} has no samples")
-    return shards
+    """The split's shards in manifest order (paths or URLs); ValueError for an unknown or empty split."""
+    return _split_shards(shard_dir, manifest, split)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -155,8 +152,8 @@ def _warn_once(key: tuple, msg: str, *args: Any) -> None:
 
 
 def first_clip(shard: str | Path) -> bytes:
-    """The first encoded clip in a tar shard (for the start-up probe)."""
-    with tarfile.open(shard, "r|*") as tar:
+    """The first encoded clip in a tar shard, a path or URL (for the start-up probe)."""
+    with open_tar(str(shard)) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
         for member in tar:
             if member.isfile() and member.name.rsplit(".", 1)[-1] in VIDEO_EXTS:
                 return tar.extractfile(member).read()
@@ -179,6 +176,48 @@ class LoaderOptions:
     pad_mode: str = "constant"
     # Which num_frames of a longer clip: "random" (per seed, epoch and sample key), "center" or "start" (crops.py).
     temporal_crop: str = "start"
+    resampled: bool = False  # draw shards with replacement by weight (sampling.py) instead of epoch passes
+    on_error: str = "raise"  # "skip": a bad shard or sample is skipped and counted (see the module docstring)
+    max_skip_share: float = 0.01  # with "skip": more skipped samples than this share of those read is an error
+    retries: int = 3  # re-opens of a remote shard whose read failed (position-exact), before on_error applies
+    retry_backoff_s: float = 1.0  # the first retry's wait, doubling after each
+
+
+# The shards a loader reads: one location, or several weighted ones [(location, weight), ...].
+ShardSources = str | Path | Sequence[tuple[str | Path, float]]
+
+
+def resolve_sources(shards: ShardSources, split: str) -> tuple[dict[str, Any], list[Source]]:
+    """(the first location's manifest, a Source per location with the split's shards). The locations must agree
+    on codec and frame size (their clips share one decoder); a location without the split is left out, unless
+    none has it."""
+    pairs = [(shards, 1.0)] if isinstance(shards, (str, Path)) else [(loc, float(w)) for loc, w in shards]
+    if not pairs:
+        raise ValueError("no shard sources given")
+    first: dict[str, Any] | None = None
+    sources: list[Source] = []
+    missing: list[str] = []
+    for loc, weight in pairs:
+        manifest = read_shard_manifest(loc)
+        if first is None:
+            first = manifest
+        else:
+            mine, theirs = _clip_format(manifest), _clip_format(first)
+            if mine != theirs:
+                raise ValueError(f"shard sources differ in clip format: {pairs[0][0]} {theirs}, {loc} {mine}")
+        try:
+            sources.append(Source(tuple(split_shards(loc, manifest, split)), weight))
+        except ValueError as err:
+            if len(pairs) == 1:
+                raise
+            missing.append(str(err))
+    if not sources:
+        raise ValueError("; ".join(missing))
+    return first, sources
+
+
+def _clip_format(manifest: dict[str, Any]) -> tuple[Any, ...]:
+    return manifest.get("codec", "vp9"), manifest_frame_size(manifest)
 
 
 class ClipLoader:
@@ -186,7 +225,7 @@ class ClipLoader:
 
     def __init__(
         self,
-        shard_dir: str | Path,
+        shard_dir: ShardSources,
         split: str,
         batch_size: int,
         num_frames: int,
@@ -206,8 +245,13 @@ class ClipLoader:
             raise ValueError(f"temporal_crop must be one of {TEMPORAL_CROPS}, got {o.temporal_crop!r}")
         if not 0 <= o.rank < o.world_size:
             raise ValueError(f"rank {o.rank} is outside world size {o.world_size}")
-        manifest = read_shard_manifest(shard_dir)
-        self.shards = split_shards(shard_dir, manifest, split)
+        if not 0 <= o.max_skip_share <= 1:
+            raise ValueError(f"max_skip_share must be in [0, 1], got {o.max_skip_share}")
+        manifest, self.sources = resolve_sources(shard_dir, split)
+        self.shards = [s for src in self.sources for s in src.shards]
+        self.resampled, self.max_skip_share = o.resampled, o.max_skip_share
+        check = _check_sample if o.on_error == "skip" else None
+        self.policy = ReadPolicy(o.on_error, o.retries, o.retry_backoff_s, check)
         self.split = split
         self.codec: str = manifest.get("codec", "vp9")
         self.batch_size = batch_size
@@ -220,7 +264,7 @@ class ClipLoader:
             probe_gpu_decode(first_clip(self.shards[0].path), self.device)
         self.num_threads, self.prefetch, self.shuffle_buffer = o.num_threads, o.prefetch, o.shuffle_buffer
         self.pad_mode, self.temporal_crop = o.pad_mode, o.temporal_crop
-        self.steps_per_epoch = steps_per_epoch([s.num_samples for s in self.shards], o.world_size, batch_size)
+        self.steps_per_epoch = steps_per_epoch(planned_counts(self.sources), o.world_size, batch_size)
         if self.steps_per_epoch == 0:
             total = sum(s.num_samples for s in self.shards)
             raise ValueError(
@@ -229,6 +273,8 @@ class ClipLoader:
         self._epoch = 0
         self._batches = 0  # delivered to the trainer in this epoch
         self._decoder: ClipDecoder | None = None  # positioned at (_epoch, _batches)
+        self._counts_done: Counter[str] = Counter()  # data counts of closed streams, as of their last batch out
+        self._counts_live: dict[str, int] = {}  # the open stream's, as of its last batch out
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -261,17 +307,31 @@ class ClipLoader:
             self._decoder = self._make_decoder()
         decoder = self._decoder
         while self._batches < self.steps_per_epoch:
-            frames, meta = next(decoder)
+            frames, (meta, data_counts) = next(decoder)
             self._batches += 1  # counted before the yield: a batch handed over is delivered
+            if data_counts is not None:
+                self._counts_live = data_counts
+                data_counts = self.data_counts()
+                skips = SkipCounts(data_counts["seen"], {k[8:]: v for k, v in data_counts.items() if k != "seen"})
+                where = f"{self.split} split, rank {self.rank}"
+                check_skip_share(skips, self.max_skip_share, self.steps_per_epoch * self.batch_size, where)
             counts = [min(int(m["num_frames"]), self.num_frames) for m in meta]
-            yield ClipBatch(frames, to_device(torch.tensor(counts, dtype=torch.int64), self.device), meta)
+            counts_t = to_device(torch.tensor(counts, dtype=torch.int64), self.device)
+            yield ClipBatch(frames, counts_t, meta, data_counts)
         self._roll_epoch()
+
+    def data_counts(self) -> dict[str, int]:
+        """Samples read ("seen") and skipped per reason ("skipped_read", "skipped_json", "skipped_video") as of
+        the last batch handed out, since the loader was built (zeros with on_error="raise")."""
+        return dict(SkipCounts().snapshot()) | dict(self._counts_done + Counter(self._counts_live))
 
     def close(self) -> None:
         """Drop the decoder and its prefetched batches; the next iteration rebuilds it at the saved position."""
         if self._decoder is not None:
             self._decoder.close()
             self._decoder = None
+        self._counts_done.update(self._counts_live)
+        self._counts_live = {}
 
     def _roll_epoch(self) -> None:
         if self._batches >= self.steps_per_epoch:
@@ -280,15 +340,25 @@ class ClipLoader:
     def _encoded_batches(self) -> Iterator[EncodedBatch]:
         # Which samples and in which order (sampling.py), from the position the trainer has reached.
         plan = {name: getattr(self, name) for name in ("seed", "rank", "world_size", "batch_size", "shuffle")}
+        counts = SkipCounts()
         stream = batch_stream(
-            self.shards, **plan, buffer_size=self.shuffle_buffer, start_epoch=self._epoch, skip_batches=self._batches
+            self.sources,
+            **plan,
+            buffer_size=self.shuffle_buffer,
+            start_epoch=self._epoch,
+            skip_batches=self._batches,
+            resampled=self.resampled,
+            policy=self.policy,
+            counts=counts,
         )
+        skipping = self.policy.on_error == "skip"
         first = self._epoch * self.steps_per_epoch + self._batches  # the stream's position, in batches
         for n, samples in enumerate(stream, first):
             meta = [_sample_meta(s) for s in samples]
             epoch = n // self.steps_per_epoch  # crops are drawn anew each epoch (crops.py)
             starts = crop_starts(self.temporal_crop, meta, self.num_frames, seed=self.seed, epoch=epoch)
-            yield EncodedBatch([_video_bytes(s) for s in samples], meta, starts)
+            payload = (meta, counts.snapshot() if skipping else None)
+            yield EncodedBatch([_video_bytes(s) for s in samples], payload, starts)
 
     def _make_decoder(self) -> ClipDecoder:
         choice = DecoderChoice(self.backend, self.dali_device)
@@ -305,6 +375,26 @@ def _video_bytes(sample: RawSample) -> bytes:
     )
 
 
+# The first bytes of the containers the decoders read: Matroska/WebM (EBML), MP4/MOV boxes, AVI (RIFF).
+_MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot")
+
+
+def _check_sample(sample: RawSample) -> tuple[str, str] | None:
+    """What makes a sample unusable before decoding, cheaply: (reason, why), or None (on_error="skip" only)."""
+    try:
+        meta = json.loads(sample["json"])
+        if not isinstance(meta, dict) or "num_frames" not in meta:
+            return "json", "its json is not a clip's metadata (no num_frames)"
+    except (KeyError, ValueError, TypeError) as err:
+        return "json", f"no readable json ({type(err).__name__})"
+    data = next((sample[ext] for ext in VIDEO_EXTS if ext in sample), None)
+    if data is None:
+        return "video", f"no video member ({', '.join(VIDEO_EXTS)})"
+    if not (data[:4] == b"\x1a\x45\xdf\xa3" or data[4:8] in _MP4_BOXES or data[:4] == b"RIFF"):
+        return "video", f"its video member ({len(data)} bytes) is not a WebM/Matroska, MP4/MOV or AVI container"
+    return None
+
+
 def _sample_meta(sample: RawSample) -> dict[str, Any]:
     meta = json.loads(sample["json"])
     meta["__key__"] = sample["__key__"]
@@ -312,8 +402,8 @@ def _sample_meta(sample: RawSample) -> dict[str, Any]:
 
 
 def build_clip_loader(
-    shard_dir: str | Path, split: str, batch_size: int, num_frames: int, **options: Any
+    shard_dir: ShardSources, split: str, batch_size: int, num_frames: int, **options: Any
 ) -> ClipLoader:
-    """A ClipLoader for one rank of ``split`` in ``shard_dir`` (see the module docstring); ``options`` are the
-    fields of LoaderOptions, by keyword (rank=, world_size=, seed=, shuffle=, backend=, device=, ...)."""
+    """A ClipLoader for one rank of ``split`` in ``shard_dir`` (a location or [(location, weight), ...]; see the
+    module docstring); ``options`` are the fields of LoaderOptions, by keyword (rank=, world_size=, seed=, ...)."""
     return ClipLoader(shard_dir, split, batch_size, num_frames, LoaderOptions(**options))
