@@ -278,6 +278,7 @@ def test_teacher_trains_on_features_tokens(prepared_shards, features_vocab, feat
     from videobert_ds.eval.run import load_model
     from videobert_ds.inference.text_to_video import GeneratorError, load_generator
     from videobert_ds.model.model_dir import ENCODER_DIR, check_model_dir
+    from videobert_ds.stages.distill_student import StudentStage, StudentStageConfig
     from videobert_ds.stages.finetune import FinetuneStage, FinetuneStageConfig
     from videobert_ds.stages.pretrain_teacher import TeacherStage, TeacherStageConfig
     from videobert_ds.visual.vocab import VisualVocabulary
@@ -320,14 +321,27 @@ def test_teacher_trains_on_features_tokens(prepared_shards, features_vocab, feat
     assert not (final / ENCODER_DIR / "model.safetensors").exists()
     _, params, config, _ = load_model(final, torch.device("cpu"), zero3=False)  # text-only loading works
     assert params > 0 and config.visual_vocab_size == vocab.size
-    # Fine-tuning and evaluation from frames: one line naming the features.
-    ft = load_stage_config(
-        FinetuneStageConfig,
-        resolve_config_path("finetune_tiny"),
-        [f"model.init={final}", f"data.shards={prepared_shards}", f"run.dir={teacher.parent / 'ft'}"],
-    )
-    with pytest.raises(ConfigError, match=r"pre-extracted features \(howto_feats\).*data.tokens"):
-        FinetuneStage(ft).check()
+    # The student and fine-tuning from the export: with the token shards they need no frame encoder; from frames,
+    # one line naming the features.
+    tokens = f"data.tokens={features_tokens / 'tokens'}"
+    for cls, config, stage_cls, init, where in (
+        (FinetuneStageConfig, "finetune_tiny", FinetuneStage, "model.init", "model.init"),
+        (StudentStageConfig, "student_tiny", StudentStage, "teacher.path", "teacher.path"),
+    ):
+        common = [f"{init}={final}", f"data.shards={prepared_shards}", f"run.dir={teacher.parent / config}"]
+        stage = stage_cls(load_stage_config(cls, resolve_config_path(config), common))
+        with pytest.raises(ConfigError, match=rf"^{where}: .*pre-extracted features \(howto_feats\).*data.tokens"):
+            stage.check()
+        stage_cls(load_stage_config(cls, resolve_config_path(config), [*common, tokens])).check()
+    ft_run = teacher.parent / "finetune_tiny"
+    ft_args = [f"model.init={final}", f"data.shards={prepared_shards}", f"run.dir={ft_run}", tokens]
+    ft = FinetuneStage(load_stage_config(FinetuneStageConfig, resolve_config_path("finetune_tiny"), ft_args))
+    ft.check()
+    ft_run.mkdir()
+    ft.setup(ft_run, 0, torch.device("cpu"))
+    assert ft.visual_tokenizer.frames_per_clip == vocab.frames_per_clip
+    with pytest.raises(ValueError, match=r"\(howto_feats\): its words come from token shards, not from frames"):
+        ft.visual_tokenizer(torch.zeros(1, 4, 32, 32, 3, dtype=torch.uint8), torch.tensor([4]))
     ev = load_stage_config(
         EvalStageConfig, resolve_config_path("eval_tiny"), [f"model.dir={final}", f"data.shards={prepared_shards}"]
     )
