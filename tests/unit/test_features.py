@@ -253,6 +253,10 @@ def test_tokenize_a_features_dir(prepared_shards, features_vocab, features_token
     assert report["features"]["missing"] == made["features"]["missing"] == missing
     assert report["features"]["missing_ids"] == made["features"]["missing_ids"]
     assert report["samples"] == made["total"]
+    # A rerun keeps every shard, and the counts of the kept shards stay in the manifest.
+    again = tokenize_features(prepared_shards, features_vocab["features"], features_vocab["vocab"], features_tokens)
+    assert again["skipped"] == len(made["shards"]) and again["written"] == 0
+    assert read_token_manifest(tokens)["features"] == made["features"] == again["features"]
     # The token loader gives the missing video's samples no valid clip (their json says they have frames).
     loader = build_token_loader(tokens, "train", 4, T_TOKENS, shuffle=False)
     for batch in loader:
