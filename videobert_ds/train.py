@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
 
     from videobert_ds.core.distributed import init_distributed
+    from videobert_ds.data.sources import SkippedTooMany
     from videobert_ds.training.preflight import check_train_split
     from videobert_ds.training.trainer import Trainer
 
@@ -137,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"videobert-train: error: {err}", file=sys.stderr)
         dist.destroy_process_group()
         return 2
+    except SkippedTooMany as err:  # this rank's loader skipped past data.max_skip_share; the launcher ends the rest
+        print(f"videobert-train: error: {err}", file=sys.stderr)
+        return 1
     stopped_early = trainer.stopped_early
     del trainer  # releases the ZeRO-3 construction context before the plain export below
 

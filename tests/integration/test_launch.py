@@ -3,7 +3,9 @@ whose `deepspeed` command alone is sent SIGTERM checkpoints and leaves no rank b
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 
 from tests.helpers import REPO
 from tests.helpers.distributed import clean_env, deepspeed_cmd, free_port, launch_env, write_ds_config
+from tests.helpers.http import http_server
 
 PY = sys.executable
 
@@ -63,11 +66,23 @@ def test_mpirun_ranks_meet_through_the_mapping(tmp_path):
 def test_sigterm_to_the_deepspeed_command_alone_stops_every_rank_with_a_checkpoint(prepared_shards, tmp_path):
     """`kill PID` on the `deepspeed` runner ends that process alone (DeepSpeed forwards nothing on one node):
     its launch.py and the ranks used to train on, orphaned. Now the ranks see the runner gone, checkpoint at one
-    agreed step and exit, and launch.py with them."""
+    agreed step and exit, and launch.py with them. The ranks read their shards over HTTP from 127.0.0.1 with
+    data.on_error=skip, one train shard cut short: its lost samples are counted in metrics.jsonl, and the ranks
+    still take equal steps (they agree on the stop step instead of hanging)."""
     run_dir = tmp_path / "run"
+    shards = tmp_path / "shards"
+    shutil.copytree(prepared_shards, shards)
+    listed = json.loads((shards / "manifest.json").read_text())["shards"]
+    cut = shards / next(e["file"] for e in listed if e["split"] == "train")
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 3])
+    server = http_server(shards)
+    url = server.__enter__()
     settings = {
         "run.dir": run_dir,
-        "data.shards": prepared_shards,
+        "data.shards": url,
+        "data.on_error": "skip",
+        "data.max_skip_share": 0.9,
+        "data.retry_backoff_s": 0.01,
         "data.num_threads": 1,
         "schedule.max_steps": 100000,
         "schedule.warmup_steps": 2,
@@ -103,6 +118,7 @@ def test_sigterm_to_the_deepspeed_command_alone_stops_every_rank_with_a_checkpoi
         for p in tree:
             if p.is_running():
                 p.kill()
+        server.__exit__(None, None, None)
     out = log_path.read_text()
     assert took < 90, f"the ranks took {took:.0f} s to stop"
     assert f"the runner launcher (pid {runner.pid}) is gone" in out, out[-4000:]
@@ -112,3 +128,6 @@ def test_sigterm_to_the_deepspeed_command_alone_stops_every_rank_with_a_checkpoi
     tag = (run_dir / "checkpoints" / "latest").read_text()
     assert tag == f"step{step:08d}" and (run_dir / "checkpoints" / tag / "COMPLETE").is_file()
     assert not (run_dir / "final").exists()  # a stopped run is not exported; resume it with the same command
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["data/skipped_read"] > 0 and rows[0]["data/seen"] > rows[0]["data/skipped_read"]
+    assert rows[-1]["data/skipped_share"] <= 0.9

@@ -8,16 +8,15 @@ import io
 import logging
 import shutil
 import tarfile
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import ExitStack
 from itertools import islice
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.http import http_server
 from videobert_ds.core.config import ConfigError, check_shard_dir
 from videobert_ds.data.loader import build_clip_loader, read_shard_manifest, split_shards
 from videobert_ds.data.sampling import Source, batch_stream, plan_epoch, planned_counts, read_shards, steps_per_epoch
@@ -27,45 +26,11 @@ SPLIT = "train"
 FAST = ReadPolicy(retries=3, backoff_s=0.01)
 
 
-class _Handler(SimpleHTTPRequestHandler):
-    """Serves a folder; the first GET of a path in `drop` sends its headers (full Content-Length) and only
-    `drop_after` bytes, then closes the connection, as a failing server or proxy does mid-transfer."""
-
-    drop: set[str] = set()
-    drop_after = 0
-    requests: Counter[str] = Counter()
-
-    def log_message(self, *args) -> None:  # keep the test output quiet
-        pass
-
-    def copyfile(self, source, outputfile) -> None:
-        name = self.path.rsplit("/", 1)[-1]
-        self.requests[name] += 1
-        if name in self.drop and self.requests[name] == 1:
-            outputfile.write(source.read(self.drop_after))
-            outputfile.flush()
-            self.close_connection = True
-            return
-        shutil.copyfileobj(source, outputfile)
-
-
 @pytest.fixture
 def serve() -> Iterator:
     """serve(folder, drop=(), drop_after=0) -> base URL of a real HTTP server on 127.0.0.1 serving `folder`."""
-    servers = []
-
-    def start(folder: Path, drop: tuple[str, ...] = (), drop_after: int = 0) -> str:
-        handler = type("H", (_Handler,), {"drop": set(drop), "drop_after": drop_after, "requests": Counter()})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(folder)))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        start.handler = handler
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    with ExitStack() as stack:
+        yield lambda *args, **kw: stack.enter_context(http_server(*args, **kw))
 
 
 def keys(location, split: str = SPLIT, policy: ReadPolicy = FAST, counts: SkipCounts | None = None) -> list[str]:

@@ -9,7 +9,6 @@ frame of a clip, so motion is kept): what a clip shows must not depend on where 
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,9 @@ class VideoEncoderStage(Stage):
             raise ConfigError(
                 f"data.num_frames ({d.num_frames}) is shorter than one clip (model.frames_per_clip {m.frames_per_clip})"
             )
-        manifest = json.loads((Path(d.shards) / "manifest.json").read_text())
+        from videobert_ds.data.loader import read_shard_manifest  # a folder or a URL, pattern, pipe: (sources.py)
+
+        manifest = read_shard_manifest(d.shards)
         size = manifest.get("size")
         size = size[0] if isinstance(size, (list, tuple)) else size
         if size is not None and int(size) != m.image_size:

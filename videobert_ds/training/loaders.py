@@ -42,7 +42,7 @@ def build_split_loader(
             device=env.device,
         )
     return build_clip_loader(
-        d.shards,
+        d.shard_sources(),  # data.shards, or the weighted data.sources
         split,
         batch_size,
         d.num_frames,
@@ -56,6 +56,11 @@ def build_split_loader(
         prefetch=d.prefetch,
         shuffle_buffer=d.shuffle_buffer,
         temporal_crop=temporal_crop or (d.temporal_crop if shuffle else "center"),
+        resampled=shuffle and d.sampling == "resampled",  # validation reads its split once, in order
+        on_error=d.on_error,
+        max_skip_share=d.max_skip_share,
+        retries=d.read_retries,
+        retry_backoff_s=d.retry_backoff_s,
     )
 
 

@@ -36,6 +36,18 @@ def reduce_means(sums: dict[str, torch.Tensor], count: int, prefix: str) -> dict
     return {f"{prefix}{k}": v for k, v in zip(keys, values, strict=True)}
 
 
+def reduce_counts(counts: dict[str, int], device: torch.device) -> dict[str, float]:
+    """Counts summed over the ranks (one all-reduce) as `data/<name>` scalars, plus `data/skipped_share`: the skipped
+    samples' share of those read."""
+    keys = sorted(counts)
+    summed = torch.tensor([float(counts[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(summed)
+    out = {f"data/{k}": v for k, v in zip(keys, summed.tolist(), strict=True)}
+    skipped = sum(v for k, v in out.items() if k.startswith("data/skipped_"))
+    out["data/skipped_share"] = skipped / max(out.get("data/seen", 0.0), 1.0)
+    return out
+
+
 class MetricsLogger:
     """Decides when the training curves are written and writes them; owns the run's Monitor."""
 
@@ -43,13 +55,21 @@ class MetricsLogger:
         self.sched = sched
         self.rank = env.rank
         self.monitor = Monitor(run_dir, env.rank, env.device, env.world_size, start_step)
+        self.device = env.device
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
+        self._data: dict[str, int] | None = None  # the loader's samples read / skipped (data.on_error: skip)
 
     def record(self, out: dict[str, Any]) -> None:
         """One micro-step's outputs (every micro-step counts, accumulation steps included)."""
         add_scalars(self._sums, out)
         self._count += 1
+
+    def record_data(self, counts: dict[str, int] | None) -> None:
+        """The loader's data counts as of the latest batch (ClipBatch.data_counts; None with on_error "raise", the
+        same on every rank, so the ranks agree on whether log steps reduce them)."""
+        if counts is not None:
+            self._data = counts
 
     def should_log(self, step: int) -> bool:
         return step % self.sched.log_every == 0 or step == self.sched.max_steps
@@ -62,6 +82,8 @@ class MetricsLogger:
         if grad_norm is not None:
             scalars["train/grad_norm"] = float(grad_norm)
         scalars.update(self.monitor.throughput(timer))
+        if self._data is not None:
+            scalars.update(reduce_counts(self._data, self.device))
         self.monitor.scalars(step, scalars)
         if self.rank == 0:
             log.info(

@@ -84,6 +84,7 @@ class Trainer:
             wait_started = time.perf_counter()
             batch = next(batches)
             timer.data_ready(wait_started)  # waiting for the loader; make_inputs below is device work
+            metrics.record_data(getattr(batch, "data_counts", None))  # samples read / skipped (on_error: skip)
             inputs = self.stage.make_inputs(batch, env.device)
             tokens, flops = self.stage.step_stats(inputs)
             key_log.write(step, batch)
