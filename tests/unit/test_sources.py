@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.http import http_server
-from videobert_ds.core.config import ConfigError, check_shard_dir
+from videobert_ds.core.config import ConfigError, DataConfig, StageConfig, check_paths, check_shard_dir, from_dict
 from videobert_ds.data.loader import build_clip_loader, read_shard_manifest, split_shards
 from videobert_ds.data.sampling import Source, batch_stream, plan_epoch, planned_counts, read_shards, steps_per_epoch
 from videobert_ds.data.sources import ReadPolicy, ShardInfo, SkipCounts, SkippedTooMany, read_shard
+from videobert_ds.data.text import shard_texts
 
 SPLIT = "train"
 FAST = ReadPolicy(retries=3, backoff_s=0.01)
@@ -80,6 +81,8 @@ def test_http_dir_pattern_pipe_and_fsspec_give_the_local_samples(prepared_shards
         read_shard_manifest(f"{url}/nope")
     with pytest.raises(ValueError, match="unknown protocol"):
         read_shard_manifest("nosuchproto://bucket/shards")
+    # the teacher's tokenizer texts read over HTTP too
+    assert list(shard_texts(url)) == list(shard_texts(prepared_shards))
     # the config check reads only the manifest of a remote location
     check_shard_dir(url)
     check_shard_dir(pattern)
@@ -218,3 +221,18 @@ def test_on_error_skip_counts_bad_shards_and_samples_keeps_steps_equal(prepared_
     with pytest.raises(SkippedTooMany) as err:
         list(tight)
     assert "\n" not in str(err.value) and "data.max_skip_share=0" in str(err.value)
+
+
+def test_data_config_sources_and_checks(prepared_shards, tmp_path):
+    given = {"sources": [{"shards": str(prepared_shards), "weight": 2}, {"shards": str(tmp_path / "x")}]}
+    cfg = from_dict(DataConfig, given)
+    assert cfg.shards == str(prepared_shards)  # data.shards defaults to the first source
+    assert cfg.shard_sources() == [(str(prepared_shards), 2.0), (str(tmp_path / "x"), 1.0)]
+    with pytest.raises(ConfigError, match=r"^data.sources: no shard directory at .*x \(missing manifest.json\)$"):
+        check_paths(StageConfig(data=cfg))
+    with pytest.raises(ConfigError, match=r"weight of a must be > 0"):
+        from_dict(DataConfig, {"sources": [{"shards": "a", "weight": 0}]})
+    with pytest.raises(ConfigError, match="max_skip_share"):
+        from_dict(DataConfig, {"max_skip_share": 2})
+    with pytest.raises(ConfigError, match="sampling: 'sometimes' is not one of epoch, resampled"):
+        from_dict(DataConfig, {"sampling": "sometimes"}, "data")

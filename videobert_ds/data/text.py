@@ -35,7 +35,18 @@ def tar_json_members(fileobj: BinaryIO) -> Iterator[tuple[str, bytes]]:
 
 def shard_texts(shard_dir: str | Path, split: str = "train") -> Iterator[str]:
     """Transcript sentences of a split, read from the local shards' json members only: the video bytes are
-    seeked past, never read (a WordPiece tokenizer over a large corpus must not read it whole)."""
+    seeked past, never read (a WordPiece tokenizer over a large corpus must not read it whole). A remote location
+    (URL, pattern, pipe:; data/sources.py) is a stream without seeks: its clips are read through too."""
+    from videobert_ds.core import remote
+
+    if not remote.is_local(str(shard_dir)) or remote.names_list(str(shard_dir)):
+        from videobert_ds.data.sources import read_manifest, read_shard, split_shards
+
+        for info in split_shards(shard_dir, read_manifest(shard_dir), split):
+            for sample in read_shard(info):
+                if text := json.loads(sample["json"]).get("text", ""):
+                    yield text
+        return
     manifest = json.loads((Path(shard_dir) / "manifest.json").read_text())
     paths = [Path(shard_dir) / s["file"] for s in manifest["shards"] if s["split"] == split]
     if not paths:
