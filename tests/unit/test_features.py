@@ -269,6 +269,8 @@ def test_tokenize_a_features_dir(prepared_shards, features_vocab, features_token
     np.save(other / "v.npy", np.zeros((4, 8), np.float32))
     with pytest.raises(ConfigError, match=r"^visual.encoder: .*feature_dim 16 != 8[^\n]*$"):
         tokenize_features(prepared_shards, other, features_vocab["vocab"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"^data.shards: a features vocabulary needs a local shard dir"):
+        tokenize_features("http://127.0.0.1:9/shards", features_vocab["features"], features_vocab["vocab"], tmp_path)
 
 
 def test_teacher_trains_on_features_tokens(prepared_shards, features_vocab, features_tokens):

@@ -83,6 +83,9 @@ class TokenizeStage(Stage):
         from videobert_ds.visual.loading import encoder_problem  # autoencoder dir, S3D weights or S3D encoder dir
 
         if self.from_features():
+            if not Path(self.cfg.data.shards).is_dir():  # the json members are read by seeking in the local tars
+                shards = self.cfg.data.shards
+                raise ConfigError(f"data.shards: a features vocabulary needs a local shard dir, got {shards}")
             self.features_source()  # the features dir the vocabulary was built on: one line otherwise
         else:
             problem = encoder_problem("auto", v.encoder, meta["encoder"])
