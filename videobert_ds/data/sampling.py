@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import islice
 
 import numpy as np
 
-from videobert_ds.data.sources import RawSample, ReadPolicy, ShardInfo, SkipCounts, read_shard
+from videobert_ds.data.sources import RawSample, ReadPolicy, ShardInfo, SkipCounts, read_shards_ahead
 
 __all__ = [
     "EpochPlan",
@@ -192,8 +192,7 @@ def read_shards(
 ) -> Iterator[RawSample]:
     """Samples of the shards in order, read by the webdataset library (sources.read_shard: local paths or URLs,
     retried, checked against the manifest counts; `policy` says what a bad shard or sample does)."""
-    policy = policy or ReadPolicy()
-    return chain.from_iterable(read_shard(s, policy, counts) for s in shards)
+    return read_shards_ahead(list(shards), policy or ReadPolicy(), counts)
 
 
 def shuffle_buffer(samples: Iterator[RawSample], size: int, rng: np.random.Generator) -> Iterator[RawSample]:

@@ -167,18 +167,19 @@ def _samples(stream: Any, url: str) -> Iterator[RawSample]:
 
 
 def read_shard(
-    shard: ShardInfo, policy: ReadPolicy = ReadPolicy(), counts: SkipCounts | None = None
+    shard: ShardInfo, policy: ReadPolicy = ReadPolicy(), counts: SkipCounts | None = None, opened: Any = None
 ) -> Iterator[RawSample]:
-    """The good samples of one shard in tar order (see the module docstring for retries and on_error)."""
+    """The good samples of one shard in tar order (see the module docstring for retries and on_error). `opened`: a
+    stream of the shard opened ahead (read_ahead), used for the first attempt and closed in any case."""
     counts = counts if counts is not None else SkipCounts()
     path = str(shard.path)
     retries = 0 if remote.is_local(path) else policy.retries
     position = 0  # samples of this shard read so far (handed on or skipped): a re-open skips this many
     failures = 0
     while True:
-        stream = None
+        stream, opened = opened, None
         try:
-            stream = open_tar(path)
+            stream = stream or open_tar(path)
             for i, sample in enumerate(_samples(stream, path)):
                 if i < position:
                     continue  # handed on before the read failed
@@ -220,6 +221,32 @@ def read_shard(
             if stream is not None:
                 with contextlib.suppress(Exception):  # a pipe closed early reports its child's status
                     stream.close()
+
+
+def opens_ahead(path: str) -> bool:
+    """Whether opening a shard early pays: gopen's curl and pipe: children start transferring at once (into the pipe
+    buffer), so the next shard's start-up (process, connection, first bytes) overlaps reading the current one."""
+    return remote.scheme(path) in remote.GOPEN_SCHEMES
+
+
+def read_shards_ahead(
+    shards: list[ShardInfo], policy: ReadPolicy, counts: SkipCounts | None = None
+) -> Iterator[RawSample]:
+    """read_shard over `shards` in order, each remote shard's stream opened while the one before is read."""
+    ahead: Any = None
+    try:
+        for i, shard in enumerate(shards):
+            stream, ahead = ahead, None
+            nxt = shards[i + 1] if i + 1 < len(shards) else None
+            for n, sample in enumerate(read_shard(shard, policy, counts, stream)):
+                if n == 0 and nxt is not None and opens_ahead(str(nxt.path)):
+                    with contextlib.suppress(OSError):  # a failed early open is retried by read_shard
+                        ahead = open_tar(str(nxt.path))
+                yield sample
+    finally:
+        if ahead is not None:
+            with contextlib.suppress(Exception):
+                ahead.close()
 
 
 def check_skip_share(counts: SkipCounts, max_share: float, floor: int, where: str) -> None:
