@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
 from tests.helpers import REPO
 
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
@@ -110,3 +112,19 @@ def read_metrics(run_dir: Path) -> dict[int, dict]:
         row = json.loads(line)
         by_step.setdefault(row.pop("step"), {}).update(row)
     return by_step
+
+
+def launcher_tree(pid: int) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """The `deepspeed` runner's launch.py and rank processes under `pid`, as (launchers, ranks). Short-lived
+    children (a rank's curl reading remote shards) may exit or be a zombie while the tree is walked: skipped."""
+    launchers, ranks = [], []
+    for proc in psutil.Process(pid).children(recursive=True):
+        try:
+            args = proc.cmdline()
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+        if any(a.startswith("--local_rank") for a in args):
+            ranks.append(proc)
+        elif "deepspeed.launcher.launch" in args:
+            launchers.append(proc)
+    return launchers, ranks

@@ -9,7 +9,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
@@ -18,6 +17,7 @@ from tests.helpers.distributed import (
     assert_trained_in_bf16,
     deepspeed_cmd,
     launch_env,
+    launcher_tree,
     read_metrics,
     run_training,
     write_ds_config,
@@ -220,11 +220,7 @@ def test_sigusr1_checkpoints_and_exits_cleanly(prepared_shards, ds_config, tmp_p
             time.sleep(0.5)
         else:
             pytest.fail("training never started")
-        ranks = [
-            p
-            for p in psutil.Process(launcher.pid).children(recursive=True)
-            if any(a.startswith("--local_rank") for a in p.cmdline())
-        ]
+        _, ranks = launcher_tree(launcher.pid)
         assert len(ranks) == 2
         for p in ranks:  # as SLURM does: every task gets the warning signal
             p.send_signal(signal.SIGUSR1)
