@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if env.rank == 0:
             save_config(cfg, run_dir / "config.yaml")
         stage.run(run_dir, env.rank, env.world_size, env.device)
+        dist.barrier()  # no rank tears the group down while another still writes (e.g. rank 0's report)
         dist.destroy_process_group()
         return 0
 
