@@ -42,7 +42,7 @@ bench-kmeans: setup
 
 # videobert-prepare beside one plain ffmpeg command a clip on the same synthetic videos (videos/s, clips/s per core).
 bench-prepare: setup
-	command -v ffmpeg >/dev/null || $(PY) -m pip install -q imageio-ffmpeg
+	command -v ffmpeg >/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m videobert_ds.bench.prepare
 
 bench-train: demo

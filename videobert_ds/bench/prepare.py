@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cpus])
     ffmpeg = find_ffmpeg()
     if ffmpeg is None:
-        print("bench.prepare: error: no ffmpeg on PATH (apt install ffmpeg, or pip install imageio-ffmpeg)",
+        print("bench.prepare: error: no ffmpeg on PATH (apt install ffmpeg, or pip install -e '.[bench]')",
               file=sys.stderr)  # fmt: skip
         return 2
     from videobert_ds.data.synth import synthesize
