@@ -30,9 +30,12 @@ format: setup
 	.venv/bin/ruff check --fix .
 	.venv/bin/ruff format .
 
-# One table of every CPU-sized benchmark (loaders, visual-word assignment, ZeRO-3 vs ZeRO-0 step and memory).
+# One table of every CPU-sized benchmark (loaders, visual-word assignment, ZeRO-3 vs ZeRO-0 step and memory),
+# then prepare's throughput beside plain ffmpeg (its own table).
 bench: demo
 	$(PY) -m videobert_ds.bench
+	command -v ffmpeg >/dev/null || $(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m videobert_ds.bench.prepare
 
 bench-data: setup
 	$(PY) -m videobert_ds.bench.data
