@@ -8,12 +8,21 @@ that the pixels show.
 
 Everything is a pure function of (seed, video index): the same seed gives byte-identical
 manifest and transcripts and the same decoded frames; a video does not depend on N.
+
+`Realism` (all off by default, which leaves the corpus above unchanged) makes it look more like real
+narrated video (HowTo100M's ASR): a share of cues that talk about something else, cues offset in time
+from their action, a second, un-narrated object in each scene, and a small grey shape moving where
+nothing is said about it. The ground-truth labels and QA always stay those of the narrated object.
+Narration noise and offset touch only the `noisy_splits` (train by default), so the evaluation's
+references stay clean; each option draws from its own random stream, so enabling one changes nothing
+the others draw, and a higher noise share narrates over a superset of the lower share's noisy cues.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import json
 import multiprocessing
@@ -83,6 +92,80 @@ _FRAMES_LATER: tuple[str, ...] = (  # connectives only make sense after the firs
     "and then a {c} {s} {v3} {m}",
     "next the {c} {s} {v3} {m}",
 )
+# Off-screen talk for narration noise: no attribute word (colour, shape, direction), so a noisy cue says
+# nothing, right or wrong, about the clip.
+CHATTER: tuple[str, ...] = (
+    "hi everyone and welcome back to the channel",
+    "thanks for watching and see you next time",
+    "sorry my phone is ringing give me a second",
+    "i bought this one at the market last week",
+    "let me know in the comments what you think",
+    "this is my favourite part to be honest",
+    "okay where was i",
+    "my cat keeps walking over the table",
+    "it is so hot in the kitchen today",
+    "hold on let me fix the camera",
+    "we filmed this on a sunday morning",
+    "a friend sent me this idea a while ago",
+    "i think the light is better now",
+    "you can find the link in the description",
+    "that was a lot of fun to make",
+    "can you hear the rain outside",
+    "we will talk about that another time",
+    "the music in the background is by a friend",
+    "i hope you are all doing well",
+    "oh i almost forgot to mention something",
+    "let us take a short break",
+    "it always looks easier than it is",
+    "remember to subscribe if you like these videos",
+    "my kids love watching this with me",
+)
+NOISY_SPLITS: tuple[str, ...] = ("train",)
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Realism:
+    """Options that make the corpus harder and more like real narrated video; the defaults change nothing."""
+
+    narration_noise: float = 0.0  # share of cues (on noisy splits) replaced by off-screen talk
+    narration_offset: float = 0.0  # max shift in seconds of a cue from its action (noisy splits)
+    two_objects: bool = False  # a second, smaller, still object of another colour and shape in each event
+    distractor_motion: bool = False  # a small grey shape crossing the frame another way in each event
+    noisy_splits: tuple[str, ...] = NOISY_SPLITS  # splits whose narration gets noise and offset
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.narration_noise <= 1.0:
+            raise ValueError(f"narration_noise must be in [0, 1], got {self.narration_noise}")
+        if not self.narration_offset >= 0.0:
+            raise ValueError(f"narration_offset must be >= 0 seconds, got {self.narration_offset}")
+        unknown = set(self.noisy_splits) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown split(s) {sorted(unknown)} in noisy_splits; expected some of {SPLITS}")
+
+
+@dataclass(frozen=True)
+class StillObject:
+    """An un-narrated object that stays put for its event; position as fractions of the free range."""
+
+    colour: str
+    shape: str
+    size_frac: float
+    x: float
+    y: float
+
+
+@dataclass(frozen=True)
+class Distractor:
+    """A small low-saturation shape crossing the frame during its event, never narrated."""
+
+    grey: int
+    shape: str
+    size_frac: float
+    motion: str
+    track: float
+
+
 _QUESTIONS: dict[str, tuple[str, ...]] = {
     "colour": ("what colour is the shape that moves {m}?", "what colour is the {s}?"),
     "shape": ("what shape is the {c} object?", "which shape moves {m}?"),
@@ -105,6 +188,9 @@ class EventPlan:
     cue_end: float
     sentence: str
     qa: dict
+    narrated: bool = True  # False: the cue is off-screen talk (narration noise), not this event
+    still: StillObject | None = None  # two_objects
+    distractor: Distractor | None = None  # distractor_motion
 
 
 @dataclass(frozen=True)
@@ -169,8 +255,56 @@ def _plan_event(rng: np.random.Generator, start: float, end: float, prev: EventP
     )
 
 
-def plan_video(seed: int, index: int) -> VideoPlan:
-    """The full description of video `index` under `seed` (independent of the corpus size)."""
+def _realism_rng(seed: int, index: int, stream: int) -> np.random.Generator:
+    """One stream per option (2.. ; 1 is the frame noise), so options never shift each other's draws."""
+    return np.random.default_rng([seed, index, stream])
+
+
+def _apply_realism(
+    events: list[EventPlan], realism: Realism, seed: int, index: int, split: str, background: tuple[int, ...]
+) -> list[EventPlan]:
+    duration = events[-1].end
+    grey = sum(background) / len(background)
+    noisy = split in realism.noisy_splits
+    noise_rng, offset_rng = _realism_rng(seed, index, 2), _realism_rng(seed, index, 3)
+    still_rng, distractor_rng = _realism_rng(seed, index, 4), _realism_rng(seed, index, 5)
+    out = []
+    for e in events:
+        changes: dict = {}
+        # Draw for every event whatever the settings, so a share of 0.6 keeps 0.3's noisy cues and their text.
+        u, chatter = float(noise_rng.uniform()), _pick(noise_rng, CHATTER)
+        shift = float(offset_rng.uniform(-1.0, 1.0)) * realism.narration_offset
+        if noisy and u < realism.narration_noise:
+            changes.update(sentence=chatter, narrated=False)
+        if noisy and realism.narration_offset > 0:
+            # Clipped so the cue stays whole inside the video: its length never changes.
+            shift = min(max(shift, -e.cue_start), duration - e.cue_end)
+            changes.update(cue_start=round(e.cue_start + shift, 3), cue_end=round(e.cue_end + shift, 3))
+        if realism.two_objects:
+            changes["still"] = StillObject(
+                colour=_pick(still_rng, tuple(c for c in COLOURS if c != e.colour)),
+                shape=_pick(still_rng, tuple(s for s in SHAPES if s != e.shape)),
+                size_frac=round(e.size_frac * float(still_rng.uniform(0.55, 0.7)), 3),
+                x=round(float(still_rng.uniform(0.0, 1.0)), 3),
+                y=round(float(still_rng.uniform(0.0, 1.0)), 3),
+            )
+        if realism.distractor_motion:
+            # Darker or lighter than the background, unsaturated: it moves, but has none of the four colours.
+            sign = 1 if distractor_rng.integers(0, 2) else -1
+            changes["distractor"] = Distractor(
+                grey=int(np.clip(grey + sign * distractor_rng.integers(60, 81), 15, 240)),
+                shape=_pick(distractor_rng, SHAPES),
+                size_frac=round(float(distractor_rng.uniform(0.14, 0.2)), 3),
+                motion=_pick(distractor_rng, tuple(m for m in MOTIONS if m != e.motion)),
+                track=round(float(distractor_rng.uniform(0.1, 0.9)), 3),
+            )
+        out.append(dataclasses.replace(e, **changes) if changes else e)
+    return out
+
+
+def plan_video(seed: int, index: int, realism: Realism | None = None, split: str = "train") -> VideoPlan:
+    """The full description of video `index` under `seed` (independent of the corpus size). `split` matters
+    only to narration noise and offset, which touch `realism.noisy_splits` alone."""
     rng = _video_rng(seed, index)
     # Cycle sizes, rates and audio from a per-seed offset so even a small corpus covers them all.
     width, height = RESOLUTIONS[(index + seed) % len(RESOLUTIONS)]
@@ -186,6 +320,8 @@ def plan_video(seed: int, index: int) -> VideoPlan:
         end = round(t + length, 1)
         events.append(_plan_event(rng, t, end, events[-1] if events else None))
         t = end
+    if realism is not None and realism != Realism(noisy_splits=realism.noisy_splits):
+        events = _apply_realism(events, realism, seed, index, split, background)
     return VideoPlan(
         id=f"synth_{index:05d}",
         width=width,
@@ -222,21 +358,49 @@ def shape_mask(shape: str, size: int) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
-def event_centre(plan: VideoPlan, event: EventPlan, t: float) -> tuple[float, float]:
-    """Shape centre (x, y) in pixels at time t: a straight crossing over the event's span."""
-    size = _shape_size(plan, event)
+def _crossing(plan: VideoPlan, size: int, motion: str, track: float, p: float) -> tuple[float, float]:
+    """Centre (x, y) of a shape of side `size` a fraction p of the way along a straight crossing."""
     lo_x, hi_x = size / 2 + 2, plan.width - size / 2 - 2
     lo_y, hi_y = size / 2 + 2, plan.height - size / 2 - 2
-    p = min(max((t - event.start) / (event.end - event.start), 0.0), 1.0)
-    if event.motion in ("left", "right"):
-        x0, x1 = (hi_x, lo_x) if event.motion == "left" else (lo_x, hi_x)
-        return x0 + (x1 - x0) * p, lo_y + (hi_y - lo_y) * event.track
-    y0, y1 = (hi_y, lo_y) if event.motion == "up" else (lo_y, hi_y)
-    return lo_x + (hi_x - lo_x) * event.track, y0 + (y1 - y0) * p
+    if motion in ("left", "right"):
+        x0, x1 = (hi_x, lo_x) if motion == "left" else (lo_x, hi_x)
+        return x0 + (x1 - x0) * p, lo_y + (hi_y - lo_y) * track
+    y0, y1 = (hi_y, lo_y) if motion == "up" else (lo_y, hi_y)
+    return lo_x + (hi_x - lo_x) * track, y0 + (y1 - y0) * p
+
+
+def _progress(event: EventPlan, t: float) -> float:
+    return min(max((t - event.start) / (event.end - event.start), 0.0), 1.0)
+
+
+def event_centre(plan: VideoPlan, event: EventPlan, t: float) -> tuple[float, float]:
+    """Shape centre (x, y) in pixels at time t: a straight crossing over the event's span."""
+    return _crossing(plan, _shape_size(plan, event), event.motion, event.track, _progress(event, t))
+
+
+def distractor_centre(plan: VideoPlan, event: EventPlan, t: float) -> tuple[float, float]:
+    """The event's distractor's centre (x, y) at time t (it crosses the frame over the event's span)."""
+    d = event.distractor
+    if d is None:
+        raise ValueError("event has no distractor")
+    return _crossing(plan, _side(plan, d.size_frac), d.motion, d.track, _progress(event, t))
+
+
+def still_centre(plan: VideoPlan, event: EventPlan) -> tuple[float, float]:
+    """The event's still object's centre (x, y)."""
+    o = event.still
+    if o is None:
+        raise ValueError("event has no still object")
+    size = _side(plan, o.size_frac)
+    return size / 2 + 2 + (plan.width - size - 4) * o.x, size / 2 + 2 + (plan.height - size - 4) * o.y
+
+
+def _side(plan: VideoPlan, size_frac: float, minimum: int = 8) -> int:
+    return max(minimum, round(min(plan.width, plan.height) * size_frac))
 
 
 def _shape_size(plan: VideoPlan, event: EventPlan) -> int:
-    return max(8, round(min(plan.width, plan.height) * event.size_frac))
+    return _side(plan, event.size_frac)
 
 
 def event_at(plan: VideoPlan, t: float) -> EventPlan:
@@ -258,15 +422,34 @@ def render_frames(plan: VideoPlan, seed: int, index: int) -> Iterator[np.ndarray
         # Light luma noise: real-looking texture without drowning the shape's colour.
         noise = noise_rng.integers(-4, 5, size=(plan.height, plan.width, 1), dtype=np.int16)
         frame = np.clip(base + noise, 0, 255).astype(np.uint8)
-        key = (event.shape, _shape_size(plan, event))
-        if key not in masks:
-            masks[key] = shape_mask(*key)
-        mask = masks[key]
-        size = mask.shape[0]
-        cx, cy = event_centre(plan, event, t)
-        x0, y0 = int(round(cx - size / 2)), int(round(cy - size / 2))
-        frame[y0 : y0 + size, x0 : x0 + size][mask] = COLOUR_RGB[event.colour]
+        # Un-narrated things first: the narrated shape is drawn on top and never hidden.
+        if event.still is not None:
+            o = event.still
+            _stamp(frame, masks, o.shape, _side(plan, o.size_frac), still_centre(plan, event), COLOUR_RGB[o.colour])
+        if event.distractor is not None:
+            d = event.distractor
+            grey = (d.grey,) * 3
+            _stamp(frame, masks, d.shape, _side(plan, d.size_frac, 4), distractor_centre(plan, event, t), grey)
+        _stamp(
+            frame, masks, event.shape, _shape_size(plan, event), event_centre(plan, event, t), COLOUR_RGB[event.colour]
+        )
         yield frame
+
+
+def _stamp(
+    frame: np.ndarray,
+    masks: dict[tuple[str, int], np.ndarray],
+    shape: str,
+    size: int,
+    centre: tuple[float, float],
+    rgb: tuple[int, int, int],
+) -> None:
+    """Paint `shape` of side `size` centred at `centre` (inside the frame by construction) in `rgb`."""
+    key = (shape, size)
+    if key not in masks:
+        masks[key] = shape_mask(*key)
+    x0, y0 = int(round(centre[0] - size / 2)), int(round(centre[1] - size / 2))
+    frame[y0 : y0 + size, x0 : x0 + size][masks[key]] = rgb
 
 
 def _srt_time(seconds: float) -> str:
@@ -278,10 +461,12 @@ def _srt_time(seconds: float) -> str:
 
 
 def srt_text(plan: VideoPlan) -> str:
-    """The SRT transcript: one cue per event, aligned to it within a small jitter."""
+    """The SRT transcript: one cue per event, aligned to it within a small jitter (or offset by Realism),
+    in time order."""
+    events = sorted(plan.events, key=lambda e: (e.cue_start, e.cue_end))  # stable: unchanged without offsets
     cues = [
         f"{n}\n{_srt_time(e.cue_start)} --> {_srt_time(e.cue_end)}\n{e.sentence}\n"
-        for n, e in enumerate(plan.events, start=1)
+        for n, e in enumerate(events, start=1)
     ]
     return "\n".join(cues)
 
@@ -299,6 +484,7 @@ def manifest_record(plan: VideoPlan, split: str) -> dict:
                 "end": e.end,
                 "labels": {"colour": e.colour, "shape": e.shape, "motion": e.motion},
                 "qa": e.qa,
+                **({} if e.narrated else {"narrated": False}),  # only with narration noise: its cue is off-topic
             }
             for e in plan.events
         ],
@@ -383,19 +569,27 @@ def write_video(plan: VideoPlan, path: Path, seed: int, index: int) -> None:
             _encode_tone(container, audio, plan.num_frames / plan.fps, 220.0 * (1 + (seed + index) % 4))
 
 
-def _write_one(out_dir: Path, seed: int, index: int, split: str) -> dict:
+def _write_one(out_dir: Path, seed: int, realism: Realism | None, index: int, split: str) -> dict:
     """Render, encode and write video `index` and its SRT; returns its manifest record (a worker's whole job)."""
-    plan = plan_video(seed, index)
+    plan = plan_video(seed, index, realism, split)
     write_video(plan, out_dir / "videos" / f"{plan.id}.mp4", seed, index)
     write_text(out_dir / "transcripts" / f"{plan.id}.srt", srt_text(plan))
     return manifest_record(plan, split)
 
 
-def synthesize(out_dir: Path, num_videos: int, seed: int, progress: bool | None = None, workers: int = 1) -> Path:
+def synthesize(
+    out_dir: Path,
+    num_videos: int,
+    seed: int,
+    progress: bool | None = None,
+    workers: int = 1,
+    realism: Realism | None = None,
+) -> Path:
     """Write `num_videos` narrated videos, their SRTs and `manifest.jsonl` under out_dir; return the manifest.
 
     `workers` > 1 encodes videos in that many processes; every video is a pure function of (seed, index),
-    so the output is byte-identical to a single-process run."""
+    so the output is byte-identical to a single-process run. `realism` (None: all off) adds narration noise,
+    offsets, a second object and distractor motion (see Realism)."""
     if num_videos < 1:
         raise ValueError(f"num_videos must be >= 1, got {num_videos}")
     if workers < 1:
@@ -405,7 +599,7 @@ def synthesize(out_dir: Path, num_videos: int, seed: int, progress: bool | None 
     (out_dir / "transcripts").mkdir(parents=True, exist_ok=True)
     if progress is None:
         progress = sys.stderr.isatty()
-    job = functools.partial(_write_one, out_dir, seed)
+    job = functools.partial(_write_one, out_dir, seed, realism)
     args = (range(num_videos), assign_splits(num_videos, seed))
     with contextlib.ExitStack() as stack:
         mapper = map
