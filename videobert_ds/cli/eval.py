@@ -2,8 +2,10 @@
 
     videobert-eval --model MODEL_DIR --shards SHARDS --split test --out REPORT.json
     deepspeed --num_gpus 2 videobert_ds/evaluate.py --model ... (or torchrun / srun / mpirun): ranks share the work
+    videobert-eval --protocol youcook2-zeroshot|youcook2-caption|msrvtt-1ka [--split-file CSV] --model ... --shards ...
 
-The work is videobert_ds.eval.run (its docstring describes the tasks and their baselines).
+The work is videobert_ds.eval.run (its docstring describes the tasks and their baselines); a standard protocol's is
+videobert_ds.eval.protocols (on shards made by videobert-prepare --format youcook2|msrvtt).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from videobert_ds.core.config import ConfigError, load_stage_config, resolve_config_path
 from videobert_ds.eval.config import EvalStageConfig, check_eval_config
+from videobert_ds.eval.protocols import PROTOCOLS, check_protocol, run_protocol
 from videobert_ds.model.model_dir import ModelDirError, check_model_dir, run_dir_problem
 
 if TYPE_CHECKING:
@@ -44,6 +47,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split", help="split to evaluate (overrides eval.split)")
     p.add_argument("--out", help="report JSON path (overrides eval.out)")
     p.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        help="a standard protocol instead of the default tasks; its split unless --split: "
+        + "; ".join(f"{p.name} ({p.split}): {p.summary}" for p in PROTOCOLS.values()),
+    )
+    p.add_argument("--split-file", help="msrvtt-1ka: the 1k-A test csv (key,vid_key,video_id,sentence)")
+    p.add_argument(
         "--config", default="eval", help="eval YAML: a path or a packaged config name (default: %(default)s)"
     )
     p.add_argument("--zero3", action="store_true", help="partition the model across ranks with DeepSpeed ZeRO-3")
@@ -64,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, key in (
         (args.model, "model.dir"),
         (args.shards, "data.shards"),
-        (args.split, "eval.split"),
+        (args.split or (PROTOCOLS[args.protocol].split if args.protocol else None), "eval.split"),
         (args.out, "eval.out"),
     ):
         if flag is not None:
@@ -72,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.zero3:
         overrides.append("model.zero3=true")
     try:
+        if args.split_file is not None and args.protocol is None:
+            raise ConfigError("--split-file needs --protocol msrvtt-1ka")
+        if args.protocol:
+            check_protocol(args.protocol, args.split_file)
         cfg = load_stage_config(EvalStageConfig, resolve_config_path(args.config), overrides)
         hint = run_dir_problem(cfg.model.dir)  # before check_eval_config's "no config.json": say where the model is
         if hint:
@@ -101,8 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device = _device()
     try:
-        report = run_evaluation(cfg, device)
-        out = Path(cfg.eval.out) if cfg.eval.out else Path(cfg.run.dir) / "eval.json"
+        if args.protocol:
+            report = run_protocol(args.protocol, cfg, device, args.split_file)
+        else:
+            report = run_evaluation(cfg, device)
+        name = f"{args.protocol}.json" if args.protocol else "eval.json"
+        out = Path(cfg.eval.out) if cfg.eval.out else Path(cfg.run.dir) / name
         write_report(report, out)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"videobert-eval: error: {err}", file=sys.stderr)

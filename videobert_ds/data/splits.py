@@ -4,7 +4,7 @@ and label discovery read, as opposed to the training loader's shuffled, rank-bal
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,17 @@ def split_meta(shard_dir: str | Path, split: str) -> list[dict[str, Any]]:
     return [json.loads(s["json"]) for s in read_shards(shards)]
 
 
-def rank_samples(shard_dir: str | Path, split: str, rank: int, world_size: int) -> Iterator[RawSample]:
-    """This rank's samples of the split: those with index % world_size == rank (all of them, no tail dropped)."""
+def rank_samples(
+    shard_dir: str | Path,
+    split: str,
+    rank: int,
+    world_size: int,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
+) -> Iterator[RawSample]:
+    """This rank's samples of the split: those with index % world_size == rank (all of them, no tail dropped);
+    with `keep`, only the samples whose json it accepts (filtered before the ranks' split, so before decoding)."""
     shards = split_shards(shard_dir, read_shard_manifest(shard_dir), split)
-    return islice(read_shards(shards), rank, None, world_size)
+    samples = read_shards(shards)
+    if keep is not None:
+        samples = (s for s in samples if keep(json.loads(s["json"])))
+    return islice(samples, rank, None, world_size)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice, repeat
 from pathlib import Path
@@ -68,9 +68,11 @@ def encode_items(
     device: torch.device,
     backend: str = "auto",
     num_threads: int = 2,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
 ) -> tuple[list[EvalItem], float]:
-    """This rank's items, and the seconds spent turning decoded frames into visual words."""
-    batches = _batches(rank_samples(shard_dir, split, rank, world_size), batch_size)
+    """This rank's items, and the seconds spent turning decoded frames into visual words (with `keep`: only the
+    samples whose json it accepts are decoded)."""
+    batches = _batches(rank_samples(shard_dir, split, rank, world_size, keep), batch_size)
     if not batches:
         return [], 0.0
     manifest = read_shard_manifest(shard_dir)
