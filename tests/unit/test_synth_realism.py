@@ -197,3 +197,23 @@ def test_cli_writes_a_realistic_corpus(tmp_path, capsys):
     f = frames[int((e.start + 0.5 * (e.end - e.start)) * plan.fps)]
     target = np.array(COLOUR_RGB[e.still.colour], dtype=np.int16)
     assert (np.abs(f.astype(np.int16) - target).max(axis=-1) < 50).sum() > 20
+
+
+def test_noise_bench_rejects_bad_levels_and_tabulates(capsys):
+    from videobert_ds.bench.noise import main as bench_main
+    from videobert_ds.bench.noise import table
+
+    for bad in (["--levels", "0,1.5"], ["--levels", "x"], ["--teacher-steps", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            bench_main(bad)
+        assert exc.value.code == 2
+    capsys.readouterr()
+    rows = [
+        {"level": lv, "metrics": {"retrieval/t2v/R@1": r, "zeroshot/colour/top1": z}}
+        | {"chance": {"zeroshot/colour/top1": 0.25}, "off_topic_share": lv, "teacher_val_loss": None}
+        for lv, r, z in ((0.0, 0.5, 1.0), (0.6, 0.2, 0.9))
+    ]
+    lines = table(rows).splitlines()
+    assert lines[0].split() == ["metric", "chance", "noise", "0", "noise", "0.6"]
+    assert lines[2].split() == ["zeroshot/colour/top1", "0.250", "1.000", "0.900"]  # headline metrics first
+    assert lines[3].split() == ["retrieval/t2v/R@1", "-", "0.500", "0.200"]
