@@ -111,7 +111,14 @@ def test_report_from_real_evaluations(eval_reports, tmp_path):
         )
     )
     report = write(demo)
-    assert report["missing"] == ["eval_student.json", "eval_finetune_teacher.json", "eval_finetune_student.json"]
+    assert report["missing"] == [
+        "eval_student.json",
+        "eval_student_no_kd.json",
+        "eval_untrained.json",
+        "eval_finetune_teacher.json",
+        "eval_finetune_student.json",
+        "eval_finetune_student_no_kd.json",
+    ]
     saved = json.loads((demo / "report.json").read_text())
     assert saved["stages"]["pretrain_teacher"] == {"seconds": 100.5, "samples_per_s": 60.1}
     assert set(saved["models"]) == {"teacher"}

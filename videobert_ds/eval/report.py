@@ -1,17 +1,20 @@
-"""The demo report: stage timings and both models' evaluations in one Markdown page and one JSON file.
+"""The demo report: stage timings and every model's evaluation in one Markdown page and one JSON file.
 
     python -m videobert_ds.eval.report --demo-dir runs/demo
 
 reads   DEMO/timings.json       {STAGE: {"seconds": S, ...throughput fields}}   (the demo script's)
-        DEMO/eval_teacher.json  videobert-eval reports
-        DEMO/eval_student.json
-        DEMO/eval_finetune_teacher.json, DEMO/eval_finetune_student.json   the fine-tuned models' reports
+        DEMO/eval_teacher.json  videobert-eval reports: the teacher, the distilled student, the same student
+        DEMO/eval_student.json  trained without the teacher (student_no_kd) and the teacher's architecture with
+        DEMO/eval_student_no_kd.json, DEMO/eval_untrained.json      random weights (untrained): the baselines
+        DEMO/eval_finetune_{teacher,student,student_no_kd}.json     the fine-tuned models' reports
 writes  DEMO/report.json        {"stages": {STAGE: {"seconds": S, ...}},
-                                 "models": {"teacher"|"student": {"params", "clips_per_s", "metrics": {...}}},
+                                 "models": {"teacher"|"student"|"student_no_kd"|"untrained":
+                                            {"params", "clips_per_s", "metrics": {...}}},
                                  (metrics include the fine-tuned model's finetune/... entries, classification
                                  with the pretrained model's `zeroshot` value, captioning with its `before`)
-                                 "captions": ..., "targets": [...], "missing": [...]}
-        DEMO/report.md          the same for people, with the targets checked
+                                 "captions": ..., "targets": [{"target", "met", "detail"}], "missing": [...]}
+        DEMO/report.md          the same for people, with the targets checked (check_targets: each against
+                                chance and against a baseline model; met is null where a model is missing)
 A missing input is reported as missing; the rest of the report is still written.
 """
 
@@ -25,12 +28,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-MODELS = ("teacher", "student")
-# Targets on the synthetic test split (issue 7).
+# The trained models and the baselines the targets compare them with: the same student trained without the
+# teacher (ground-truth losses only) and the teacher's architecture with random weights.
+MODELS = ("teacher", "student", "student_no_kd", "untrained")
+FINETUNED = ("teacher", "student", "student_no_kd")  # the models the demo also fine-tunes
+# Targets on the synthetic test split (issues 7 and 20): each against chance and against a baseline model.
+TEACHER_CHANCE = {"retrieval/t2v/R@1": 5.0, "caption/CIDEr": 1.0}  # teacher >= factor x chance (1: > chance)
 ZEROSHOT_FACTOR = 2.0  # teacher zero-shot top-1 >= 2x chance, each attribute
-T2V_R1_FACTOR = 5.0  # teacher text->video R@1 >= 5x chance
-STUDENT_SHARE = 0.8  # student >= 80% of the teacher on every metric
+STUDENT_SHARE = 0.8  # student >= 80% of the teacher on every informative metric (and better than chance)
 STUDENT_PARAMS = 0.25  # ... with at most a quarter of its parameters
+TIE = 1e-9  # values closer than this count as tied
 
 
 @dataclass
@@ -57,6 +64,19 @@ def lower_is_better(name: str, entry: dict[str, Any] | None = None) -> bool:
     return bool((entry or {}).get("lower_is_better")) or name.endswith("median_rank")
 
 
+def informative(name: str, entry: dict[str, Any]) -> bool:
+    """Whether a metric can tell models apart: not when chance already reaches the best value (top-5 of 4 labels
+    is 1.0 for any model)."""
+    return entry["chance"] > 1 if lower_is_better(name, entry) else entry["chance"] < 1
+
+
+def compare(a: float, b: float, name: str, entry: dict[str, Any]) -> int:
+    """1 when value `a` is better than `b`, -1 when worse, 0 when tied (within TIE)."""
+    if abs(a - b) <= TIE:
+        return 0
+    return 1 if (a < b) == lower_is_better(name, entry) else -1
+
+
 def _model_entry(report: dict[str, Any], path: str) -> dict[str, Any]:
     for key in ("params", "clips_per_s", "metrics"):
         if key not in report:
@@ -69,69 +89,102 @@ def _model_entry(report: dict[str, Any], path: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_targets(models: dict[str, dict[str, Any]]) -> list[Target]:
-    out: list[Target] = []
-    teacher, student = models.get("teacher"), models.get("student")
-    if teacher is None:
-        return [Target("teacher targets", None, "no teacher evaluation (eval_teacher.json missing)")]
-    tm = teacher["metrics"]
-    for name in sorted(k for k in tm if k.startswith("zeroshot/") and k.endswith("/top1")):
+def _both(chance_ok: bool, base_ok: bool | None) -> bool | None:
+    """Met only when both halves hold; not checked when the chance half holds and the baseline is missing."""
+    if chance_ok is False or base_ok is False:
+        return False
+    return None if base_ok is None else True
+
+
+def teacher_targets(tm: dict[str, Any], untrained: dict[str, Any] | None) -> list[Target]:
+    """Zero-shot top-1 >= 2x chance, text -> video R@1 >= 5x chance, beam CIDEr > the constant caption's; each also
+    above the untrained model (random weights) on the same metric."""
+    factors = {k: ZEROSHOT_FACTOR for k in sorted(tm) if k.startswith("zeroshot/") and k.endswith("/top1")}
+    factors.update(TEACHER_CHANCE)
+    out = []
+    for name, factor in factors.items():
+        title = f"teacher {name} {'>' if factor == 1 else f'>= {factor:g}x'} chance and > untrained"
+        if name not in tm:
+            out.append(Target(title, None, "not in the teacher report"))
+            continue
         v, c = tm[name]["value"], tm[name]["chance"]
-        out.append(
-            Target(
-                f"teacher {name} >= {ZEROSHOT_FACTOR:g}x chance",
-                v >= ZEROSHOT_FACTOR * c,
-                f"{v:.3f} vs chance {c:.3f} ({v / c:.2f}x)" if c else f"{v:.3f}, chance 0",
-            )
-        )
-    if "retrieval/t2v/R@1" in tm:
-        v, c = tm["retrieval/t2v/R@1"]["value"], tm["retrieval/t2v/R@1"]["chance"]
-        out.append(
-            Target(
-                f"teacher retrieval/t2v/R@1 >= {T2V_R1_FACTOR:g}x chance",
-                v >= T2V_R1_FACTOR * c,
-                f"{v:.3f} vs chance {c:.3f} ({v / c:.2f}x)",
-            )
-        )
-    else:
-        out.append(Target(f"teacher retrieval/t2v/R@1 >= {T2V_R1_FACTOR:g}x chance", None, "not in the teacher report"))
-    if student is None:
-        out.append(
-            Target(
-                f"student >= {STUDENT_SHARE:.0%} of teacher per metric, <= {STUDENT_PARAMS:g}x params",
-                None,
-                "no student evaluation (eval_student.json missing)",
-            )
-        )
-        return out
+        chance_ok = v > c if factor == 1 else v >= factor * c
+        detail = f"{v:.3f} vs chance {c:.3f} ({v / c:.2f}x)" if c else f"{v:.3f}, chance 0"
+        u = (untrained or {}).get(name)
+        if u is None:
+            base_ok, detail = None, detail + "; untrained: not evaluated"
+        else:
+            base_ok, detail = compare(v, u["value"], name, tm[name]) > 0, detail + f"; untrained {u['value']:.3f}"
+        out.append(Target(title, _both(chance_ok, base_ok), detail))
+    return out
+
+
+def beats_on_most(name_a: str, a: dict[str, Any] | None, name_b: str, b: dict[str, Any] | None) -> Target:
+    """Model a better than model b on more than half of the informative metrics both report (ties count against)."""
+    title = f"{name_a} beats {name_b} on most metrics"
+    if a is None or b is None:
+        return Target(title, None, f"no {name_a if a is None else name_b} evaluation")
+    wins, ties, losses = [], [], []
+    for name, entry in a["metrics"].items():
+        other = b["metrics"].get(name)
+        if other is None or not informative(name, entry):
+            continue
+        {1: wins, 0: ties, -1: losses}[compare(entry["value"], other["value"], name, entry)].append(name)
+    n = len(wins) + len(ties) + len(losses)
+    if not n:
+        return Target(title, None, "no informative metric in common")
+    worse = f" (worse: {', '.join(losses)})" if losses else ""
+    detail = f"better on {len(wins)}, tied on {len(ties)}, worse on {len(losses)} of {n}{worse}"
+    return Target(title, len(wins) > n / 2, detail)
+
+
+def student_targets(teacher: dict[str, Any], student: dict[str, Any]) -> list[Target]:
+    """At most a quarter of the teacher's parameters; on every informative metric >= 80% of the teacher and > chance."""
     ratio = student["params"] / teacher["params"]
-    out.append(
+    out = [
         Target(
             f"student params <= {STUDENT_PARAMS:g}x teacher",
             ratio <= STUDENT_PARAMS,
             f"{student['params']:,} vs {teacher['params']:,} ({ratio:.3f}x)",
         )
-    )
-    for name, t_entry in tm.items():
+    ]
+    for name, t_entry in teacher["metrics"].items():
+        if not informative(name, t_entry):
+            continue
+        title = f"student {name} >= {STUDENT_SHARE:.0%} of teacher and beats chance"
         s_entry = student["metrics"].get(name)
         if s_entry is None:
-            out.append(
-                Target(f"student {name} >= {STUDENT_SHARE:.0%} of teacher", False, "missing in the student report")
-            )
+            out.append(Target(title, False, "missing in the student report"))
             continue
-        tv, sv = t_entry["value"], s_entry["value"]
-        if lower_is_better(name, t_entry):  # e.g. median rank: the student may be at most 1/0.8 as high
+        tv, sv, c = t_entry["value"], s_entry["value"], s_entry["chance"]
+        lower = lower_is_better(name, t_entry)
+        if lower:  # e.g. median rank: the student may be at most 1/0.8 as high
             met = sv <= tv / STUDENT_SHARE
             share = tv / sv if sv else float("inf")
         else:
             met = sv >= STUDENT_SHARE * tv
             share = sv / tv if tv else float("inf")
-        lower = " (lower is better: at most teacher / 0.8)" if lower_is_better(name, t_entry) else ""
-        out.append(
-            Target(
-                f"student {name} >= {STUDENT_SHARE:.0%} of teacher", met, f"{sv:.3f} vs {tv:.3f} ({share:.0%}){lower}"
-            )
-        )
+        met = met and compare(sv, c, name, s_entry) > 0
+        note = " (lower is better: at most teacher / 0.8)" if lower else ""
+        out.append(Target(title, met, f"{sv:.3f} vs teacher {tv:.3f} ({share:.0%}), chance {c:.3f}{note}"))
+    return out
+
+
+def check_targets(models: dict[str, dict[str, Any]]) -> list[Target]:
+    """Every target compares with chance and with a baseline model: the teacher with the untrained model and the
+    no-KD student (the teacher should be the stronger model), the student with the teacher and the no-KD student
+    (what distillation adds). A missing model leaves the targets that need it not checked."""
+    teacher, student, no_kd = models.get("teacher"), models.get("student"), models.get("student_no_kd")
+    if teacher is None:
+        return [Target("teacher targets", None, "no teacher evaluation (eval_teacher.json missing)")]
+    untrained = models.get("untrained")
+    out = teacher_targets(teacher["metrics"], untrained["metrics"] if untrained else None)
+    out.append(beats_on_most("teacher", teacher, "student_no_kd", no_kd))
+    if student is None:
+        out.append(Target("student targets", None, "no student evaluation (eval_student.json missing)"))
+        return out
+    out += student_targets(teacher, student)
+    out.append(beats_on_most("student", student, "student_no_kd", no_kd))
     return out
 
 
@@ -175,7 +228,7 @@ def assemble(demo_dir: Path) -> dict[str, Any]:
         if report is not None:
             models[name] = _model_entry(report, str(path))
             captions[name] = report.get("captions", [])
-    for name in MODELS:
+    for name in FINETUNED:
         path = demo_dir / f"eval_finetune_{name}.json"
         report = _read(path, missing)
         if report is not None and name in models:
@@ -247,7 +300,23 @@ def markdown(report: dict[str, Any], demo_dir: Path) -> str:
         lines += ["No model evaluations.", ""]
     else:
         if "student" not in models:
-            lines += ["The student evaluation (`eval_student.json`) is missing: teacher only.", ""]
+            lines += ["The student evaluation (`eval_student.json`) is missing.", ""]
+        baselines = [m for m in ("student_no_kd", "untrained") if m in models]
+        if baselines:
+            lines += [
+                "Baselines: "
+                + "; ".join(
+                    {
+                        "student_no_kd": "`student_no_kd` is the same student (size, data, steps, seed) trained on "
+                        "the ground-truth losses alone, without the teacher (`distill.enabled: false`)",
+                        "untrained": "`untrained` is the teacher's architecture with random weights (its tokenizer "
+                        "and visual words)",
+                    }[m]
+                    for m in baselines
+                )
+                + ".",
+                "",
+            ]
         head = " | ".join(names)
         lines += [f"| | {head} |", "|---|" + "---:|" * len(names)]
         lines.append("| parameters | " + " | ".join(_num(int(models[m]["params"])) for m in names) + " |")
@@ -265,17 +334,18 @@ def markdown(report: dict[str, Any], demo_dir: Path) -> str:
         metric_names = list(
             dict.fromkeys(k for m in names for k in models[m]["metrics"] if not k.startswith("finetune/"))
         )
-        cols = [f"{m}" for m in names] + [f"chance ({m})" for m in names]
+        cols = [*names, "chance"]
         lines += ["| metric | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
         for metric in metric_names:
             entries = [models[m]["metrics"].get(metric) for m in names]
             digits = 1 if metric.endswith("median_rank") else 3
             vals = [_num(e["value"], digits) if e else "-" for e in entries]
-            chances = [_num(e["chance"], digits) if e else "-" for e in entries]
-            lines.append(f"| {metric} | " + " | ".join(vals + chances) + " |")
+            # The chance level depends on the test split, not the model: one value unless the reports differ.
+            chances = dict.fromkeys(_num(e["chance"], digits) for e in entries if e)
+            lines.append(f"| {metric} | " + " | ".join([*vals, " / ".join(chances)]) + " |")
         lines.append("")
 
-    lines += downstream_table(models, names)
+    lines += downstream_table(models, [m for m in names if m in FINETUNED])
 
     lines += ["## Generated captions", ""]
     caps = report["captions"]
@@ -296,7 +366,16 @@ def markdown(report: dict[str, Any], demo_dir: Path) -> str:
     else:
         lines += ["No generated captions.", ""]
 
-    lines += ["## Targets", ""]
+    lines += [
+        "## Targets",
+        "",
+        "Each against chance and against a baseline model: the teacher above chance and above the untrained model, "
+        "and better than the no-KD student on most metrics (the stronger model); the student within "
+        f"{STUDENT_SHARE:.0%} of the teacher and above chance on every informative metric (top-5 of 4 labels is "
+        "1.0 for any model, left out), and better than the no-KD student on most metrics (what distillation adds). "
+        '"Most": more than half of the informative metrics both report, ties counting against.',
+        "",
+    ]
     marks = {True: "met", False: "**NOT MET**", None: "not checked"}
     for t in report["targets"]:
         lines.append(f"- {marks[t['met']]}: {t['target']} — {t['detail']}")
