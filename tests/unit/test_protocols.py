@@ -142,3 +142,17 @@ def test_eval_cli_rejects_an_unknown_protocol(capsys):
         eval_main(["--protocol", "kinetics"])
     assert exit_.value.code == 2
     assert "invalid choice: 'kinetics'" in capsys.readouterr().err
+
+
+def test_rank_samples_keep_filters_before_the_ranks_split(prepared_shards):
+    """A json filter (msrvtt-1ka's first caption per video) picks samples before they are dealt to ranks, so the
+    ranks together read exactly the kept samples, evenly."""
+    from videobert_ds.data.splits import rank_samples, split_meta
+
+    def first(meta):
+        return meta["segment"] == 0
+
+    want = [m["video_id"] for m in split_meta(prepared_shards, "train") if first(m)]
+    parts = [[s["__key__"] for s in rank_samples(prepared_shards, "train", r, 2, keep=first)] for r in (0, 1)]
+    assert sorted(k for p in parts for k in p) == sorted(f"{v}_00000" for v in want)
+    assert abs(len(parts[0]) - len(parts[1])) <= 1
