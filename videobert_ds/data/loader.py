@@ -39,7 +39,8 @@ from videobert_ds.data.decoders.base import PAD_MODES, ClipDecoder, EncodedBatch
 from videobert_ds.data.decoders.dali import DaliClipDecoder, dali_decode_device, probe_gpu_decode
 from videobert_ds.data.decoders.nvdec import nvdec_min_size
 from videobert_ds.data.decoders.pyav import PyAVClipDecoder
-from videobert_ds.data.sampling import RawSample, ShardInfo, Source, batch_stream, planned_counts, steps_per_epoch
+from videobert_ds.data.position import EpochPosition
+from videobert_ds.data.sampling import RawSample, ShardInfo, Source, planned_counts, steps_per_epoch
 from videobert_ds.data.sources import ReadPolicy, SkipCounts, check_skip_share, open_tar, read_manifest
 from videobert_ds.data.sources import split_shards as _split_shards
 
@@ -220,8 +221,10 @@ def _clip_format(manifest: dict[str, Any]) -> tuple[Any, ...]:
     return manifest.get("codec", "vp9"), manifest_frame_size(manifest)
 
 
-class ClipLoader:
+class ClipLoader(EpochPosition[ClipBatch]):
     """Deterministic, resumable batches of decoded clips for one rank. Build with build_clip_loader."""
+
+    _stream: ClipDecoder | None  # the position (epoch, batches, state_dict, resume) is position.EpochPosition's
 
     def __init__(
         self,
@@ -264,61 +267,27 @@ class ClipLoader:
             probe_gpu_decode(first_clip(self.shards[0].path), self.device)
         self.num_threads, self.prefetch, self.shuffle_buffer = o.num_threads, o.prefetch, o.shuffle_buffer
         self.pad_mode, self.temporal_crop = o.pad_mode, o.temporal_crop
-        self.steps_per_epoch = steps_per_epoch(planned_counts(self.sources), o.world_size, batch_size)
-        if self.steps_per_epoch == 0:
-            total = sum(s.num_samples for s in self.shards)
-            raise ValueError(
-                f"split {split!r} has {total} samples: too few for {o.world_size} rank(s) x batch size {batch_size}"
-            )
-        self._epoch = 0
-        self._batches = 0  # delivered to the trainer in this epoch
-        self._decoder: ClipDecoder | None = None  # positioned at (_epoch, _batches)
+        steps = steps_per_epoch(planned_counts(self.sources), o.world_size, batch_size)
+        self._start(steps, sum(s.num_samples for s in self.shards))
         self._counts_done: Counter[str] = Counter()  # data counts of closed streams, as of their last batch out
         self._counts_live: dict[str, int] = {}  # the open stream's, as of its last batch out
 
-    def __len__(self) -> int:
-        return self.steps_per_epoch
+    def _open_stream(self) -> ClipDecoder:
+        choice = DecoderChoice(self.backend, self.dali_device)
+        settings = {name: getattr(self, name) for name in _DECODER_SETTINGS}
+        return open_decoder(choice, self._encoded_batches(), **settings)
 
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def state_dict(self) -> dict[str, int]:
-        """The data position: batches delivered so far in the current epoch (decoded-ahead ones excluded)."""
-        self._roll_epoch()
-        return {"epoch": self._epoch, "batches_in_epoch": self._batches}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue, at the next iteration, exactly after the batches ``state`` counts."""
-        epoch, batches = int(state["epoch"]), int(state["batches_in_epoch"])
-        if epoch < 0 or not 0 <= batches <= self.steps_per_epoch:
-            raise ValueError(f"bad loader state {state} for {self.steps_per_epoch} steps per epoch")
-        self.close()
-        self._epoch, self._batches = epoch, batches
-        self._roll_epoch()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its first batch at the next iteration."""
-        self.load_state_dict({"epoch": epoch, "batches_in_epoch": 0})
-
-    def __iter__(self) -> Iterator[ClipBatch]:
-        self._roll_epoch()
-        if self._decoder is None:
-            self._decoder = self._make_decoder()
-        decoder = self._decoder
-        while self._batches < self.steps_per_epoch:
-            frames, (meta, data_counts) = next(decoder)
-            self._batches += 1  # counted before the yield: a batch handed over is delivered
-            if data_counts is not None:
-                self._counts_live = data_counts
-                data_counts = self.data_counts()
-                skips = SkipCounts(data_counts["seen"], {k[8:]: v for k, v in data_counts.items() if k != "seen"})
-                where = f"{self.split} split, rank {self.rank}"
-                check_skip_share(skips, self.max_skip_share, self.steps_per_epoch * self.batch_size, where)
-            counts = [min(int(m["num_frames"]), self.num_frames) for m in meta]
-            counts_t = to_device(torch.tensor(counts, dtype=torch.int64), self.device)
-            yield ClipBatch(frames, counts_t, meta, data_counts)
-        self._roll_epoch()
+    def _emit(self, item: tuple[torch.Tensor, tuple[list[dict[str, Any]], dict[str, int] | None]]) -> ClipBatch:
+        frames, (meta, data_counts) = item
+        if data_counts is not None:
+            self._counts_live = data_counts
+            data_counts = self.data_counts()
+            skips = SkipCounts(data_counts["seen"], {k[8:]: v for k, v in data_counts.items() if k != "seen"})
+            where = f"{self.split} split, rank {self.rank}"
+            check_skip_share(skips, self.max_skip_share, self.steps_per_epoch * self.batch_size, where)
+        counts = [min(int(m["num_frames"]), self.num_frames) for m in meta]
+        counts_t = to_device(torch.tensor(counts, dtype=torch.int64), self.device)
+        return ClipBatch(frames, counts_t, meta, data_counts)
 
     def data_counts(self) -> dict[str, int]:
         """Samples read ("seen") and skipped per reason ("skipped_read", "skipped_json", "skipped_video") as of
@@ -327,30 +296,16 @@ class ClipLoader:
 
     def close(self) -> None:
         """Drop the decoder and its prefetched batches; the next iteration rebuilds it at the saved position."""
-        if self._decoder is not None:
-            self._decoder.close()
-            self._decoder = None
+        if self._stream is not None:
+            self._stream.close()
+        super().close()
         self._counts_done.update(self._counts_live)
         self._counts_live = {}
 
-    def _roll_epoch(self) -> None:
-        if self._batches >= self.steps_per_epoch:
-            self._epoch, self._batches = self._epoch + 1, 0
-
     def _encoded_batches(self) -> Iterator[EncodedBatch]:
         # Which samples and in which order (sampling.py), from the position the trainer has reached.
-        plan = {name: getattr(self, name) for name in ("seed", "rank", "world_size", "batch_size", "shuffle")}
         counts = SkipCounts()
-        stream = batch_stream(
-            self.sources,
-            **plan,
-            buffer_size=self.shuffle_buffer,
-            start_epoch=self._epoch,
-            skip_batches=self._batches,
-            resampled=self.resampled,
-            policy=self.policy,
-            counts=counts,
-        )
+        stream = self._batch_stream(self.sources, resampled=self.resampled, policy=self.policy, counts=counts)
         skipping = self.policy.on_error == "skip"
         first = self._epoch * self.steps_per_epoch + self._batches  # the stream's position, in batches
         for n, samples in enumerate(stream, first):
@@ -359,11 +314,6 @@ class ClipLoader:
             starts = crop_starts(self.temporal_crop, meta, self.num_frames, seed=self.seed, epoch=epoch)
             payload = (meta, counts.snapshot() if skipping else None)
             yield EncodedBatch([_video_bytes(s) for s in samples], payload, starts)
-
-    def _make_decoder(self) -> ClipDecoder:
-        choice = DecoderChoice(self.backend, self.dali_device)
-        settings = {name: getattr(self, name) for name in _DECODER_SETTINGS}
-        return open_decoder(choice, self._encoded_batches(), **settings)
 
 
 def _video_bytes(sample: RawSample) -> bytes:

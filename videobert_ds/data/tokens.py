@@ -34,7 +34,8 @@ import torch
 
 from videobert_ds.core.config import ConfigError
 from videobert_ds.data.decoders.base import to_device
-from videobert_ds.data.sampling import ShardInfo, batch_stream, steps_per_epoch
+from videobert_ds.data.position import EpochPosition
+from videobert_ds.data.sampling import ShardInfo, steps_per_epoch
 
 FORMAT = "videobert-token-shards-v1"
 MANIFEST = "manifest.json"
@@ -172,7 +173,7 @@ def frames_span(batch: Any) -> int:
     return int(frames.shape[1]) if frames is not None else int(batch.span)
 
 
-class TokenLoader:
+class TokenLoader(EpochPosition[TokenBatch]):
     """Deterministic, resumable batches of visual words for one rank: ClipLoader's contract (state_dict,
     load_state_dict, set_epoch, steps_per_epoch, close) over token shards. Build with build_token_loader."""
 
@@ -207,66 +208,13 @@ class TokenLoader:
         self.shuffle_buffer = shuffle_buffer
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.backend = "tokens"
-        self.steps_per_epoch = steps_per_epoch([s.num_samples for s in self.shards], world_size, batch_size)
-        if self.steps_per_epoch == 0:
-            total = sum(s.num_samples for s in self.shards)
-            raise ValueError(
-                f"split {split!r} has {total} samples: too few for {world_size} rank(s) x batch size {batch_size}"
-            )
-        self._epoch, self._batches = 0, 0
-        self._stream: Iterator[list[dict[str, Any]]] | None = None  # positioned at (_epoch, _batches)
+        steps = steps_per_epoch([s.num_samples for s in self.shards], world_size, batch_size)
+        self._start(steps, sum(s.num_samples for s in self.shards))
 
-    def __len__(self) -> int:
-        return self.steps_per_epoch
+    def _open_stream(self) -> Iterator[list[dict[str, Any]]]:
+        return self._batch_stream(self.shards)
 
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def state_dict(self) -> dict[str, int]:
-        self._roll_epoch()
-        return {"epoch": self._epoch, "batches_in_epoch": self._batches}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, batches = int(state["epoch"]), int(state["batches_in_epoch"])
-        if epoch < 0 or not 0 <= batches <= self.steps_per_epoch:
-            raise ValueError(f"bad loader state {state} for {self.steps_per_epoch} steps per epoch")
-        self.close()
-        self._epoch, self._batches = epoch, batches
-        self._roll_epoch()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.load_state_dict({"epoch": epoch, "batches_in_epoch": 0})
-
-    def close(self) -> None:
-        self._stream = None
-
-    def _roll_epoch(self) -> None:
-        if self._batches >= self.steps_per_epoch:
-            self._epoch, self._batches = self._epoch + 1, 0
-
-    def __iter__(self) -> Iterator[TokenBatch]:
-        self._roll_epoch()
-        if self._stream is None:
-            self._stream = batch_stream(
-                self.shards,
-                seed=self.seed,
-                rank=self.rank,
-                world_size=self.world_size,
-                batch_size=self.batch_size,
-                shuffle=self.shuffle,
-                buffer_size=self.shuffle_buffer,
-                start_epoch=self._epoch,
-                skip_batches=self._batches,
-            )
-        stream = self._stream
-        while self._batches < self.steps_per_epoch:
-            samples = next(stream)
-            self._batches += 1  # counted before the yield: a batch handed over is delivered
-            yield self._collate(samples)
-        self._roll_epoch()
-
-    def _collate(self, samples: list[dict[str, Any]]) -> TokenBatch:
+    def _emit(self, samples: list[dict[str, Any]]) -> TokenBatch:
         b, n, fpc = len(samples), self.n_clips, self.frames_per_clip
         ids = np.zeros((b, n), dtype=np.int64)
         feats = np.zeros((b, n, self.feature_dim), dtype=np.float16)
