@@ -26,35 +26,28 @@ def build_split_loader(
     """This rank's loader over `split`; raises ValueError when the shards have no such split. `temporal_crop`
     None: the training loader (shuffled) crops clips as data.temporal_crop says, validation takes the centre."""
     d = cfg.data
+    # What both loaders take alike: this rank's share of the split, its order, and where batches go.
+    plan: dict[str, Any] = {
+        "rank": env.rank,
+        "world_size": env.world_size,
+        "seed": cfg.run.seed,
+        "shuffle": shuffle,
+        "shuffle_buffer": d.shuffle_buffer,
+        "device": env.device,
+    }
     if d.tokens:  # visual words the tokenize stage computed once (data/tokens.py): no video decoded, no crop
         from videobert_ds.data.tokens import build_token_loader
 
-        return build_token_loader(
-            d.tokens,
-            split,
-            batch_size,
-            d.num_frames,
-            rank=env.rank,
-            world_size=env.world_size,
-            seed=cfg.run.seed,
-            shuffle=shuffle,
-            shuffle_buffer=d.shuffle_buffer,
-            device=env.device,
-        )
+        return build_token_loader(d.tokens, split, batch_size, d.num_frames, **plan)
     return build_clip_loader(
         d.shard_sources(),  # data.shards, or the weighted data.sources
         split,
         batch_size,
         d.num_frames,
-        rank=env.rank,
-        world_size=env.world_size,
-        seed=cfg.run.seed,
-        shuffle=shuffle,
+        **plan,
         backend=d.backend,
-        device=env.device,
         num_threads=d.num_threads,
         prefetch=d.prefetch,
-        shuffle_buffer=d.shuffle_buffer,
         temporal_crop=temporal_crop or (d.temporal_crop if shuffle else "center"),
         resampled=shuffle and d.sampling == "resampled",  # validation reads its split once, in order
         on_error=d.on_error,
