@@ -217,3 +217,22 @@ def test_noise_bench_rejects_bad_levels_and_tabulates(capsys):
     assert lines[0].split() == ["metric", "chance", "noise", "0", "noise", "0.6"]
     assert lines[2].split() == ["zeroshot/colour/top1", "0.250", "1.000", "0.900"]  # headline metrics first
     assert lines[3].split() == ["retrieval/t2v/R@1", "-", "0.500", "0.200"]
+
+
+def test_noise_bench_narration_only_matches_videobert_synth(tmp_path):
+    """The bench's shortcut for levels after the first (hard-linked videos, new transcripts) writes exactly the corpus
+    videobert-synth writes with the same narration options."""
+    from videobert_ds.bench.noise import narration_only
+    from videobert_ds.data.synth import synthesize
+
+    realism = Realism(narration_noise=0.5, narration_offset=0.8)
+    clean = synthesize(tmp_path / "clean", num_videos=2, seed=3).parent
+    direct = synthesize(tmp_path / "direct", num_videos=2, seed=3, realism=realism).parent
+    narration_only(clean, tmp_path / "linked", 2, 3, realism)
+    linked = tmp_path / "linked"
+    assert (linked / "manifest.jsonl").read_bytes() == (direct / "manifest.jsonl").read_bytes()
+    for row in load_manifest(direct / "manifest.jsonl"):
+        for key in ("video", "transcript"):
+            assert (linked / row[key]).read_bytes() == (direct / row[key]).read_bytes()
+        assert (linked / row["video"]).stat().st_ino == (clean / row["video"]).stat().st_ino  # linked, not encoded
+    assert any(not a.get("narrated", True) for r in load_manifest(linked / "manifest.jsonl") for a in r["annotations"])

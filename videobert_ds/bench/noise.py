@@ -1,11 +1,12 @@
 """Narration noise: how much each evaluation metric loses as more of the training narration stops describing the clip.
 
-    python -m videobert_ds.bench.noise [--levels 0,0.3,0.6] [--narration-offset 0] [--num-videos 160]
-                                       [--encoder-steps 200] [--teacher-steps 200] [--ranks 2] [--root runs/bench_noise]
+    python -m videobert_ds.bench.noise [--levels 0,0.3,0.6] [--narration-offset 0] [--num-videos 120]
+                                       [--encoder-steps 150] [--teacher-steps 150] [--ranks 2] [--root runs/bench_noise]
 
 For each level: `videobert-synth --narration-noise LEVEL` (same seed: the same videos, labels and clean val/test
 narration; only that share of train cues becomes off-screen talk, and a higher level keeps a lower one's off-topic
-cues) -> the demo's pipeline (prepare, clip encoder, visual words, token shards, teacher; videobert_ds/cli/demo.py's
+cues; after the first level the videos are hard-linked, not encoded again, as narration never changes pixels)
+-> the demo's pipeline (prepare, clip encoder, visual words, token shards, teacher; videobert_ds/cli/demo.py's
 commands, fewer steps) -> videobert-eval of the teacher on the clean test split. Prints one table, metric x level,
 with chance, and writes ROOT/noise.json. Each level's stages are skipped when already done (ROOT/noise_LEVEL/
 timings.json), so an interrupted run resumes; --force starts over.
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 
 from videobert_ds.cli.demo import BIN, Demo, mpi_launch, train_cmd
+from videobert_ds.core.atomic import write_text
+from videobert_ds.data.synth import Realism, assign_splits, manifest_record, plan_video, srt_text
 
 # Rows first in the table (the rest follow in the report's order).
 _HEADLINE = (
@@ -45,14 +48,39 @@ def _schedule(steps: int) -> dict:
     }
 
 
-def run_level(root: Path, level: float, args: argparse.Namespace) -> dict:
-    """Synth at `level` -> prepare -> encoder -> vocab -> tokens -> teacher -> eval; returns the level's figures."""
+def narration_only(videos_from: Path, out: Path, num_videos: int, seed: int, realism: Realism) -> None:
+    """`videobert-synth --narration-noise ...` without encoding a video: narration options never change the pixels
+    (each option draws from its own stream), so the first level's videos are hard-linked and only the transcripts and
+    the manifest are written, from the same plans videobert-synth writes them from."""
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    records = []
+    for index, split in enumerate(assign_splits(num_videos, seed)):
+        plan = plan_video(seed, index, realism, split)
+        link = out / "videos" / f"{plan.id}.mp4"
+        link.unlink(missing_ok=True)
+        link.hardlink_to(videos_from / "videos" / f"{plan.id}.mp4")
+        write_text(out / "transcripts" / f"{plan.id}.srt", srt_text(plan))
+        records.append(json.dumps(manifest_record(plan, split)) + "\n")
+    write_text(out / "manifest.jsonl", "".join(records))
+
+
+def run_level(root: Path, level: float, args: argparse.Namespace, videos_from: Path | None) -> dict:
+    """Synth at `level` -> prepare -> encoder -> vocab -> tokens -> teacher -> eval; returns the level's figures.
+    `videos_from`: a corpus of the same seed and size whose videos to reuse (None: encode them)."""
     demo = Demo(root, args.ranks, args.num_videos)
     corpus, shards = root / "corpus", root / "shards"
-    synth = [str(BIN / "videobert-synth"), "--out", str(corpus), "--num-videos", str(args.num_videos)]
-    synth += ["--seed", str(args.seed), "--workers", str(args.ranks), "--narration-noise", str(level)]
-    synth += ["--narration-offset", str(args.narration_offset)]
-    demo.stage("synth", corpus / "manifest.jsonl", lambda: demo.sh(synth, "synth"))
+    if videos_from is None:
+        synth = [str(BIN / "videobert-synth"), "--out", str(corpus), "--num-videos", str(args.num_videos)]
+        synth += ["--seed", str(args.seed), "--workers", str(args.ranks), "--narration-noise", str(level)]
+        synth += ["--narration-offset", str(args.narration_offset)]
+        demo.stage("synth", corpus / "manifest.jsonl", lambda: demo.sh(synth, "synth"))
+    else:
+        realism = Realism(narration_noise=level, narration_offset=args.narration_offset)
+        demo.stage(
+            "synth",
+            corpus / "manifest.jsonl",
+            lambda: narration_only(videos_from, corpus, args.num_videos, args.seed, realism),
+        )
     prepare = [*mpi_launch(args.ranks), str(BIN / "videobert-prepare"), "--manifest", str(corpus / "manifest.jsonl")]
     prepare += ["--out", str(shards), "--fps", "8", "--size", "32", "--samples-per-shard", "16", "--no-progress"]
     demo.stage("prepare", shards / "manifest.json", lambda: demo.sh(prepare, "prepare"))
@@ -147,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m videobert_ds.bench.noise", description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=_levels, default=[0.0, 0.3, 0.6], help="narration noise shares (0,0.3,0.6)")
     parser.add_argument("--narration-offset", type=float, default=0.0, help="also offset train cues (seconds; 0)")
-    parser.add_argument("--num-videos", type=int, default=160, help="corpus size per level (default 160, the demo's)")
+    parser.add_argument("--num-videos", type=int, default=120, help="corpus size per level (default 120; demo 160)")
     parser.add_argument("--seed", type=int, default=0, help="synth seed (default 0)")
-    parser.add_argument("--encoder-steps", type=int, default=200, help="clip encoder steps (default 200; demo 400)")
-    parser.add_argument("--teacher-steps", type=int, default=200, help="teacher steps (default 200; demo 300)")
+    parser.add_argument("--encoder-steps", type=int, default=150, help="clip encoder steps (default 150; demo 400)")
+    parser.add_argument("--teacher-steps", type=int, default=150, help="teacher steps (default 150; demo 300)")
     parser.add_argument("--ranks", type=int, default=2, help="training ranks (default 2)")
     parser.add_argument("--root", type=Path, default=Path("runs/bench_noise"), help="work dir (runs/bench_noise)")
     parser.add_argument("--force", action="store_true", help="delete the level dirs under --root and start over")
@@ -159,14 +187,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--encoder-steps, --teacher-steps and --ranks must be >= 1, --num-videos >= 3")
     root = args.root.resolve()
     started = time.perf_counter()
-    results = []
+    results, videos_from = [], None
     for level in args.levels:
         level_root = root / f"noise_{level:g}"
         if args.force:
             shutil.rmtree(level_root, ignore_errors=True)
         level_root.mkdir(parents=True, exist_ok=True)
         print(f"[bench-noise] narration noise {level:g} -> {level_root}", flush=True)
-        results.append(run_level(level_root, level, args))
+        results.append(run_level(level_root, level, args, videos_from))
+        videos_from = level_root / "corpus"  # the next levels differ in narration only: reuse these videos
     summary = {
         "levels": args.levels,
         "narration_offset": args.narration_offset,
