@@ -26,11 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 from tqdm import tqdm
 
 from videobert_ds.core.config import ConfigError, StageConfig
-from videobert_ds.training.stage import Stage
+from videobert_ds.stages.offline import OfflineStage
 from videobert_ds.visual.encoders import ClipEncoder
 from videobert_ds.visual.features import FeaturesDir
 from videobert_ds.visual.loading import VOCAB_SOURCES, load_encoder
@@ -112,11 +111,10 @@ def nmi_report(words: np.ndarray, labels: dict[str, list[str]], seed: int) -> di
     return out
 
 
-class BuildVocabStage(Stage):
+class BuildVocabStage(OfflineStage):
     name = "build_vocab"
     config_cls = BuildVocabStageConfig
     cfg: BuildVocabStageConfig
-    trains = False
 
     def check(self) -> None:
         k = self.cfg.kmeans
@@ -145,15 +143,6 @@ class BuildVocabStage(Stage):
 
     def loader_batch_size(self, ds_config: dict, world_size: int) -> int | None:
         return self.cfg.encode_batch_size
-
-    def build_module(self) -> nn.Module:  # no trainable module: build_vocab does not train
-        raise NotImplementedError("build_vocab has no training module")
-
-    def make_inputs(self, batch: Any, device: torch.device) -> dict[str, Any]:
-        raise NotImplementedError("build_vocab has no training inputs")
-
-    def export(self, module: nn.Module, out_dir: Path) -> None:
-        raise NotImplementedError("build_vocab exports a vocabulary file, not a model")
 
     @torch.no_grad()
     def encode_split(self, encoder, rank: int, world: int, device: torch.device) -> EncodedClips:

@@ -30,11 +30,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from videobert_ds.core.atomic import atomic_path, write_json
 from videobert_ds.core.config import ConfigError, StageConfig
-from videobert_ds.training.stage import Stage
+from videobert_ds.stages.offline import OfflineStage
 from videobert_ds.visual.vocab import FEATURES_ENCODER, vocab_metadata
 
 log = logging.getLogger(__name__)
@@ -71,11 +70,10 @@ def _gather(obj: Any, world: int) -> list[Any]:
     return out
 
 
-class TokenizeStage(Stage):
+class TokenizeStage(OfflineStage):
     name = "tokenize"
     config_cls = TokenizeStageConfig
     cfg: TokenizeStageConfig
-    trains = False
 
     def check(self) -> None:
         v = self.cfg.visual
@@ -98,18 +96,6 @@ class TokenizeStage(Stage):
         if self.cfg.encode_batch_size < 1 or v.clips_per_batch < 1:
             raise ConfigError("encode_batch_size and visual.clips_per_batch must be >= 1")
         self.source_shards()  # unknown splits fail here, on every rank, before any work
-
-    def loader_batch_size(self, ds_config: dict, world_size: int) -> int | None:
-        return None  # every sample is tokenized: no training split to cut into batches
-
-    def build_module(self) -> nn.Module:
-        raise NotImplementedError("tokenize has no training module")
-
-    def make_inputs(self, batch: Any, device: torch.device) -> dict[str, Any]:
-        raise NotImplementedError("tokenize has no training inputs")
-
-    def export(self, module: nn.Module, out_dir: Path) -> None:
-        raise NotImplementedError("tokenize writes token shards, not a model")
 
     # -- what to read --------------------------------------------------------------------------
     def from_features(self) -> bool:
