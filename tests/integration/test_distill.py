@@ -15,13 +15,7 @@ import torch
 from tests.helpers.distributed import assert_trained_in_bf16, read_metrics, run_training, write_ds_config
 from videobert_ds.model.videobert import VideoBertForPreTraining
 
-KD_OFF = {
-    "distill.lambda_kd_mlm": 0,
-    "distill.lambda_kd_mvm": 0,
-    "distill.lambda_kd_caption": 0,
-    "distill.lambda_kd_align": 0,
-    "distill.lambda_hidden": 0,
-}
+KD_OFF = {"distill.enabled": "false"}  # ground-truth losses only, the teacher's weights not loaded
 STEPS = 60
 
 
@@ -116,7 +110,7 @@ def distilled(tiny_teacher, pipeline_shards, ds_config, tmp_path_factory) -> Pat
 
 @pytest.fixture(scope="module")
 def without_teacher(tiny_teacher, pipeline_shards, ds_config, tmp_path_factory) -> Path:
-    """The same student, data, steps and seed with every distillation weight 0 (ground truth only)."""
+    """The same student, data, steps and seed without the teacher (distill.enabled=false: ground truth only)."""
     run_dir = tmp_path_factory.mktemp("distill") / "baseline"
     ok(run_training(ds_config, "student_tiny", overrides(run_dir, pipeline_shards, tiny_teacher / "final", **KD_OFF)))
     return run_dir
@@ -197,6 +191,10 @@ def test_distilled_student_beats_the_same_student_without_teacher(distilled, wit
         f"without teacher mlm {v_base['val/mlm']:.4f} mvm {v_base['val/mvm']:.4f}"
     )
     assert kd["masked"] < base["masked"]
+    # the baseline held no teacher: its report and partition record the student alone
+    assert json.loads((without_teacher / "distill_report.json").read_text())["distill"] is False
+    assert "teacher" not in json.loads((without_teacher / "distill_report.json").read_text())
+    assert set(json.loads((without_teacher / "distill_partition_rank0.json").read_text())) == {"student"}
 
 
 @pytest.mark.multiproc

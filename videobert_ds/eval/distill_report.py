@@ -1,5 +1,6 @@
 """The distillation report, RUN_DIR/distill_report.json: both models' sizes, the layer map and, at export, their
-inference throughput on the exporting host; also shown as TensorBoard text `distill/report`."""
+inference throughput on the exporting host; also shown as TensorBoard text `distill/report`. A student trained
+without a teacher (distill.enabled=false) has `"distill": false` and no teacher entry."""
 
 from __future__ import annotations
 
@@ -24,12 +25,16 @@ def update_report(run_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
 def report_markdown(report: dict[str, Any]) -> str:
     rows = ["| model | layers x hidden | parameters | inference clips/s |", "|---|---|---|---|"]
     for name in ("teacher", "student"):
-        r = report.get(name, {})
+        if name not in report:  # no teacher: a student trained without distillation (distill.enabled=false)
+            continue
+        r = report[name]
         rate = r.get("inference_clips_per_s")
         rows.append(
             f"| {name} | {r.get('layers')} x {r.get('hidden_size')} | {r.get('params', 0):,} | "
             f"{'-' if rate is None else f'{rate:.1f}'} |"
         )
+    if report.get("distill") is False:
+        rows.append("\nno teacher: ground-truth losses only (distill.enabled=false)")
     if "param_ratio" in report:
         rows.append(f"\nstudent / teacher parameters: {report['param_ratio']:.3f}")
     if "speedup" in report:

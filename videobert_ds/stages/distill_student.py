@@ -13,6 +13,11 @@ run dir / checkpoint tag dir, which rank 0 first consolidates into RUN_DIR/teach
 
 RUN_DIR/distill_report.json (and TensorBoard text `distill/report`) records both models' parameter counts
 and, at export, their inference throughput on the exporting host.
+
+`distill.enabled: false` trains the same student on the ground-truth losses alone (the baseline that measures
+what distillation adds): the teacher's weights are never loaded and the distill.* weights are ignored; the
+teacher's model dir still supplies the tokenizer, visual vocabulary, clip encoder and vocabulary sizes, so both
+students read the same batches and start from the same weights (same seed).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from videobert_ds.objectives.distillation import (
     resolve_layer_map,
 )
 from videobert_ds.objectives.layout import ObjectiveConfig, check_sequence_budget
-from videobert_ds.objectives.pretraining import PretrainingInputs
+from videobert_ds.objectives.pretraining import PretrainingInputs, losses_from_outputs
 from videobert_ds.stages import cast_unpartitioned
 from videobert_ds.training.checkpoint import COMPLETE, CheckpointManager
 from videobert_ds.training.memory import partition_share
@@ -95,12 +100,39 @@ class StudentSize:
 
 
 @dataclass
+class StudentDistillConfig(DistillConfig):
+    # false: no teacher weights loaded, ground-truth losses only (the no-KD baseline; the weights above ignored).
+    enabled: bool = True
+
+
+@dataclass
 class StudentStageConfig(StageConfig):
     teacher: TeacherSourceConfig = field(default_factory=TeacherSourceConfig)
     visual: StudentVisualConfig = field(default_factory=StudentVisualConfig)
     model: StudentSize = field(default_factory=StudentSize)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # ground-truth losses and masking
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    distill: StudentDistillConfig = field(default_factory=StudentDistillConfig)
+
+
+class GroundTruthObjective(nn.Module):
+    """The student alone on the ground-truth pretraining losses (`distill.enabled: false`): the same outputs as
+    DistillationObjective without its distillation terms, so logs and checkpoints keep their names."""
+
+    def __init__(self, student: nn.Module, objective: ObjectiveConfig) -> None:
+        super().__init__()
+        self.student = student
+        self.objective = objective
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        s_out = self.student.bert(
+            input_ids=inputs["input_ids"],
+            token_type_ids=inputs["token_type_ids"],
+            attention_mask=inputs["attention_mask"],
+        )
+        out = losses_from_outputs(self.student, s_out.last_hidden_state, s_out.pooler_output, inputs, self.objective)
+        out["loss_gt"] = out["loss"].detach()
+        out["skipped_samples"] = inputs["skipped_samples"]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,23 +223,19 @@ class StudentStage(Stage):
                 f"model: hidden_size ({m.hidden_size}) must be a positive multiple of "
                 f"num_attention_heads ({m.num_attention_heads}), with num_hidden_layers >= 1"
             )
+        if m.init == "teacher" and not d.enabled:
+            raise ConfigError(
+                "model.init=teacher copies the teacher's weights, which distill.enabled=false does not load; "
+                "use init=random or auto"
+            )
         if m.init == "teacher" and not self.widths_match(t):
             raise ConfigError(
                 f"model.init=teacher needs the teacher's widths (hidden {t['hidden_size']}, intermediate "
                 f"{t['intermediate_size']}, heads {t['num_attention_heads']}) and at most its "
                 f"{t['num_hidden_layers']} layers; use init=random or auto"
             )
-        try:
-            layer_map = resolve_layer_map(d.layer_map, m.num_hidden_layers, t["num_hidden_layers"])
-        except ValueError as err:
-            raise ConfigError(f"distill.layer_map: {err}") from None
-        if d.temperature <= 0:
-            raise ConfigError(f"distill.temperature must be positive, got {d.temperature}")
-        negative = [k for k, v in d.kd_lambdas().items() if v < 0]
-        if negative:
-            raise ConfigError(f"distill: weights must be >= 0 ({', '.join('lambda_' + k for k in negative)})")
-        if d.lambda_attention > 0 and all(t_idx <= 0 for t_idx in layer_map[1:]):
-            raise ConfigError("distill.lambda_attention > 0 but layer_map maps no student layer to a teacher layer")
+        if d.enabled:  # the distillation terms' settings (ignored without a teacher)
+            self.check_distill(t)
         check_sequence_budget(self.cfg.objective)
         if self.cfg.objective.max_seq_len > t["max_position_embeddings"]:
             raise ConfigError(
@@ -227,6 +255,20 @@ class StudentStage(Stage):
             raise ConfigError(
                 f"data.num_frames ({self.cfg.data.num_frames}) is shorter than one clip ({frames_per_clip})"
             )
+
+    def check_distill(self, t: dict[str, Any]) -> None:
+        m, d = self.cfg.model, self.cfg.distill
+        try:
+            layer_map = resolve_layer_map(d.layer_map, m.num_hidden_layers, t["num_hidden_layers"])
+        except ValueError as err:
+            raise ConfigError(f"distill.layer_map: {err}") from None
+        if d.temperature <= 0:
+            raise ConfigError(f"distill.temperature must be positive, got {d.temperature}")
+        negative = [k for k, v in d.kd_lambdas().items() if v < 0]
+        if negative:
+            raise ConfigError(f"distill: weights must be >= 0 ({', '.join('lambda_' + k for k in negative)})")
+        if d.lambda_attention > 0 and all(t_idx <= 0 for t_idx in layer_map[1:]):
+            raise ConfigError("distill.lambda_attention > 0 but layer_map maps no student layer to a teacher layer")
 
     def widths_match(self, t: dict[str, Any]) -> bool:
         """Teacher layers fit the student as they are: same widths and heads, no more layers than the teacher."""
@@ -310,26 +352,34 @@ class StudentStage(Stage):
     # -- the models ----------------------------------------------------------------------------
     def build_module(self) -> nn.Module:
         # SDPA does not return attention probabilities: the attention loss needs eager attention (both models).
-        attn = "eager" if self.cfg.distill.lambda_attention > 0 else None
+        enabled = self.cfg.distill.enabled
+        attn = "eager" if enabled and self.cfg.distill.lambda_attention > 0 else None
         extra = {"attn_implementation": attn} if attn else {}
         started = time.perf_counter()
-        teacher = VideoBertForPreTraining.from_pretrained(str(self.teacher_dir()), local_files_only=True, **extra)
+        # The student first: with or without a teacher it draws the same random weights (same seed).
         student = VideoBertForPreTraining._from_config(self.model_config(), **extra)
+        teacher = None
+        if enabled:
+            teacher = VideoBertForPreTraining.from_pretrained(str(self.teacher_dir()), local_files_only=True, **extra)
         if self.training_build:
             self.init_student(student, teacher)
         m = self.cfg.model
         apply_memory_levers(student, gradient_checkpointing=m.gradient_checkpointing, compile=m.compile)
+        if teacher is None:
+            log.info("student built in %.1f s; no teacher (distill.enabled=false)", time.perf_counter() - started)
+            return GroundTruthObjective(student, self.cfg.objective)
         log.info("teacher loaded and student built in %.1f s", time.perf_counter() - started)
         # The hidden-state projection is built outside ZeRO-3's construction context: the student's precision.
         objective = DistillationObjective(student, teacher, self.cfg.objective, self.cfg.distill)
         return cast_unpartitioned(objective, student.dtype)
 
-    def init_student(self, student: VideoBertForPreTraining, teacher: VideoBertForPreTraining) -> None:
+    def init_student(self, student: VideoBertForPreTraining, teacher: VideoBertForPreTraining | None) -> None:
         """Before deepspeed.initialize: ZeRO-3's optimizer keeps its own fp32 copy of every partition, so a
         parameter written after initialisation would be reset by the first step. A resumed run's checkpoint
-        overwrites this initialisation."""
+        overwrites this initialisation. Without a teacher (distill.enabled=false) `auto` means random."""
         init = self.cfg.model.init
-        if init == "teacher" or (init == "auto" and self.widths_match(self.teacher_config)):
+        copy = init == "teacher" or (init == "auto" and self.widths_match(self.teacher_config))
+        if teacher is not None and copy:
             sources = init_from_teacher(student, teacher)
             log.info("student initialised from teacher layers %s", sources)
         elif self.cfg.visual.init_from_centroids:
@@ -338,9 +388,16 @@ class StudentStage(Stage):
     def on_train_start(self, module: nn.Module, device: torch.device) -> None:
         """Record both models' sizes and how much of each this rank holds."""
         run_dir = Path(self.cfg.run.dir)
-        shares = {name: partition_share(getattr(module, name)) for name in ("teacher", "student", "projection")}
+        names = [n for n in ("teacher", "student", "projection") if hasattr(module, n)]
+        shares = {name: partition_share(getattr(module, name)) for name in names}
         (run_dir / f"distill_partition_rank{self.rank}.json").write_text(json.dumps(shares) + "\n")
-        if self.rank == 0:
+        if self.rank == 0 and not self.cfg.distill.enabled:
+            n_s = count_params(module.student)
+            student = {"params": n_s, "layers": module.student.config.num_hidden_layers}
+            student["hidden_size"] = module.student.config.hidden_size
+            update_report(run_dir, {"distill": False, "student": student})
+            log.info("training a %d-parameter student without a teacher (distill.enabled=false)", n_s)
+        elif self.rank == 0:
             teacher, student = module.teacher, module.student
             n_t, n_s = count_params(teacher), count_params(student)
             update_report(
@@ -377,6 +434,8 @@ class StudentStage(Stage):
         student = transformer_flops_per_token(
             m.num_hidden_layers, m.hidden_size, m.intermediate_size, seq_len, training=True
         )
+        if not self.cfg.distill.enabled:
+            return tokens, float(tokens * student)
         teacher = transformer_flops_per_token(
             t["num_hidden_layers"], t["hidden_size"], t["intermediate_size"], seq_len, training=False
         )
@@ -402,12 +461,26 @@ class StudentStage(Stage):
     def record_throughput(self, module: nn.Module) -> None:
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         seq_len = self.cfg.objective.max_seq_len
-        rates = {
-            name: inference_clips_per_s(getattr(module, name), seq_len, self.inference_batch, device)
-            for name in ("teacher", "student")
-        }
+        names = ("teacher", "student") if self.cfg.distill.enabled else ("student",)
+        batch = self.inference_batch
+        rates = {name: inference_clips_per_s(getattr(module, name), seq_len, batch, device) for name in names}
         module.to("cpu")
         run_dir = Path(self.cfg.run.dir)
+        if not self.cfg.distill.enabled:
+            s = module.student
+            report = update_report(
+                run_dir,
+                {
+                    "distill": False,
+                    "student": {"inference_clips_per_s": rates["student"], "params": count_params(s)},
+                    "inference_device": str(device),
+                    "inference_batch": self.inference_batch,
+                    "inference_seq_len": seq_len,
+                },
+            )
+            self.write_report_text(run_dir, report)
+            log.info("student %.1f clips/s (%s; no teacher)", rates["student"], device)
+            return
         report = update_report(
             run_dir,
             {
@@ -430,8 +503,11 @@ class StudentStage(Stage):
                 "inference_seq_len": seq_len,
             },
         )
+        self.write_report_text(run_dir, report)
+        log.info("student %.1f clips/s vs teacher %.1f clips/s (%s)", rates["student"], rates["teacher"], device)
+
+    def write_report_text(self, run_dir: Path, report: dict[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         with SummaryWriter(str(run_dir / "tb")) as writer:
             writer.add_text("distill/report", report_markdown(report))
-        log.info("student %.1f clips/s vs teacher %.1f clips/s (%s)", rates["student"], rates["teacher"], device)
