@@ -1,7 +1,9 @@
 """`make demo`: the whole pipeline on the embedded synthetic corpus, small enough for a 2-core CPU.
 
     synth -> prepare -> loader pass -> video encoder -> vocabulary -> token shards -> teacher -> student
-          -> evaluation -> fine-tuning of both (classification, captioning, QA, retrieval) -> their evaluation -> report
+          -> the same student without the teacher (student_no_kd) -> an untrained copy of the teacher
+          -> evaluation of all four -> fine-tuning of the three trained (classification, captioning, QA, retrieval)
+          -> their evaluation -> report (every target against chance and against a baseline model)
 
 Each stage is skipped when its output already exists (so a re-run only does what is missing);
 `--force` (or `make demo-clean`) starts over. Per-stage wall time and throughput go to
@@ -71,9 +73,29 @@ def mpi_launch(ranks: int) -> list[str]:
     ]
 
 
+def export_untrained(model_dir: Path, out: Path, seed: int = 0) -> Path:
+    """`model_dir`'s architecture with random weights (seeded) beside its tokenizer, visual vocabulary and clip
+    encoder: the untrained baseline the report's targets compare with. No training; written atomically."""
+    import torch
+
+    from videobert_ds.core.atomic import atomic_dir, write_json
+    from videobert_ds.model.videobert import VideoBertForPreTraining
+
+    config = VideoBertForPreTraining.config_class.from_pretrained(str(model_dir))
+    with atomic_dir(out) as tmp:
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        torch.manual_seed(seed)
+        VideoBertForPreTraining(config).save_pretrained(str(tmp), safe_serialization=True)
+        write_json(tmp / "export.json", {"untrained_copy_of": str(model_dir), "seed": seed})
+    return out
+
+
 class Demo:
-    def __init__(self, root: Path, ranks: int, num_videos: int) -> None:
+    def __init__(
+        self, root: Path, ranks: int, num_videos: int, narration_noise: float = 0.0, narration_offset: float = 0.0
+    ) -> None:
         self.root, self.ranks, self.num_videos = root, ranks, num_videos
+        self.narration_noise, self.narration_offset = narration_noise, narration_offset
         self.timings_file = root / "timings.json"
         self.timings = json.loads(self.timings_file.read_text()) if self.timings_file.is_file() else {}
 
@@ -151,10 +173,20 @@ class Demo:
                     "0",
                     "--workers",
                     str(self.ranks),
+                    # Training narration as real ASR is: a share of cues about something else, cues off their
+                    # action in time (val/test references stay clean: videobert-synth's --noisy-splits default).
+                    "--narration-noise",
+                    str(self.narration_noise),
+                    "--narration-offset",
+                    str(self.narration_offset),
                 ],
                 "synth",
             )
-            return {"videos": self.num_videos}
+            return {
+                "videos": self.num_videos,
+                "narration_noise": self.narration_noise,
+                "narration_offset": self.narration_offset,
+            }
 
         self.stage("synth", corpus / "manifest.jsonl", synth)
 
@@ -314,7 +346,49 @@ class Demo:
 
         self.stage("distill_student", student / "final" / "config.json", distill_student)
 
-        for name, model in (("teacher", teacher), ("student", student)):
+        # The baselines every target compares with: the same student (size, data, steps, seed, learning rate)
+        # trained on the ground-truth losses alone, no teacher loaded; and the teacher's architecture untrained.
+        no_kd = self.path("student_no_kd")
+
+        def student_no_kd() -> dict:
+            self.sh(
+                train_cmd(
+                    "student_tiny",
+                    {
+                        "run.dir": no_kd,
+                        "data.shards": shards,
+                        "data.tokens": tokens,
+                        "teacher.path": teacher / "final",  # its tokenizer and visual words only
+                        "distill.enabled": "false",
+                    },
+                    self.ranks,
+                    "zero3_cpu_mb32_lr4e-3.json",
+                ),
+                "student_no_kd",
+            )
+            m = self.last_metrics(no_kd)
+            return {
+                "final_loss": m.get("train/loss"),
+                "val_loss": m.get("val/loss"),
+                "samples_per_s": m.get("perf/samples_per_s"),
+                "tokens_per_s": m.get("perf/tokens_per_s"),
+            }
+
+        self.stage("student_no_kd", no_kd / "final" / "config.json", student_no_kd)
+
+        untrained = self.path("untrained")
+        self.stage(
+            "untrained",
+            untrained / "final" / "config.json",
+            lambda: {"seed": 0} if export_untrained(teacher / "final", untrained / "final", seed=0) else None,
+        )
+
+        for name, model in (
+            ("teacher", teacher),
+            ("student", student),
+            ("student_no_kd", no_kd),
+            ("untrained", untrained),
+        ):
             out = self.path(f"eval_{name}.json")
             self.stage(
                 f"evaluate_{name}",
@@ -322,7 +396,7 @@ class Demo:
                 lambda model=model, out=out, name=name: self.evaluate(model / "final", shards, out, f"eval_{name}"),
             )
 
-        for name, model in (("teacher", teacher), ("student", student)):
+        for name, model in (("teacher", teacher), ("student", student), ("student_no_kd", no_kd)):
             tuned = self.path(f"finetune_{name}")
 
             def finetune(model: Path = model, tuned: Path = tuned, name: str = name) -> dict:
@@ -379,6 +453,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default="runs/demo", help="demo output dir (default: %(default)s)")
     parser.add_argument("--ranks", type=int, default=2, help="training ranks (default: %(default)s)")
     parser.add_argument("--num-videos", type=int, default=160, help="synthetic corpus size (default: %(default)s)")
+    parser.add_argument(
+        "--narration-noise",
+        type=float,
+        default=0.2,
+        help="share of training cues replaced by off-screen talk (videobert-synth; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--narration-offset",
+        type=float,
+        default=0.5,
+        help="max seconds a training cue is shifted from its action (videobert-synth; default: %(default)s)",
+    )
     parser.add_argument("--force", action="store_true", help="delete the demo dir and start over")
     args = parser.parse_args(argv)
     root = Path(args.root)
@@ -392,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--force would delete {root}, which holds the current folder or the repository")
         shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
-    Demo(root.resolve(), args.ranks, args.num_videos).run()
+    Demo(root.resolve(), args.ranks, args.num_videos, args.narration_noise, args.narration_offset).run()
     return 0
 
 
