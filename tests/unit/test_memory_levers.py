@@ -5,60 +5,43 @@ leaves the parameter names alone."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from videobert_ds.model.videobert import VideoBertForPreTraining, apply_memory_levers, videobert_config
-
-SPECIALS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4, "video_sep": 5}
+from videobert_ds.bench.memory import build, inputs, step, token_loss
+from videobert_ds.model.videobert import VideoBertForPreTraining, apply_memory_levers
 
 
 def tiny_model(seed: int = 0) -> VideoBertForPreTraining:
-    torch.manual_seed(seed)
-    config = videobert_config(
+    return build(
+        3,
+        32,
+        4,
+        64,
+        16,
+        seed,
         text_vocab_size=40,
         visual_vocab_size=24,
         visual_feature_dim=8,
-        special_token_ids=SPECIALS,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
         max_position_embeddings=32,
         hidden_dropout_prob=0.2,  # dropout on: the recompute must draw the same masks
         attention_probs_dropout_prob=0.2,
     )
-    return VideoBertForPreTraining(config).train()
 
 
 def batch(seed: int = 1) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(6, 64, (4, 16), generator=g)
-    types = torch.zeros_like(ids)
-    types[:, 8:] = 1
-    return {"input_ids": ids, "token_type_ids": types, "attention_mask": torch.ones_like(ids)}
+    return inputs(4, 16, 64, seed)
+
+
+def mlm_and_alignment(model: VideoBertForPreTraining, hidden, pooled, x: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The bench's token loss plus the alignment head, so every parameter gets a gradient."""
+    alignment = model.alignment_logits(hidden, pooled, x["input_ids"], x["token_type_ids"]).pow(2).mean()
+    return token_loss(model, hidden, pooled, x) + alignment
 
 
 def loss_and_grads(model: VideoBertForPreTraining, inputs: dict[str, torch.Tensor], seed: int = 7):
-    """One training forward + backward from a fixed RNG state; -> (loss, grads by name, bytes saved for backward)."""
-    saved = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        saved += t.numel() * t.element_size()
-        return t
-
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(seed)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        hidden, pooled = model(**inputs)
-        logits = model.token_logits(hidden)
-        loss = (
-            F.cross_entropy(logits.flatten(0, 1), inputs["input_ids"].flatten())
-            + model.alignment_logits(hidden, pooled, inputs["input_ids"], inputs["token_type_ids"]).pow(2).mean()
-        )
-    loss.backward()
+    """bench.memory's measured step (fixed RNG state, bytes saved for backward); -> (loss, grads by name, bytes)."""
+    r = step(model, inputs, seed, loss_fn=mlm_and_alignment)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), grads, saved
+    return torch.tensor(r["loss"]), grads, r["saved_bytes"]
 
 
 def test_checkpointing_gives_the_same_loss_and_grads_with_dropout_and_saves_less():

@@ -2,19 +2,21 @@
 
     python -m videobert_ds.bench [--demo-dir runs/demo]
 
-Rows: the DALI and PyAV loaders on the same shards (clips/s, frames/s, ratio); visual-word assignment
+Rows: the DALI and PyAV loaders on the same shards (clips/s, frames/s, ratio); the DALI loader over HTTP (the shard
+dir served on loopback) vs the same dir read locally (clips/s, ratio; bench/remote.py, fastest of 2 alternating
+runs; on the demo's tiny shards a shard's HTTP start-up weighs far more than on real ones); visual-word assignment
 (clip features/s through the frozen encoder + vocabulary); the tiny teacher's training step on 2 ranks
 under ZeRO-3 vs ZeRO stage 0 (samples/s, tokens/s, bytes of parameters + optimizer state per rank, the
 share of step time waiting for data); the tiny teacher from token shards vs from frames (samples/s, tokens/s,
-data wait) and the tokenize stage's clips/s (bench/tokens.py). Uses the demo's artefacts (`make demo` builds
-them).
+data wait) and the tokenize stage's clips/s (bench/tokens.py); activation checkpointing at a BERT-base width
+(bytes saved for backward and forward + backward seconds, without | with; bench/memory.py). torch.compile is left
+out: its first step compiles for over a minute on a CPU (85 s measured); `python -m videobert_ds.bench.memory`
+measures it. Uses the demo's artefacts (`make demo` builds them).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,9 +24,16 @@ from pathlib import Path
 
 import torch
 
+from videobert_ds.bench import memory, remote
 from videobert_ds.bench.data import bench_loader
+from videobert_ds.bench.runs import demo_missing
+from videobert_ds.bench.table import Row, machine_line, print_table, ratio_row
 from videobert_ds.bench.tokens import compare as compare_tokens
 from videobert_ds.bench.train import run as run_training_bench
+
+# make bench's activation checkpointing: BERT-base width at batch 1 x 128 (the Memory levers section of
+# docs/benchmarks.md measured 2 x 128), one warm-up and one timed step each way: under a minute on 2 cores.
+MEMORY_ARGS = ["--layers", "12", "--hidden", "768", "--batch", "1", "--seq", "128", "--repeats", "2"]
 
 
 def bench_assignment(demo: Path, batches: int = 20) -> float:
@@ -49,25 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=60)
     args = parser.parse_args(argv)
     demo = args.demo_dir.resolve()
-    if not (demo / "teacher" / "tokenizer").is_dir():
-        print(f"bench: error: {demo} lacks the demo artefacts; run `make demo` first", file=sys.stderr)
+    if demo_missing(demo, "bench"):
         return 2
 
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[Row] = []
     kw = dict(batch_size=8, num_frames=16, threads=2, prefetch=2, warmup=5, batches=60)
     dali = bench_loader(demo / "shards", "train", "dali", **kw)
     pyav = bench_loader(demo / "shards", "train", "pyav", **kw)
-    rows.append(
-        (
-            "loader clips/s (DALI | PyAV)",
-            f"{dali.clips / dali.seconds:.1f}",
-            f"{pyav.clips / pyav.seconds:.1f}",
-            f"{(dali.clips / dali.seconds) / (pyav.clips / pyav.seconds):.2f}x",
-        )
-    )
-    rows.append(
-        ("loader frames/s (DALI | PyAV)", f"{dali.frames / dali.seconds:.0f}", f"{pyav.frames / pyav.seconds:.0f}", "")
-    )
+    rows.append(ratio_row("loader clips/s (DALI | PyAV)", dali.clips_per_s, pyav.clips_per_s))
+    rows.append(("loader frames/s (DALI | PyAV)", f"{dali.frames_per_s:.0f}", f"{pyav.frames_per_s:.0f}", ""))
+    served = remote.compare(demo / "shards", backend="dali", repeats=2, **{**kw, "warmup": 2, "batches": 30})
+    rows.append(ratio_row("loader clips/s (HTTP | local)", served["http"].clips_per_s, served["local"].clips_per_s))
     rows.append(("visual-word assignment features/s", f"{bench_assignment(demo):.0f}", "", ""))
     with tempfile.TemporaryDirectory() as tmp:
         z3 = run_training_bench(demo, 3, args.train_steps, 2, Path(tmp))
@@ -77,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         ("tokens_per_s", "train tokens/s (ZeRO-3 | ZeRO-0)", 1, "{:.0f}"),
         ("state_bytes_total", "params+optimizer MiB/rank (Z3 | Z0)", 2**20, "{:.2f}"),
     ]:
-        a, b = z3[key] / scale, z0[key] / scale
-        rows.append((label, fmt.format(a), fmt.format(b), f"{a / b:.2f}x"))
+        rows.append(ratio_row(label, z3[key] / scale, z0[key] / scale, fmt))
     rows.append(("data wait, share of step (Z3 | Z0)", f"{z3['data_wait']:.3f}", f"{z0['data_wait']:.3f}", ""))
     tk = compare_tokens(demo, args.train_steps, 2)  # alternating runs, the fastest of each
     t, f = tk["tokens"], tk["frames"]
@@ -86,18 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         ("samples_per_s", "teacher samples/s (tokens | frames)", "{:.1f}"),
         ("tokens_per_s", "teacher tokens/s (tokens | frames)", "{:.0f}"),
     ]:
-        rows.append((label, fmt.format(t[key]), fmt.format(f[key]), f"{t[key] / f[key]:.2f}x"))
+        rows.append(ratio_row(label, t[key], f[key], fmt))
     rows.append(("data wait, share (tokens | frames)", f"{t['data_wait']:.4f}", f"{f['data_wait']:.4f}", ""))
     rows.append(("tokenize clips/s (2 ranks)", f"{tk['tokenize']['clips_per_s']:.0f}", "", ""))
+    rows += memory.rows(memory.parse([*MEMORY_ARGS, "--compile-steps", "0"]))  # (ckpt | none), ckpt / none
 
-    print(
-        f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{time.strftime('%Y-%m-%d')}"
-    )
-    print(f"| {'benchmark':38s} | {'A':>10s} | {'B':>10s} | {'A / B':>8s} |")
-    print(f"|{'-' * 40}|{'-' * 12}|{'-' * 12}|{'-' * 10}|")
-    for label, a, b, r in rows:
-        print(f"| {label:38s} | {a:>10s} | {b:>10s} | {r:>8s} |")
+    print("\n" + machine_line())
+    print_table(("benchmark", "A", "B", "A / B"), rows)
     return 0
 
 

@@ -80,14 +80,15 @@ def bench_loader(
     return BenchResult(backend, clips, frames, seconds)
 
 
-def make_corpus(work: Path, *, num_videos: int, size: int, fps: int) -> Path:
+def make_corpus(work: Path, *, num_videos: int, size: int, fps: int, samples_per_shard: int = 32) -> Path:
     """Synthesize and prepare a small VP9 shard dir under ``work``; returns the shard dir."""
     from videobert_ds.data.prepare import prepare_corpus
     from videobert_ds.data.synth import synthesize
 
     manifest = synthesize(work / "corpus", num_videos=num_videos, seed=0, progress=False)
     shards = work / "shards"
-    prepare_corpus(manifest, shards, codec="vp9", fps=fps, size=size, samples_per_shard=32, progress=False)
+    per_shard = samples_per_shard
+    prepare_corpus(manifest, shards, codec="vp9", fps=fps, size=size, samples_per_shard=per_shard, progress=False)
     return shards
 
 
@@ -101,16 +102,27 @@ def format_table(results: list[BenchResult]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shards", type=Path, help="shard dir (default: synthesize and prepare one in a temp dir)")
-    p.add_argument("--split", default="train")
+def add_timing_args(p: argparse.ArgumentParser, batches: int) -> None:
+    """The loader-timing flags of the data benchmarks (read back by timing_of)."""
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--frames", type=int, default=16, help="frames per clip T")
     p.add_argument("--threads", type=int, default=2, help="decode threads per loader")
     p.add_argument("--prefetch", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2, help="untimed batches first")
-    p.add_argument("--batches", type=int, default=120, help="timed batches")
+    p.add_argument("--batches", type=int, default=batches, help="timed batches per run")
+
+
+def timing_of(args: argparse.Namespace) -> dict[str, int]:
+    """bench_loader's timing keywords from add_timing_args' flags."""
+    timing = {name: getattr(args, name) for name in ("batch_size", "threads", "prefetch", "warmup", "batches")}
+    return {**timing, "num_frames": args.frames}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shards", type=Path, help="shard dir (default: synthesize and prepare one in a temp dir)")
+    p.add_argument("--split", default="train")
+    add_timing_args(p, batches=120)
     p.add_argument("--videos", type=int, default=12, help="synthetic videos (without --shards)")
     p.add_argument("--size", type=int, default=112, help="synthetic frame size (without --shards)")
     p.add_argument("--fps", type=int, default=8, help="synthetic fps (without --shards)")
@@ -125,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             shards = make_corpus(Path(tmp), num_videos=args.videos, size=args.size, fps=args.fps)
-        timing = {name: getattr(args, name) for name in ("batch_size", "threads", "prefetch", "warmup", "batches")}
-        backends = args.backends.split(",")
-        results = [bench_loader(shards, args.split, b, num_frames=args.frames, **timing) for b in backends]
+        results = [bench_loader(shards, args.split, b, **timing_of(args)) for b in args.backends.split(",")]
     print(
         f"machine: {platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}; "
         f"B={args.batch_size} T={args.frames} threads={args.threads} prefetch={args.prefetch} "

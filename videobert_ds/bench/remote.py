@@ -23,7 +23,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from videobert_ds.bench.data import BenchResult, bench_loader
+from videobert_ds.bench.data import BenchResult, add_timing_args, bench_loader, make_corpus, timing_of
+from videobert_ds.bench.table import print_table
 
 
 @contextlib.contextmanager
@@ -65,31 +66,19 @@ def compare(shards: Path, *, backend: str, repeats: int, **timing: int) -> dict[
 def _corpus(work: Path, videos: int, samples_per_shard: int) -> Path:
     """Synthetic 112-px VP9 shards of `samples_per_shard` clips (shards are far larger in practice: per-shard
     start-up, a curl process and a request, is what an HTTP loader pays on top of a local one)."""
-    from videobert_ds.data.prepare import prepare_corpus
-    from videobert_ds.data.synth import synthesize
-
-    manifest = synthesize(work / "corpus", num_videos=videos, seed=0, progress=False)
-    shards = work / "shards"
-    prepare_corpus(manifest, shards, codec="vp9", fps=8, size=112, samples_per_shard=samples_per_shard, progress=False)
-    return shards
+    return make_corpus(work, num_videos=videos, size=112, fps=8, samples_per_shard=samples_per_shard)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", type=Path, help="shard dir (default: synthesize and prepare one in a temp dir)")
     p.add_argument("--backend", default="dali", choices=("dali", "pyav"))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--frames", type=int, default=16, help="frames per clip T")
-    p.add_argument("--threads", type=int, default=2, help="decode threads")
-    p.add_argument("--prefetch", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=2, help="untimed batches first")
-    p.add_argument("--batches", type=int, default=60, help="timed batches per run")
+    add_timing_args(p, batches=60)
     p.add_argument("--repeats", type=int, default=3, help="alternating runs of each; the fastest counts")
     p.add_argument("--videos", type=int, default=24, help="synthetic videos (without --shards)")
     p.add_argument("--samples-per-shard", type=int, default=128, help="synthetic shards' size (without --shards)")
     args = p.parse_args(argv)
-    timing = {"batch_size": args.batch_size, "num_frames": args.frames, "threads": args.threads}
-    timing |= {"prefetch": args.prefetch, "warmup": args.warmup, "batches": args.batches}
+    timing = timing_of(args)
     with tempfile.TemporaryDirectory(prefix="vbds-bench-") as tmp:
         shards = args.shards or _corpus(Path(tmp), args.videos, args.samples_per_shard)
         best = compare(shards.resolve(), backend=args.backend, repeats=args.repeats, **timing)
@@ -100,10 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         f"fastest of {args.repeats}"
     )
     local, http = best["local"], best["http"]
-    print("| shards | clips/s | frames/s |\n|---|---:|---:|")
-    for r in (local, http):
-        print(f"| {r.backend} | {r.clips_per_s:.1f} | {r.frames_per_s:.0f} |")
-    print(f"| HTTP / local | {http.clips_per_s / local.clips_per_s:.2f}x | |")
+    rows = [(r.backend, f"{r.clips_per_s:.1f}", f"{r.frames_per_s:.0f}") for r in (local, http)]
+    rows.append(("HTTP / local", f"{http.clips_per_s / local.clips_per_s:.2f}x", ""))
+    print_table(("shards", "clips/s", "frames/s"), rows)
     return 0
 
 

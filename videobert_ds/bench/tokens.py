@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,65 +22,31 @@ from pathlib import Path
 
 import torch
 
+from videobert_ds.bench import table
+from videobert_ds.bench.runs import demo_inputs, demo_missing, run_checked, teacher_run
 from videobert_ds.cli.demo import REPO, train_cmd
 
 DS_CONFIG = "zero3_cpu_mb32.json"  # the demo teacher's: micro-batch 32 per rank
 
 
-def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_env())
-    if proc.returncode != 0:
-        raise SystemExit(f"{what} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+# Each rank's torch on one thread (2 ranks share 2 cores here), and loopback for the ranks' traffic.
+ENV = {"OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
 
 
 def tokenize(demo: Path, work: Path, ranks: int) -> dict:
     """The tokenize stage over every split of the demo shards; its report (clips/s over the slowest rank's time,
     model loading included)."""
     run_dir = work / "tokenize"
-    overrides = {
-        "run.dir": run_dir,
-        "data.shards": demo / "shards",
-        "visual.encoder": demo / "video_encoder" / "final",
-        "visual.vocab": demo / "vocab" / "vocab.safetensors",
-    }
-    _run(train_cmd("tokenize_tiny", overrides, ranks), "tokenize")
+    run_checked(train_cmd("tokenize_tiny", {"run.dir": run_dir, **demo_inputs(demo)}, ranks), "tokenize", ENV)
     return {**json.loads((run_dir / "tokenize_report.json").read_text()), "dir": run_dir / "tokens"}
 
 
 def teacher(demo: Path, work: Path, steps: int, ranks: int, tokens: Path | None) -> dict:
     """One tiny-teacher run (ZeRO-3, the demo's micro-batch), from `tokens` or, when None, from frames."""
     name = "tokens" if tokens else "frames"
-    overrides = {
-        "run.dir": work / name,
-        "data.shards": demo / "shards",
-        "visual.encoder": demo / "video_encoder" / "final",
-        "visual.vocab": demo / "vocab" / "vocab.safetensors",
-        "text.tokenizer": demo / "teacher" / "tokenizer",
-        "schedule.max_steps": steps,
-        "schedule.warmup_steps": 1,
-        "schedule.log_every": steps // 2,
-        "schedule.val_every": 10**9,
-        "schedule.checkpoint_every": 10**9,
-    }
-    if tokens:
-        overrides["data.tokens"] = tokens
-    cmd = train_cmd("teacher_tiny", overrides, ranks, DS_CONFIG)
-    cmd.insert(cmd.index("--config"), "--no-export")
-    _run(cmd, f"teacher from {name}")
-    rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in rows if "perf/samples_per_s" in r][-1]  # the second half
-    return {
-        "samples_per_s": last["perf/samples_per_s"],
-        "tokens_per_s": last.get("perf/tokens_per_s", 0.0),
-        "step_s": last["perf/step_time_s"],
-        "data_wait": last["perf/data_wait_frac"],
-    }
+    extra = {"data.tokens": tokens} if tokens else {}
+    what = f"teacher from {name}"
+    return teacher_run(demo, work / name, steps, ranks, DS_CONFIG, what=what, overrides=extra, env=ENV)
 
 
 def frames_step_parts(demo: Path, micro_batch: int, batches: int = 8) -> dict:
@@ -134,21 +99,22 @@ def compare(demo: Path, steps: int, ranks: int, repeats: int = 2) -> dict:
     }
 
 
-def print_table(r: dict, steps: int, ranks: int) -> None:
+def print_report(r: dict, steps: int, ranks: int) -> None:
     t, f, p = r["tokens"], r["frames"], r["parts"]
     print(
         f"\nTiny teacher, {ranks} ranks, ZeRO-3, micro-batch {r['micro_batch']}, {steps} steps (second half timed), "
         "from token shards vs from frames"
     )
-    print(f"| {'':34s} | {'tokens':>10s} | {'frames':>10s} | {'tokens / frames':>15s} |")
-    print(f"|{'-' * 36}|{'-' * 12}|{'-' * 12}|{'-' * 17}|")
-    for key, label, fmt in [
-        ("samples_per_s", "samples/s", "{:10.1f}"),
-        ("tokens_per_s", "tokens/s", "{:10.0f}"),
-        ("step_s", "step time (s)", "{:10.3f}"),
-    ]:
-        print(f"| {label:34s} | {fmt.format(t[key])} | {fmt.format(f[key])} | {t[key] / f[key]:14.2f}x |")
-    print(f"| {'data wait (share of step)':34s} | {t['data_wait']:10.4f} | {f['data_wait']:10.4f} | {'':15s} |")
+    rows = [
+        table.ratio_row(label, t[key], f[key], fmt)
+        for key, label, fmt in [
+            ("samples_per_s", "samples/s", "{:.1f}"),
+            ("tokens_per_s", "tokens/s", "{:.0f}"),
+            ("step_s", "step time (s)", "{:.3f}"),
+        ]
+    ]
+    rows.append(("data wait (share of step)", f"{t['data_wait']:.4f}", f"{f['data_wait']:.4f}", ""))
+    table.print_table(("", "tokens", "frames", "tokens / frames"), rows)
     for name in ("tokens", "frames"):
         each = ", ".join(f"{x['samples_per_s']:.1f} (load {x['load_avg_1min']})" for x in r["runs"][name])
         print(f"  every {name} run, samples/s: {each}")
@@ -173,19 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     demo = args.demo_dir.resolve()
-    for need in (
-        "shards/manifest.json",
-        "video_encoder/final/config.json",
-        "vocab/vocab.safetensors",
-        "teacher/tokenizer",
-    ):
-        if not (demo / need).exists():
-            print(f"bench.tokens: error: {demo / need} missing; run `make demo` first", file=sys.stderr)
-            return 2
+    if demo_missing(demo, "bench.tokens"):
+        return 2
     if args.steps < 2:
         parser.error("--steps must be >= 2")
     r = compare(demo, args.steps, args.ranks, args.repeats)
-    print_table(r, args.steps, args.ranks)
+    print_report(r, args.steps, args.ranks)
     if args.json:
         args.json.write_text(json.dumps(r, indent=2) + "\n")
     return 0

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from videobert_ds.cli.demo import REPO, train_cmd
+from videobert_ds.bench.runs import demo_missing, teacher_run
+from videobert_ds.bench.table import print_table, ratio_row
+from videobert_ds.cli.demo import REPO
 
 
 def run(demo: Path, zero_stage: int, steps: int, ranks: int, work: Path, micro_batch: int | None = None) -> dict:
@@ -31,37 +32,9 @@ def run(demo: Path, zero_stage: int, steps: int, ranks: int, work: Path, micro_b
     ds_path = work / f"{name}.json"
     ds_path.write_text(json.dumps(ds))
     run_dir = work / name
-    cmd = train_cmd(
-        "teacher_tiny",
-        {
-            "run.dir": run_dir,
-            "data.shards": demo / "shards",
-            "visual.encoder": demo / "video_encoder" / "final",
-            "visual.vocab": demo / "vocab" / "vocab.safetensors",
-            "text.tokenizer": demo / "teacher" / "tokenizer",
-            "schedule.max_steps": steps,
-            "schedule.warmup_steps": 1,
-            "schedule.log_every": steps // 2,
-            "schedule.val_every": 10**9,
-            "schedule.checkpoint_every": 10**9,
-        },
-        ranks,
-    )
-    cmd[cmd.index("--deepspeed") + 1] = str(ds_path)
-    cmd.insert(cmd.index("--config"), "--no-export")
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"ZeRO-{zero_stage} run failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in rows if "perf/samples_per_s" in r][-1]  # the second half: warm-up excluded
+    figures = teacher_run(demo, run_dir, steps, ranks, ds_path, what=f"ZeRO-{zero_stage} run")
     held = json.loads((run_dir / "partition_rank0.json").read_text())
-    return {
-        "samples_per_s": last["perf/samples_per_s"],
-        "tokens_per_s": last.get("perf/tokens_per_s", 0.0),
-        "data_wait": last["perf/data_wait_frac"],
-        "micro_batch": ds["train_micro_batch_size_per_gpu"],
-        **held,
-    }
+    return {**figures, "micro_batch": ds["train_micro_batch_size_per_gpu"], **held}
 
 
 def compare_micro_batches(demo: Path, micro_batches: list[int], steps: int, ranks: int) -> None:
@@ -70,14 +43,16 @@ def compare_micro_batches(demo: Path, micro_batches: list[int], steps: int, rank
         results = [run(demo, 3, steps, ranks, Path(tmp), mb) for mb in micro_batches]
     base = results[0]
     print(f"\nTiny teacher, ZeRO-3, {ranks} ranks, {steps} steps (second half timed)")
-    print(f"| {'micro-batch':>11s} | {'samples/s':>10s} | {'step (s)':>9s} | {'samples/s vs first':>18s} |")
-    print(f"|{'-' * 13}|{'-' * 12}|{'-' * 11}|{'-' * 20}|")
-    for r in results:
-        step = r["micro_batch"] * ranks / r["samples_per_s"]
-        print(
-            f"| {r['micro_batch']:11d} | {r['samples_per_s']:10.1f} | {step:9.3f} | "
-            f"{r['samples_per_s'] / base['samples_per_s']:17.2f}x |"
+    rows = [
+        (
+            str(r["micro_batch"]),
+            f"{r['samples_per_s']:.1f}",
+            f"{r['micro_batch'] * ranks / r['samples_per_s']:.3f}",
+            f"{r['samples_per_s'] / base['samples_per_s']:.2f}x",
         )
+        for r in results
+    ]
+    print_table(("micro-batch", "samples/s", "step (s)", "samples/s vs first"), rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,15 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     demo = args.demo_dir.resolve()
-    for need in (
-        "shards/manifest.json",
-        "video_encoder/final/config.json",
-        "vocab/vocab.safetensors",
-        "teacher/tokenizer",
-    ):
-        if not (demo / need).exists():
-            print(f"bench.train: error: {demo / need} missing; run `make demo` first", file=sys.stderr)
-            return 2
+    if demo_missing(demo, "bench.train"):
+        return 2
     if args.micro_batches:
         try:
             micro_batches = [int(x) for x in args.micro_batches.split(",")]
@@ -114,19 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     z3, z0 = results[3], results[0]
     mib = 2**20
     print(f"\nTiny teacher, {args.ranks} ranks, {args.steps} steps (second half timed), same micro-batch")
-    print(f"| {'':28s} | {'ZeRO-3':>12s} | {'ZeRO-0':>12s} | {'ZeRO-3 / ZeRO-0':>15s} |")
-    print(f"|{'-' * 30}|{'-' * 14}|{'-' * 14}|{'-' * 17}|")
-    for key, label, scale in [
-        ("samples_per_s", "samples/s", 1),
-        ("tokens_per_s", "tokens/s", 1),
-        ("param_bytes", "parameters held (MiB)", mib),
-        ("master_param_bytes", "master copies held (MiB)", mib),
-        ("optimizer_state_bytes", "optimizer state held (MiB)", mib),
-        ("state_bytes_total", "params + optimizer (MiB)", mib),
-    ]:
-        a, b = z3[key] / scale, z0[key] / scale
-        print(f"| {label:28s} | {a:12.3f} | {b:12.3f} | {a / b if b else float('nan'):15.3f} |")
-    print(f"| {'data wait (share of step)':28s} | {z3['data_wait']:12.3f} | {z0['data_wait']:12.3f} | {'':15s} |")
+    rows = [
+        ratio_row(label, z3[key] / scale, z0[key] / scale, "{:.3f}", "{:.3f}")
+        for key, label, scale in [
+            ("samples_per_s", "samples/s", 1),
+            ("tokens_per_s", "tokens/s", 1),
+            ("param_bytes", "parameters held (MiB)", mib),
+            ("master_param_bytes", "master copies held (MiB)", mib),
+            ("optimizer_state_bytes", "optimizer state held (MiB)", mib),
+            ("state_bytes_total", "params + optimizer (MiB)", mib),
+        ]
+    ]
+    rows.append(("data wait (share of step)", f"{z3['data_wait']:.3f}", f"{z0['data_wait']:.3f}", ""))
+    print_table(("", "ZeRO-3", "ZeRO-0", "ZeRO-3 / ZeRO-0"), rows)
     return 0
 
 
