@@ -11,17 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from videobert_ds.eval.config import EvalStageConfig, check_eval_config
 from videobert_ds.eval.run import run_evaluation, write_report
-from videobert_ds.training.stage import Stage
+from videobert_ds.stages.offline import OfflineStage
 
 
-class EvalStage(Stage):
+class EvalStage(OfflineStage):
     name = "evaluate"
     config_cls = EvalStageConfig
-    trains = False
     cfg: EvalStageConfig
 
     def check(self) -> None:
@@ -32,12 +30,3 @@ class EvalStage(Stage):
         if rank == 0:
             write_report(report, Path(self.cfg.eval.out) if self.cfg.eval.out else run_dir / "eval.json")
         return report or {}
-
-    def build_module(self) -> nn.Module:
-        raise NotImplementedError("evaluate does not train")
-
-    def make_inputs(self, batch: Any, device: torch.device) -> dict[str, Any]:
-        raise NotImplementedError("evaluate does not train")
-
-    def export(self, module: nn.Module, out_dir: Path) -> None:
-        raise NotImplementedError("evaluate does not train")

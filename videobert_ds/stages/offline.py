@@ -1,5 +1,5 @@
-"""The base of the stages that do their whole work in `run` instead of the training loop (build_vocab, tokenize):
-no training module, no model inputs, no model export."""
+"""The base of the stages that do their whole work in `run` instead of the training loop (build_vocab, tokenize,
+evaluate): no training module, no model inputs, no model export."""
 
 from __future__ import annotations
 
