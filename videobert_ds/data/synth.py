@@ -15,7 +15,7 @@ from their action, a second, un-narrated object in each scene, and a small grey 
 nothing is said about it. The ground-truth labels and QA always stay those of the narrated object.
 Narration noise and offset touch only the `noisy_splits` (train by default), so the evaluation's
 references stay clean; each option draws from its own random stream, so enabling one changes nothing
-the others draw, and a higher noise share narrates over a superset of the lower share's noisy cues.
+the others draw, and a higher noise share keeps every off-topic cue of a lower one (same text).
 """
 
 from __future__ import annotations
