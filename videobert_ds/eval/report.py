@@ -326,8 +326,9 @@ def markdown(report: dict[str, Any], demo_dir: Path) -> str:
         lines += [
             "",
             "Every metric beside its chance level or trivial baseline (zero-shot: the better of random "
-            "labels and the most frequent training labels; retrieval: random ranking of the pool; captions: "
-            "a constant caption, the most frequent training caption). Caption scores are pycocoevalcap's "
+            "labels and the most frequent labels of `eval.baseline_split`; retrieval: random ranking of the pool; "
+            "captions: a constant caption, that split's most frequent caption; the demo takes them from its val "
+            "split, whose narration is clean). Caption scores are pycocoevalcap's "
             "(BLEU/METEOR/ROUGE-L in 0-1, CIDEr-D). Median rank: lower is better.",
             "",
         ]
