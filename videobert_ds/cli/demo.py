@@ -135,6 +135,18 @@ class Demo:
             merged.update(row)
         return merged
 
+    def training_figures(self, run_dir: Path, with_tokens: bool = True) -> dict:
+        """What the report shows of a training stage: last train and val loss, samples/s (and tokens/s)."""
+        m = self.last_metrics(run_dir)
+        figures = {
+            "final_loss": m.get("train/loss"),
+            "val_loss": m.get("val/loss"),
+            "samples_per_s": m.get("perf/samples_per_s"),
+        }
+        if with_tokens:
+            figures["tokens_per_s"] = m.get("perf/tokens_per_s")
+        return figures
+
     def evaluate(self, model_dir: Path, shards: Path, out: Path, log_name: str) -> dict:
         """videobert-eval of one model dir on the test split."""
         self.sh(
@@ -310,13 +322,7 @@ class Demo:
                 ),
                 "teacher",
             )
-            m = self.last_metrics(teacher)
-            return {
-                "final_loss": m.get("train/loss"),
-                "val_loss": m.get("val/loss"),
-                "samples_per_s": m.get("perf/samples_per_s"),
-                "tokens_per_s": m.get("perf/tokens_per_s"),
-            }
+            return self.training_figures(teacher)
 
         self.stage("pretrain_teacher", teacher / "final" / "config.json", pretrain_teacher)
 
@@ -337,12 +343,9 @@ class Demo:
                 ),
                 "student",
             )
-            m, r = self.last_metrics(student), json.loads((student / "distill_report.json").read_text())
+            r = json.loads((student / "distill_report.json").read_text())
             return {
-                "final_loss": m.get("train/loss"),
-                "val_loss": m.get("val/loss"),
-                "samples_per_s": m.get("perf/samples_per_s"),
-                "tokens_per_s": m.get("perf/tokens_per_s"),
+                **self.training_figures(student),
                 "teacher_params": r["teacher"]["params"],
                 "student_params": r["student"]["params"],
             }
@@ -369,13 +372,7 @@ class Demo:
                 ),
                 "student_no_kd",
             )
-            m = self.last_metrics(no_kd)
-            return {
-                "final_loss": m.get("train/loss"),
-                "val_loss": m.get("val/loss"),
-                "samples_per_s": m.get("perf/samples_per_s"),
-                "tokens_per_s": m.get("perf/tokens_per_s"),
-            }
+            return self.training_figures(no_kd)
 
         self.stage("student_no_kd", no_kd / "final" / "config.json", student_no_kd)
 
@@ -411,12 +408,7 @@ class Demo:
                     ),
                     f"finetune_{name}",
                 )
-                m = self.last_metrics(tuned)
-                return {
-                    "final_loss": m.get("train/loss"),
-                    "val_loss": m.get("val/loss"),
-                    "samples_per_s": m.get("perf/samples_per_s"),
-                }
+                return self.training_figures(tuned, with_tokens=False)
 
             self.stage(f"finetune_{name}", tuned / "final" / "config.json", finetune)
 
