@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -325,6 +325,33 @@ def caption_metrics(
 # ---------------------------------------------------------------------------------------------
 
 
+def encode_split(
+    cfg: EvalStageConfig,
+    device: torch.device,
+    text_tokenizer: Any,
+    visual_tokenizer: Any,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
+) -> tuple[list[EvalItem], float]:
+    """This rank's share of `eval.split` as items (only the samples `keep` accepts), and the seconds spent turning
+    decoded frames into visual words."""
+    rank, world = rank_world()
+    return encode_items(
+        cfg.data.shards,
+        cfg.eval.split,
+        rank=rank,
+        world_size=world,
+        text_tokenizer=text_tokenizer,
+        visual_tokenizer=visual_tokenizer,
+        num_frames=cfg.data.num_frames,
+        max_text_tokens=cfg.eval.max_text_tokens,
+        batch_size=cfg.eval.clip_batch_size,
+        device=device,
+        backend=cfg.data.backend,
+        num_threads=cfg.data.num_threads,
+        keep=keep,
+    )
+
+
 def run_evaluation(cfg: EvalStageConfig, device: torch.device) -> dict[str, Any] | None:
     """Every rank takes part; rank 0 returns the report, the others None."""
     from videobert_ds.data.text import load_tokenizer
@@ -338,20 +365,7 @@ def run_evaluation(cfg: EvalStageConfig, device: torch.device) -> dict[str, Any]
     encoder_params = sum(p.numel() for p in visual_tokenizer.encoder.parameters())
 
     # 1. The split as items, on every rank.
-    local, tok_seconds = encode_items(
-        cfg.data.shards,
-        cfg.eval.split,
-        rank=rank,
-        world_size=world,
-        text_tokenizer=tokenizer,
-        visual_tokenizer=visual_tokenizer,
-        num_frames=cfg.data.num_frames,
-        max_text_tokens=cfg.eval.max_text_tokens,
-        batch_size=cfg.eval.clip_batch_size,
-        device=device,
-        backend=cfg.data.backend,
-        num_threads=cfg.data.num_threads,
-    )
+    local, tok_seconds = encode_split(cfg, device, tokenizer, visual_tokenizer)
     tok_seconds = max(all_gather(tok_seconds))
     every = gather_items(local)
     items = [it for it in every if it.visual_ids]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -14,8 +15,8 @@ import torch
 from videobert_ds.core.distributed import rank_world
 from videobert_ds.data.loader import read_shard_manifest
 from videobert_ds.eval.config import EvalStageConfig
-from videobert_ds.eval.items import EvalItem, encode_items, gather_items
-from videobert_ds.eval.run import EvalContext, load_model
+from videobert_ds.eval.items import EvalItem, gather_items
+from videobert_ds.eval.run import EvalContext, encode_split, load_model
 from videobert_ds.model.model_dir import ENCODER_DIR, VOCAB_FILE
 from videobert_ds.model.specials import specials_from_config
 
@@ -39,25 +40,11 @@ def load(cfg: EvalStageConfig, device: torch.device, keep: Callable[[dict[str, A
     from videobert_ds.visual.loading import load_visual_tokenizer
 
     started = time.perf_counter()
-    rank, world = rank_world()
+    world = rank_world()[1]
     model_dir = Path(cfg.model.dir)
     tokenizer = load_tokenizer(model_dir)
     visual_tokenizer, _ = load_visual_tokenizer(model_dir / ENCODER_DIR, model_dir / VOCAB_FILE, device)
-    local, _ = encode_items(
-        cfg.data.shards,
-        cfg.eval.split,
-        rank=rank,
-        world_size=world,
-        text_tokenizer=tokenizer,
-        visual_tokenizer=visual_tokenizer,
-        num_frames=cfg.data.num_frames,
-        max_text_tokens=cfg.eval.max_text_tokens,
-        batch_size=cfg.eval.clip_batch_size,
-        device=device,
-        backend=cfg.data.backend,
-        num_threads=cfg.data.num_threads,
-        keep=keep,
-    )
+    local, _ = encode_split(cfg, device, tokenizer, visual_tokenizer, keep)
     items = gather_items(local)
     heads, params, config, keep_alive = load_model(model_dir, device, cfg.model.zero3)
     vocab = specials_from_config(config, tokenizer)
@@ -69,6 +56,19 @@ def load(cfg: EvalStageConfig, device: torch.device, keep: Callable[[dict[str, A
         )
     ctx = EvalContext(heads, cfg, tokenizer, vocab, max_len, device)
     return Loaded(ctx, items, int(params), world, keep_alive, started)
+
+
+def with_video_and_text(items: list[EvalItem], skipped: Counter) -> list[EvalItem]:
+    """The items with both a clip and a caption; the others counted in `skipped` as no_video / no_text."""
+    kept = []
+    for it in items:
+        if not it.visual_ids:
+            skipped["no_video"] += 1
+        elif not (it.text.strip() and it.text_ids):
+            skipped["no_text"] += 1
+        else:
+            kept.append(it)
+    return kept
 
 
 def has_split(shards: str, split: str) -> bool:

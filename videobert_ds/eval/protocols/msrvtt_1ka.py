@@ -24,7 +24,7 @@ import torch
 from videobert_ds.core.distributed import rank_world
 from videobert_ds.eval.config import EvalStageConfig
 from videobert_ds.eval.items import EvalItem
-from videobert_ds.eval.protocols.common import load, report
+from videobert_ds.eval.protocols.common import load, report, with_video_and_text
 from videobert_ds.eval.protocols.split_file import read_split_file
 from videobert_ds.eval.run import retrieval_metrics
 
@@ -39,14 +39,7 @@ def run(cfg: EvalStageConfig, device: torch.device, split_file: Path | None = No
     skipped: Counter = Counter()
     if split_file is None:
         loaded = load(cfg, device, keep=_first_sample)
-        queries = []
-        for it in loaded.items:
-            if not it.visual_ids:
-                skipped["no_video"] += 1
-            elif not (it.text.strip() and it.text_ids):
-                skipped["no_text"] += 1
-            else:
-                queries.append(it)
+        queries = with_video_and_text(loaded.items, skipped)
         source = f"the {cfg.eval.split} split's videos, first caption each"
     else:
         split = read_split_file(split_file)

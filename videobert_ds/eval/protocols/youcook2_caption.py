@@ -20,7 +20,7 @@ import torch
 from videobert_ds.core.distributed import rank_world
 from videobert_ds.data.splits import split_meta
 from videobert_ds.eval.config import EvalStageConfig
-from videobert_ds.eval.protocols.common import has_split, load, report
+from videobert_ds.eval.protocols.common import has_split, load, report, with_video_and_text
 from videobert_ds.eval.run import caption_metrics, generate_captions
 
 NAME = "youcook2-caption"
@@ -29,14 +29,7 @@ NAME = "youcook2-caption"
 def run(cfg: EvalStageConfig, device: torch.device, split_file: Path | None = None) -> dict[str, Any] | None:
     loaded = load(cfg, device)
     skipped: Counter = Counter()
-    captioned = []
-    for it in loaded.items:
-        if not it.visual_ids:
-            skipped["no_video"] += 1
-        elif not (it.text.strip() and it.text_ids):
-            skipped["no_text"] += 1
-        else:
-            captioned.append(it)
+    captioned = with_video_and_text(loaded.items, skipped)
     if not captioned:
         raise ValueError(f"split {cfg.eval.split!r} of {cfg.data.shards} has no segment with both video and text")
     captions = generate_captions(loaded.ctx, captioned)  # the same decoding steps on every rank
