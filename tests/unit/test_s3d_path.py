@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from videobert_ds.bench.s3d_weights import random_s3d_state
 from videobert_ds.core.config import ConfigError
 from videobert_ds.model.model_dir import ENCODER_DIR, check_model_dir
 from videobert_ds.visual.loading import (
@@ -18,27 +19,10 @@ from videobert_ds.visual.loading import (
     load_visual_tokenizer,
     save_encoder_dir,
 )
-from videobert_ds.visual.s3d import S3DEncoder, s3d_features
+from videobert_ds.visual.s3d import S3DEncoder
 from videobert_ds.visual.vocab import VisualVocabulary, vocab_metadata
 
 FPC, SIZE = 8, 32  # the smallest S3D input: 8 frames (temporal stride 8), 32 pixels
-
-
-def random_s3d_state(seed: int) -> dict[str, torch.Tensor]:
-    """A random S3D in torchvision's state-dict layout (classifier included), BatchNorm statistics calibrated
-    on random clips so that features vary from clip to clip."""
-    torch.manual_seed(seed)
-    trunk = s3d_features()
-    for m in trunk.modules():
-        if isinstance(m, torch.nn.BatchNorm3d):
-            m.momentum = None
-    trunk.train()
-    with torch.no_grad():
-        trunk(torch.randn(4, 3, FPC, SIZE, SIZE))
-    state = {f"features.{k}": v.clone() for k, v in trunk.state_dict().items()}
-    state["classifier.1.weight"] = torch.zeros(400, 1024, 1, 1, 1)  # torchvision's head: dropped on load
-    state["classifier.1.bias"] = torch.zeros(400)
-    return state
 
 
 def frames(n: int, seed: int) -> torch.Tensor:
