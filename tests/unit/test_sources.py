@@ -236,3 +236,8 @@ def test_data_config_sources_and_checks(prepared_shards, tmp_path):
         from_dict(DataConfig, {"max_skip_share": 2})
     with pytest.raises(ConfigError, match="sampling: 'sometimes' is not one of epoch, resampled"):
         from_dict(DataConfig, {"sampling": "sometimes"}, "data")
+    # Read-ahead in a worker process: token shards only; "auto" picks it for them, a thread for DALI's frames.
+    with pytest.raises(ConfigError, match=r"^data.prefetch_worker: process reads token shards only"):
+        from_dict(DataConfig, {"prefetch_worker": "process"})
+    assert from_dict(DataConfig, {"tokens": "t"}).prefetch_in_process() and not cfg.prefetch_in_process()
+    assert not from_dict(DataConfig, {"tokens": "t", "prefetch_worker": "thread"}).prefetch_in_process()

@@ -269,3 +269,48 @@ def test_pipeline_trains_from_the_token_shards_when_tokenize_runs(tmp_path):
     (tokens / "manifest.json").write_text("{}")  # an earlier tokenize run: done, and the teacher reads it
     jobs = dry_run("tokenize teacher")
     assert list(jobs) == ["pretrain_teacher.sh"] and f"data.tokens={tokens}" in jobs["pretrain_teacher.sh"]
+
+
+def _prepare_with_pid(batch, generator: torch.Generator):
+    """A host-side builder as a stage's (draws only from its generator), recording where it ran."""
+    return {"draw": torch.rand(3, generator=generator), "pid": os.getpid()}
+
+
+def test_prefetch_in_a_worker_process_hands_out_the_threads_batches(tokens):
+    """data.prefetch_worker=process (the default for token shards): the same batches, draws and resume positions
+    as the thread, built in another process, moved to the device as handed out; a failure there is raised here;
+    torch's global RNG (dropout's) is not drawn from by starting the worker."""
+    from videobert_ds.training.loaders import HostPrefetch
+
+    def prefetch(process: bool) -> HostPrefetch:
+        loader = build_token_loader(tokens, "train", 2, 8, seed=1)
+        return HostPrefetch(loader, _prepare_with_pid, 2, 7, 0, device=CPU, process=process)
+
+    steps = build_token_loader(tokens, "train", 2, 8, seed=1).steps_per_epoch
+    n, k = steps + 2, steps // 2 + 1  # into the second epoch; a resume half way through the first
+    threaded = prefetch(process=False)
+    expected = [next(threaded) for _ in range(n)]
+    threaded.close()
+
+    rng = torch.get_rng_state()
+    first = prefetch(process=True)
+    taken = [next(first) for _ in range(k)]
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert first.state_dict() == {"epoch": 0, "batches_in_epoch": k}  # read-ahead not counted
+    first.close()
+    resumed = prefetch(process=True)
+    resumed.load_state_dict({"epoch": 0, "batches_in_epoch": k})
+    got = taken + [next(resumed) for _ in range(n - k)]
+    resumed.close()
+    for a, b in zip(got, expected, strict=True):
+        assert [m["__key__"] for m in a.meta] == [m["__key__"] for m in b.meta]
+        assert torch.equal(a.ids, b.ids) and torch.equal(a.features, b.features) and torch.equal(a.valid, b.valid)
+        assert torch.equal(a.host["draw"], b.host["draw"])
+        assert a.host["pid"] != os.getpid() and b.host["pid"] == os.getpid()
+
+    def broken(batch, generator):
+        raise ValueError("bad sample")
+
+    failing = HostPrefetch(build_token_loader(tokens, "train", 2, 8), broken, 2, 0, 0, process=True)
+    with pytest.raises(ValueError, match="bad sample"):
+        next(failing)

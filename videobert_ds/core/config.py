@@ -71,7 +71,11 @@ class DataConfig:
     num_frames: int = 16
     backend: Literal["auto", "dali", "pyav"] = "auto"
     num_threads: int = 2
-    prefetch: int = 2
+    prefetch: int = 2  # training batches read (and their host inputs built) ahead of the step
+    # Where the training batches are read ahead: "thread", or "process" (one forked worker, torch's DataLoader:
+    # token shards only, which are parsed in Python and would hold the GIL the step needs); "auto": a process for
+    # data.tokens, a thread for DALI, which decodes in its own native threads and may hand over GPU tensors.
+    prefetch_worker: Literal["auto", "thread", "process"] = "auto"
     shuffle_buffer: int = 64
     # Which num_frames of a longer clip training reads: "random" (drawn per seed, epoch and sample: exact on resume),
     # "center" or "start" (the first frames). Validation and evaluation always take the centre.
@@ -105,6 +109,12 @@ class DataConfig:
             raise ConfigError(f"data.max_skip_share must be in [0, 1], got {self.max_skip_share}")
         if self.read_retries < 0 or self.retry_backoff_s < 0:
             raise ConfigError("data.read_retries and data.retry_backoff_s must be >= 0")
+        if self.prefetch_worker == "process" and not self.tokens:
+            raise ConfigError("data.prefetch_worker: process reads token shards only (set data.tokens), or use thread")
+
+    def prefetch_in_process(self) -> bool:
+        """Whether the trainer reads ahead in a worker process (data.prefetch_worker)."""
+        return self.prefetch_worker == "process" or (self.prefetch_worker == "auto" and bool(self.tokens))
 
     def shard_sources(self) -> str | list[tuple[str, float]]:
         """What the clip loaders read: data.shards, or the weighted sources when data.sources is set."""

@@ -25,7 +25,7 @@ import io
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,12 @@ class TokenBatch:
     meta: list[dict[str, Any]]  # per sample: its json plus "__key__"
     span: int  # frames per sample the batch stands for (the run's data.num_frames): n_clips = span // fpc
     host: Any = field(default=None, repr=False)  # the stage's host-side inputs, set by the trainer's prefetch
+
+    def to(self, device: torch.device) -> TokenBatch:
+        """This batch with its tensors on `device` (to a GPU through pinned memory, asynchronously): a batch read
+        in the trainer's worker process is built on the host."""
+        moved = {k: to_device(getattr(self, k), device) for k in ("ids", "valid", "features", "num_frames")}
+        return replace(self, **moved)
 
 
 def frames_span(batch: Any) -> int:

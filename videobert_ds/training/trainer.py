@@ -62,10 +62,13 @@ class Trainer:
         """Train to `schedule.max_steps` (or a stop signal); -> the last validation's means."""
         cfg, env, sched = self.cfg, self.env, self.cfg.schedule
         engine = self._build_engine()
-        train_loader = build_split_loader(cfg, cfg.data.train_split, self.micro_batch, env, shuffle=True)
-        # Read ahead in a thread that also builds each batch's host-side inputs (stage.prepare_host).
+        # Read ahead in a thread or a worker process that also builds each batch's host-side inputs
+        # (stage.prepare_host); a worker process builds host tensors, moved to the device as each batch is taken.
+        in_process = cfg.data.prefetch_in_process()
+        host = torch.device("cpu") if in_process else None
+        train_loader = build_split_loader(cfg, cfg.data.train_split, self.micro_batch, env, shuffle=True, device=host)
         train_batches = HostPrefetch(
-            train_loader, self.stage.prepare_host, cfg.data.prefetch, cfg.run.seed, env.rank, env.device
+            train_loader, self.stage.prepare_host, cfg.data.prefetch, cfg.run.seed, env.rank, env.device, in_process
         )
         checkpointer = CheckpointManager(self.run_dir / "checkpoints", sched.keep_checkpoints, sched.checkpoint_every)
         states = {"loader": train_batches}  # what a checkpoint carries besides engine and RNG: the data position
