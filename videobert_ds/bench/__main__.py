@@ -3,15 +3,16 @@
     python -m videobert_ds.bench [--demo-dir runs/demo]
 
 Rows: the DALI and PyAV loaders on the same shards (clips/s, frames/s, ratio); the DALI loader over HTTP (the shard
-dir served on loopback) vs the same dir read locally (clips/s, ratio; bench/remote.py, fastest of 2 alternating
-runs; on the demo's tiny shards a shard's HTTP start-up weighs far more than on real ones); visual-word assignment
-(clip features/s through the frozen encoder + vocabulary); the tiny teacher's training step on 2 ranks
-under ZeRO-3 vs ZeRO stage 0 (samples/s, tokens/s, bytes of parameters + optimizer state per rank, the
-share of step time waiting for data); the tiny teacher from token shards vs from frames (samples/s, tokens/s,
-data wait) and the tokenize stage's clips/s (bench/tokens.py); activation checkpointing at a BERT-base width
-(bytes saved for backward and forward + backward seconds, without | with; bench/memory.py). torch.compile is left
-out: its first step compiles for over a minute on a CPU (85 s measured); `python -m videobert_ds.bench.memory`
-measures it. Uses the demo's artefacts (`make demo` builds them).
+dir served on loopback) vs the same dir read locally (clips/s, ratio; bench/remote.py, fastest of 2 alternating runs;
+on the demo's tiny shards a shard's HTTP start-up weighs far more than on real ones); visual-word assignment (clip
+features/s through the frozen encoder + vocabulary); the tiny teacher's training step on 2 ranks under ZeRO-3 vs ZeRO
+stage 0 (samples/s, tokens/s, bytes of parameters + optimizer state per rank, the share of step time waiting for
+data); the tiny teacher from token shards vs from frames (samples/s, tokens/s, data wait; also the data wait with
+token batches read ahead in a thread, not the worker process), the tokenize stage's clips/s, and the same pair on a
+vocabulary of the paper's S3D (random weights; bench/tokens.py); activation checkpointing at a BERT-base width (bytes
+saved for backward and forward + backward seconds, without | with; bench/memory.py). torch.compile is left out: its
+first step compiles for over a minute on a CPU (85 s measured); `python -m videobert_ds.bench.memory` measures it.
+Uses the demo's artefacts (`make demo` builds them).
 """
 
 from __future__ import annotations
@@ -88,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     ]:
         rows.append(ratio_row(label, t[key], f[key], fmt))
     rows.append(("data wait, share (tokens | frames)", f"{t['data_wait']:.4f}", f"{f['data_wait']:.4f}", ""))
+    rows.append(("data wait, tokens read in a thread", f"{tk['tokens_thread']['data_wait']:.4f}", "", ""))
     rows.append(("tokenize clips/s (2 ranks)", f"{tk['tokenize']['clips_per_s']:.0f}", "", ""))
+    s3d = compare_tokens(demo, args.train_steps, 2, encoder="s3d")  # the paper's clip encoder, random weights
+    t, f = s3d["tokens"], s3d["frames"]
+    rows.append(ratio_row("teacher samples/s, S3D words (tokens | frames)", t["samples_per_s"], f["samples_per_s"]))
     rows += memory.rows(memory.parse([*MEMORY_ARGS, "--compile-steps", "0"]))  # (ckpt | none), ckpt / none
 
     print("\n" + machine_line())

@@ -14,7 +14,9 @@ Per encoder: the tokenize stage, then the two teacher runs alternating --repeats
 (every run is printed too). Prints, for both paths, samples/s and tokens/s (the second half of the run: warm-up
 excluded), the step time and the share of it spent waiting for data; how one step of the frames path splits
 (decoding the micro-batch and running the clip encoder over it, each timed alone in this process on one thread, vs
-the step from tokens); and the tokenize stage's clips/s on the same ranks. Needs the demo's shards, clip encoder,
+the step from tokens); and the tokenize stage's clips/s on the same ranks. The autoencoder pair runs a third path:
+from tokens with the batches read ahead in a thread (data.prefetch_worker=thread) instead of the default worker
+process, for the data wait each costs. Needs the demo's shards, clip encoder,
 vocabulary and tokenizer (`make demo`).
 """
 
@@ -78,11 +80,17 @@ def tokenize(work: Path, ranks: int, inputs: dict[str, Any]) -> dict:
 
 
 def teacher(
-    demo: Path, work: Path, steps: int, ranks: int, tokens: Path | None, inputs: dict[str, Any] | None = None
+    demo: Path,
+    work: Path,
+    steps: int,
+    ranks: int,
+    tokens: Path | None,
+    inputs: dict[str, Any] | None = None,
+    name: str = "",
 ) -> dict:
     """One tiny-teacher run (ZeRO-3, the demo's micro-batch), from `tokens` or, when None, from frames; `inputs`
-    replaces the demo's clip encoder and vocabulary (and may set visual.encoder_type)."""
-    name = "tokens" if tokens else "frames"
+    replaces the demo's clip encoder and vocabulary (and may set visual.encoder_type) or adds settings."""
+    name = name or ("tokens" if tokens else "frames")
     extra = {**(inputs or {}), **({"data.tokens": tokens} if tokens else {})}
     what = f"teacher from {name}"
     return teacher_run(demo, work / name, steps, ranks, DS_CONFIG, what=what, overrides=extra, env=ENV)
@@ -141,12 +149,15 @@ def compare(demo: Path, steps: int, ranks: int, repeats: int = 2, encoder: str =
         else:
             inputs = teacher_inputs = demo_inputs(demo)
         tok = tokenize(work, ranks, inputs)
-        runs: dict[str, list[dict]] = {"tokens": [], "frames": []}
+        paths = [("tokens", tok["dir"], {}), ("frames", None, {})]
+        if encoder == "autoencoder":  # token shards read ahead in a thread as well: the data wait it costs
+            paths.append(("tokens_thread", tok["dir"], {"data.prefetch_worker": "thread"}))
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in paths}
         for i in range(repeats):
-            for name, tokens in (("tokens", tok["dir"]), ("frames", None)):
-                r = teacher(demo, work / str(i), steps, ranks, tokens, teacher_inputs)
+            for name, tokens, settings in paths:
+                r = teacher(demo, work / str(i), steps, ranks, tokens, {**teacher_inputs, **settings}, name)
                 runs[name].append({**r, "load_avg_1min": round(os.getloadavg()[0], 2)})
-        from_tokens, from_frames = (max(runs[n], key=lambda r: r["samples_per_s"]) for n in ("tokens", "frames"))
+        best = {name: max(runs[name], key=lambda r: r["samples_per_s"]) for name in runs}
         micro_batch = json.loads((REPO / "ds_configs" / DS_CONFIG).read_text())["train_micro_batch_size_per_gpu"]
         encoder_type = teacher_inputs.get("visual.encoder_type", "auto")
         parts = frames_step_parts(demo, micro_batch, inputs, encoder_type=encoder_type)
@@ -155,8 +166,7 @@ def compare(demo: Path, steps: int, ranks: int, repeats: int = 2, encoder: str =
     out = {
         "encoder": encoder,
         "tokenize": {k: v for k, v in tok.items() if k != "dir"},
-        "tokens": from_tokens,
-        "frames": from_frames,
+        **best,  # tokens, frames (and tokens_thread)
         "parts": parts,
         "micro_batch": micro_batch,
         "runs": runs,
@@ -201,8 +211,12 @@ def print_report(r: dict, steps: int, ranks: int) -> None:
     per_sample = [x["tokens_per_s"] / x["samples_per_s"] for x in (t, f)]
     rows.append(("tokens a sample", *(f"{v:.1f}" for v in per_sample), ""))
     rows.append(("data wait (share of step)", f"{t['data_wait']:.4f}", f"{f['data_wait']:.4f}", ""))
+    if "tokens_thread" in r:  # the token run read ahead in a thread instead of the worker process
+        th = r["tokens_thread"]
+        rows.append(("tokens, thread prefetch: samples/s", f"{th['samples_per_s']:.1f}", "", ""))
+        rows.append(("tokens, thread prefetch: data wait", f"{th['data_wait']:.4f}", "", ""))
     table.print_table(("", "tokens", "frames", "tokens / frames"), rows)
-    for path in ("tokens", "frames"):
+    for path in r["runs"]:
         each = ", ".join(f"{x['samples_per_s']:.1f} (load {x['load_avg_1min']})" for x in r["runs"][path])
         print(f"  every {path} run, samples/s: {each}")
     encoder = "S3D" if r["encoder"] == "s3d" else "clip encoder"
