@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -279,7 +280,7 @@ def _prepare_with_pid(batch, generator: torch.Generator):
 def test_prefetch_in_a_worker_process_hands_out_the_threads_batches(tokens):
     """data.prefetch_worker=process (the default for token shards): the same batches, draws and resume positions
     as the thread, built in another process, moved to the device as handed out; a failure there is raised here;
-    torch's global RNG (dropout's) is not drawn from by starting the worker."""
+    torch's global RNG (dropout's) is not drawn from by starting the worker; SIGTERM leaves it reading."""
     from videobert_ds.training.loaders import HostPrefetch
 
     def prefetch(process: bool) -> HostPrefetch:
@@ -314,3 +315,13 @@ def test_prefetch_in_a_worker_process_hands_out_the_threads_batches(tokens):
     failing = HostPrefetch(build_token_loader(tokens, "train", 2, 8), broken, 2, 0, 0, process=True)
     with pytest.raises(ValueError, match="bad sample"):
         next(failing)
+
+    # A SLURM signal to every process leaves the reader to the rank; a reader that dies is a one-line error.
+    reading = prefetch(process=True)
+    next(reading)
+    os.kill(reading._worker.pid, signal.SIGTERM)
+    next(reading)
+    os.kill(reading._worker.pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match=r"^the host-prefetch worker process \(pid \d+\) exited with code -9"):
+        for _ in range(4):  # past what it sent before it died
+            next(reading)

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset
 
 from videobert_ds.core.config import StageConfig
 from videobert_ds.core.distributed import DistEnv
 from videobert_ds.data.loader import ClipLoader, build_clip_loader
+from videobert_ds.training.worker_process import ForkedWorker
 
 
 def build_split_loader(
@@ -91,10 +91,11 @@ class HostPrefetch:
     are built too (`prepare(batch, generator)`: tokenizing, masking draws, layout index arithmetic; its result is
     stored as `batch.host` for the stage's make_inputs), so the step itself only does device work.
 
-    In a thread by default. `process=True` reads and prepares in one worker process instead (torch's DataLoader,
-    forked): token shards are parsed and tokenized in Python, and a thread doing that holds the GIL the step needs
-    (its hand-offs showed up as ~2 % of the step spent in `next`); a process competes for a core only. The loader
-    must then build host tensors (device None or cpu); each batch is moved to `device` here, as it is handed out.
+    In a thread by default. `process=True` reads and prepares in one forked worker process instead
+    (training/worker_process.py): token shards are parsed and tokenized in Python, and a thread doing that holds
+    the GIL the step needs (its hand-offs showed up as ~2 % of the step spent in `next`); a process competes for a
+    core only. The loader must then build host tensors (device None or cpu); each batch is moved to `device` here,
+    as it is handed out.
 
     Endless (one stream over epochs) and resumable like the loader: `state_dict` is the position after the last
     batch handed out (batches read ahead are not counted), `load_state_dict` drops the read-ahead and moves the
@@ -118,7 +119,7 @@ class HostPrefetch:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._workers: Iterator[Any] | None = None  # process=True: the DataLoader's iterator
+        self._worker: ForkedWorker | None = None  # process=True
         self._state: dict[str, int] | None = None  # the loader's position after the last batch handed out
 
     def state_dict(self) -> dict[str, int]:
@@ -155,9 +156,9 @@ class HostPrefetch:
     def close(self) -> None:
         """Stop the thread (after the batch it is reading) or the worker process, drop what was read ahead and
         close the loader's decoder; iterating again continues after the last batch handed out."""
-        if self._workers is not None:
-            self._workers._shutdown_workers()  # joins the worker now, not whenever the iterator is collected
-            self._workers = None
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
             self.loader.load_state_dict(self._state)  # the parent's loader never moved: this only re-pins it
         if self._thread is None:
             return
@@ -178,13 +179,19 @@ class HostPrefetch:
             yield batch, position
 
     def _pickled(self) -> Iterator[bytes]:
-        """_prepared, each item pickled by value in the worker (_TensorsAsArrays): one pipe write of a small batch,
-        where torch's shared-memory tensors cost a file-descriptor hand-off per tensor (measured: ~9 ms a batch,
-        5 % of the step)."""
-        for item in self._prepared():
-            buf = io.BytesIO()
-            _TensorsAsArrays(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(item)
-            yield buf.getvalue()
+        """_prepared, each item pickled by value in the worker process (_TensorsAsArrays): one pipe write of a small
+        batch, where torch's shared-memory tensors cost a file-descriptor hand-off per tensor (measured: ~9 ms a
+        batch, 5 % of the step); a failure is sent as the last item, raised by the parent."""
+        try:
+            for item in self._prepared():
+                buf = io.BytesIO()
+                _TensorsAsArrays(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(item)
+                yield buf.getvalue()
+        except Exception as err:
+            try:
+                yield pickle.dumps(_Failed(err))
+            except Exception:  # an exception that does not pickle: its text
+                yield pickle.dumps(_Failed(RuntimeError(f"{type(err).__name__}: {err}")))
 
     def _work(self, stop: threading.Event, out: queue.Queue) -> None:
         def put(item: Any) -> bool:
@@ -204,23 +211,18 @@ class HostPrefetch:
             put(_Failed(err))
 
     def _next_from_process(self) -> Any:
-        if self._workers is None:
+        if self._worker is None:
             self.state_dict()  # pin the starting position: the worker moves its own copy of the loader
-            workers = DataLoader(
-                _Stream(self._pickled),
-                batch_size=None,  # the loader batches
-                collate_fn=_as_is,
-                num_workers=1,  # one worker keeps the loader's order
-                prefetch_factor=self.depth,
-                multiprocessing_context="fork",  # the worker inherits loader and stage: nothing to pickle
-                generator=torch.Generator(),  # the workers' base seed: not drawn from the global RNG (dropout)
-            )
-            self._workers = iter(workers)
+            self._worker = ForkedWorker(self._pickled, self.depth)
         try:
-            batch, self._state = pickle.loads(next(self._workers))  # our own worker's bytes
+            item = pickle.loads(self._worker.get())  # our own worker's bytes
         except BaseException:
             self.close()
             raise
+        if isinstance(item, _Failed):
+            self.close()
+            raise item.error
+        batch, self._state = item
         return batch.to(self.device) if self.device is not None else batch
 
 
@@ -232,20 +234,6 @@ class _TensorsAsArrays(pickle.Pickler):
         if type(obj) is torch.Tensor and obj.device.type == "cpu" and obj.dtype != torch.bfloat16:
             return torch.from_numpy, (obj.detach().numpy(),)
         return NotImplemented
-
-
-class _Stream(IterableDataset):
-    """A generator function as the dataset a DataLoader worker iterates."""
-
-    def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
-        self.make = make
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.make()
-
-
-def _as_is(item: Any) -> Any:
-    return item
 
 
 class SampleKeyLog:
