@@ -232,9 +232,16 @@ def test_append_adds_new_shards_and_leaves_the_corpus_alone(tmp_path: Path) -> N
 # ----------------------------------------------------------------------------- per-video time limit
 
 
-def test_video_over_the_time_limit_is_skipped_and_the_rank_goes_on(tmp_path: Path) -> None:
-    make_video(tmp_path / "slow.mp4", seconds=60.0)  # 120 windows of 0.5 s: many seconds of work
-    make_video(tmp_path / "quick.mp4", seconds=1.0)
+@pytest.fixture(scope="module")
+def slow_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 10-minute video without a caption: 1,200 windows of 0.5 s, ~3.6 s of work on this 2-core machine, 7x the
+    0.5 s limit below and 12x the kill at 0.3 s (a 60-s one now takes 0.36 s here, under the limit: CI failed on it)."""
+    return make_video(tmp_path_factory.mktemp("slow") / "slow.mp4", seconds=600.0)
+
+
+def test_video_over_the_time_limit_is_skipped_and_the_rank_goes_on(tmp_path: Path, slow_video: Path) -> None:
+    shutil.copy(slow_video, tmp_path / "slow.mp4")
+    make_video(tmp_path / "quick.mp4", seconds=1.0)  # ~0.02 s of work
     manifest = write_manifest(
         tmp_path / "m.jsonl", [{"video": "slow.mp4"}, {"video": "quick.mp4", "caption": "in time"}]
     )
@@ -247,14 +254,14 @@ def test_video_over_the_time_limit_is_skipped_and_the_rank_goes_on(tmp_path: Pat
     assert [m["video_id"] for m in metas(tmp_path / "out").values()] == ["quick"]  # a new worker took it
 
 
-def test_a_worker_killed_under_a_video_costs_that_video_only(tmp_path: Path) -> None:
+def test_a_worker_killed_under_a_video_costs_that_video_only(tmp_path: Path, slow_video: Path) -> None:
     """The worker dies mid-video (as by the OOM killer or a codec's segfault): that video is skipped as
     video_error, and a new worker takes the next one."""
     import threading
 
     from videobert_ds.data.prepare.worker import VideoRunner
 
-    make_video(tmp_path / "slow.mp4", seconds=60.0)
+    shutil.copy(slow_video, tmp_path / "slow.mp4")
     make_video(tmp_path / "quick.mp4", seconds=1.0)
     manifest = write_manifest(tmp_path / "m.jsonl", [{"video": "slow.mp4"}, {"video": "quick.mp4", "caption": "c"}])
     (slow, quick), _, _ = read_manifest(manifest)
