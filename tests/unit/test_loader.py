@@ -227,3 +227,19 @@ def test_to_device_pins_then_copies_asynchronously_to_a_gpu(monkeypatch):
     calls.clear()
     to_device(counts, torch.device("cpu"))
     assert calls == [("to", (torch.device("cpu"),), {})]
+    calls.clear()
+
+    # A token batch built in the trainer's worker process goes to the GPU the same way, every tensor of it.
+    from videobert_ds.data.tokens import TokenBatch
+
+    batch = TokenBatch(
+        ids=torch.zeros(2, 3, dtype=torch.int64),
+        valid=torch.ones(2, 3, dtype=torch.bool),
+        features=torch.zeros(2, 3, 4, dtype=torch.float16),
+        num_frames=counts,
+        meta=[{"__key__": "a"}, {"__key__": "b"}],
+        span=12,
+    )
+    moved = batch.to(torch.device("cuda", 0))
+    assert calls == [("pin_memory", "cpu"), ("to", (torch.device("cuda", 0),), {"non_blocking": True})] * 4
+    assert (moved.meta, moved.span) == (batch.meta, batch.span)

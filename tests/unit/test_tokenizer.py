@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from videobert_ds.bench.s3d_weights import random_s3d_state
 from videobert_ds.visual.s3d import S3DEncoder, s3d_features
 from videobert_ds.visual.tokenizer import VisualTokenizer
 from videobert_ds.visual.vocab import VisualVocabulary
@@ -19,25 +20,17 @@ FPC = 8  # frames per clip: S3D's minimum (temporal stride 8), keeps the CPU cos
 TORCHVISION_S3D_MANIFEST = "cb9fb73fbc60c3dd2c48db6109548a4a606a797065fc7d7b6a47384a9c071c92"
 
 
-def _random_s3d_state(seed: int) -> dict[str, torch.Tensor]:
-    """A randomly initialised S3D with BatchNorm statistics calibrated on random clips, so features vary."""
-    torch.manual_seed(seed)
-    trunk = s3d_features()
-    for m in trunk.modules():
-        if isinstance(m, torch.nn.BatchNorm3d):
-            m.momentum = None  # cumulative average over the calibration batches
-    trunk.train()
-    with torch.no_grad():
-        trunk(torch.randn(4, 3, FPC, 32, 32))
-    return {f"features.{k}": v.clone() for k, v in trunk.state_dict().items()}
+def _trunk_state(seed: int) -> dict[str, torch.Tensor]:
+    """A random S3D with calibrated BatchNorm statistics (features vary), without torchvision's classifier."""
+    return {k: v for k, v in random_s3d_state(seed, frames=FPC).items() if k.startswith("features.")}
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("s3d")
     a, b = out / "s3d_a.pt", out / "s3d_b.safetensors"
-    torch.save(_random_s3d_state(0), a)
-    save_file(_random_s3d_state(1), str(b))
+    torch.save(_trunk_state(0), a)
+    save_file(random_s3d_state(1, frames=FPC), str(b))  # classifier included
     return {"a": a, "b": b}
 
 
