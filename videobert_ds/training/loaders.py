@@ -119,7 +119,7 @@ class HostPrefetch:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._worker: ForkedWorker | None = None  # process=True
+        self._worker: ForkedWorker[Any] | None = None  # process=True
         self._state: dict[str, int] | None = None  # the loader's position after the last batch handed out
 
     def state_dict(self) -> dict[str, int]:
@@ -213,9 +213,9 @@ class HostPrefetch:
     def _next_from_process(self) -> Any:
         if self._worker is None:
             self.state_dict()  # pin the starting position: the worker moves its own copy of the loader
-            self._worker = ForkedWorker(self._pickled, self.depth)
+            self._worker = ForkedWorker(self._pickled, self.depth, decode=self._unpickled)
         try:
-            item = pickle.loads(self._worker.get())  # our own worker's bytes
+            item = self._worker.get()
         except BaseException:
             self.close()
             raise
@@ -223,7 +223,15 @@ class HostPrefetch:
             self.close()
             raise item.error
         batch, self._state = item
-        return batch.to(self.device) if self.device is not None else batch
+        return batch
+
+    def _unpickled(self, data: bytes) -> Any:
+        """One item from the worker process (our own bytes), its batch moved to the device."""
+        item = pickle.loads(data)
+        if isinstance(item, _Failed) or self.device is None:
+            return item
+        batch, state = item
+        return batch.to(self.device), state
 
 
 class _TensorsAsArrays(pickle.Pickler):

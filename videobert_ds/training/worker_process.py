@@ -4,7 +4,7 @@
 Why not torch's DataLoader with a worker: its parent side hands each request to a multiprocessing.Queue feeder
 thread, which then waits for the GIL the training step holds; measured in the tiny teacher, `next` took 0.8 ms at
 best and often 3 or 5.5 ms (the 5 ms switch interval), 1.5 % of the step. Here `get` is a poll, a read of the
-pipe and a semaphore post: no thread on the parent side.
+pipe, the item's decoding and a semaphore post: no thread on the parent side.
 """
 
 from __future__ import annotations
@@ -15,24 +15,35 @@ import multiprocessing as mp
 import os
 import signal
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
-# The child runs at a lower priority than the rank: it has `depth` batches of slack, the step has none. At the rank's
-# priority, each wake-up of the child (a slot freed as a batch is taken) preempted the rank on a machine with no
-# spare core (2 ranks on 2 cores): 2-6 ms of the step spent in `next`, though the batch was there.
+# The child yields to the rank: it has `depth` batches of slack, the step has none. At the rank's priority, each
+# wake-up of the child (a slot freed as a batch is taken) preempted the rank on a machine with no spare core (2 ranks
+# on 2 cores): 2-6 ms of the step spent in `next`, though the batch was there. nice 10 gives it a tenth of a busy
+# core's share, and SCHED_BATCH (Linux) stops a wake-up from preempting the rank at all: the child runs when the
+# rank waits (collectives, the device) or at the next tick. SCHED_IDLE instead starved it (10-20 ms waits).
 NICENESS = 10
 PIPE_BYTES = 1 << 20
 
+T = TypeVar("T")
 
-class ForkedWorker:
+
+class ForkedWorker(Generic[T]):
     """`make_items()` run in a forked child (it inherits everything the parent built: nothing is pickled to start
-    it); `get()` returns its items in order. The child ignores SIGINT, SIGTERM and SIGUSR1 (the rank decides when
-    to stop; a SLURM signal to every process must not kill the reader first) and exits when the parent is gone.
-    `close()` kills it: it only reads, so nothing is lost."""
+    it); `get()` returns its items in order, each as `decode(item)`. The child ignores SIGINT, SIGTERM and SIGUSR1
+    (the rank decides when to stop; a SLURM signal to every process must not kill the reader first) and exits when
+    the parent is gone. `close()` kills it: it only reads, so nothing is lost."""
 
-    def __init__(self, make_items: Callable[[], Iterator[bytes]], depth: int, name: str = "host-prefetch") -> None:
+    def __init__(
+        self,
+        make_items: Callable[[], Iterator[bytes]],
+        depth: int,
+        decode: Callable[[bytes], T],
+        name: str = "host-prefetch",
+    ) -> None:
+        self._decode = decode
         ctx = mp.get_context("fork")
         self._inbox, outbox = ctx.Pipe(duplex=False)
         _widen(self._inbox)
@@ -47,8 +58,10 @@ class ForkedWorker:
     def pid(self) -> int | None:
         return self._process.pid
 
-    def get(self) -> bytes:
-        """The next item; RuntimeError when the child died without sending it."""
+    def get(self) -> T:
+        """The next item, decoded; RuntimeError when the child died without sending it. Its slot is freed only once
+        the item is decoded: the child, woken to refill it, then takes its share of the core from the step's own work
+        rather than from this hand-off, which the step waits on."""
         while not self._inbox.poll(1.0):
             if not self._process.is_alive():
                 raise RuntimeError(
@@ -63,8 +76,9 @@ class ForkedWorker:
                 f"the {self._process.name} worker process (pid {self._process.pid}) exited with code "
                 f"{self._process.exitcode} before sending the next batch"
             ) from None
+        item = self._decode(data)
         self._slots.release()
-        return data
+        return item
 
     def close(self) -> None:
         if self._process.is_alive():
@@ -86,6 +100,8 @@ def _serve(make_items: Callable[[], Iterator[bytes]], outbox: Any, slots: Any, p
         signal.signal(sig, signal.SIG_IGN)
     torch.set_num_threads(1)  # the rank's cores are the step's
     os.nice(NICENESS)
+    with contextlib.suppress(AttributeError, OSError):  # not Linux: nice alone
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     try:
         for item in make_items():
             while not slots.acquire(timeout=1.0):
