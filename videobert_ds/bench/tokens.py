@@ -217,7 +217,10 @@ def print_report(r: dict, steps: int, ranks: int) -> None:
         rows.append(("tokens, thread prefetch: data wait", f"{th['data_wait']:.4f}", "", ""))
     table.print_table(("", "tokens", "frames", "tokens / frames"), rows)
     for path in r["runs"]:
-        each = ", ".join(f"{x['samples_per_s']:.1f} (load {x['load_avg_1min']})" for x in r["runs"][path])
+        each = ", ".join(
+            f"{x['samples_per_s']:.1f} (data wait {x['data_wait']:.2%}, load {x['load_avg_1min']})"
+            for x in r["runs"][path]
+        )
         print(f"  every {path} run, samples/s: {each}")
     encoder = "S3D" if r["encoder"] == "s3d" else "clip encoder"
     print(
